@@ -1,0 +1,74 @@
+/*
+ * engine.h - the seam between the scheduler and a compute engine.
+ *
+ * The scheduler decides what runs in a step; an engine runs it.  The CPU
+ * engine (engine_cpu.c) is the reference; the CUDA engine (engine_cuda.cu,
+ * built only when nvcc is found) implements the same calls.  An engine
+ * takes all of its memory at engine_create(): weights, activations for the
+ * largest step the options allow, and a paged KV-cache pool.  Nothing is
+ * allocated per request or per step.
+ */
+
+#ifndef GPU_ENGINE_H
+#define GPU_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+
+typedef struct engine_s  engine_t;
+
+typedef struct {
+    const char  *device;          /* "cpu", "cuda", "cuda:N", "auto" */
+    int          threads;         /* CPU engine worker threads */
+    int          max_seqs;        /* sequences in the batch at most */
+    int          max_batch_tokens;/* tokens in one step at most */
+    int          kv_block_size;   /* tokens per KV-cache block */
+    int          kv_blocks;       /* pool size; 0: derive from below */
+    double       kv_fraction;     /* GPU: share of free device memory */
+    size_t       kv_bytes;        /* CPU: pool size in bytes if !kv_blocks */
+} engine_opts_t;
+
+/* one sequence's share of a step */
+typedef struct {
+    int32_t         seq;          /* KV-cache owner, 0 .. max_seqs-1 */
+    int32_t         pos;          /* position of tokens[0] */
+    int32_t         n_tokens;     /* 1 for decode, a chunk for prefill */
+    const int32_t  *tokens;
+    int32_t         sample;       /* 1: sample a token after the last */
+    float           temperature;  /* 0: greedy */
+    float           top_p;        /* 1: no nucleus cut */
+    uint64_t       *rng;          /* per-sequence state, advanced */
+} engine_item_t;
+
+engine_t *engine_create(const model_t *m, const engine_opts_t *o,
+    char *err, size_t errlen);
+void engine_destroy(engine_t *e);
+
+/* "cpu", "cuda:0" */
+const char *engine_name(const engine_t *e);
+
+/* make positions [0, n_tokens) of seq writable; 0, or -1 if no blocks */
+int engine_kv_reserve(engine_t *e, int seq, int n_tokens);
+/* give back all blocks of seq */
+void engine_kv_release(engine_t *e, int seq);
+int engine_kv_blocks_total(const engine_t *e);
+int engine_kv_blocks_used(const engine_t *e);
+int engine_kv_block_size(const engine_t *e);
+
+/*
+ * Run one forward step over n items (sum of n_tokens <= max_batch_tokens,
+ * n <= max_seqs).  For every item with sample != 0, out_tokens[i] is the
+ * sampled next token; other entries are left as they are.  When logits is
+ * not NULL it receives the last position's logits of every item, one row
+ * of vocab_size floats per item (tests compare them with references).
+ * Returns 0, or -1 on a device error.
+ */
+int engine_step(engine_t *e, const engine_item_t *items, int n,
+    int32_t *out_tokens, float *logits);
+
+/* device allocations made after engine_create() returned (must be 0) */
+uint64_t engine_allocs_after_start(const engine_t *e);
+
+#endif /* GPU_ENGINE_H */
