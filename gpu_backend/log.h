@@ -1,0 +1,16 @@
+/*
+ * log.h - the backend's log lines on stderr: time, pid, level, message.
+ * systemd and `make run` capture stderr; nothing else is needed.
+ */
+
+#ifndef GPU_LOG_H
+#define GPU_LOG_H
+
+void log_msg(const char *level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+#define log_info(...)   log_msg("info", __VA_ARGS__)
+#define log_warn(...)   log_msg("warn", __VA_ARGS__)
+#define log_error(...)  log_msg("error", __VA_ARGS__)
+
+#endif

@@ -1,0 +1,444 @@
+/*
+ * main.c - gpu_backend: options, the supervisor, and the serving process.
+ *
+ * The supervisor (the process you start) binds the Unix socket and forks
+ * the server.  If the server dies after it became ready (a crash, the OOM
+ * killer, SIGKILL), the supervisor starts a new one on the same listening
+ * socket, so nginx workers only see their connection close and reconnect;
+ * connections made meanwhile wait in the listen backlog.  If the server
+ * dies before it became ready (a model it cannot load), the supervisor
+ * exits with the server's status: a broken configuration fails loudly
+ * instead of restarting forever.
+ */
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "log.h"
+#include "model.h"
+#include "scheduler.h"
+#include "server.h"
+#include "tokenizer.h"
+
+#define EXIT_CONFIG  78                 /* sysexits' EX_CONFIG */
+
+
+typedef struct {
+    const char  *model_dir;
+    const char  *socket_path;
+    const char  *pid_file;
+    const char  *served_name;
+    int          socket_mode;
+    int          supervise;
+    int          slots;
+    int          max_new_tokens;
+    engine_opts_t     engine;
+    scheduler_opts_t  sched;
+} options_t;
+
+
+static volatile sig_atomic_t  stop_flag;
+static volatile pid_t         child_pid;
+
+
+static void
+usage(FILE *f)
+{
+    fprintf(f,
+"usage: gpu_backend --model DIR --socket PATH [options]\n"
+"\n"
+"Serves the model in DIR (Hugging Face layout: config.json,\n"
+"model.safetensors, tokenizer.json) to nginx workers on the Unix socket\n"
+"PATH.  A supervisor restarts the server if it dies.\n"
+"\n"
+"  --device D            cpu, cuda, cuda:N or auto (default auto)\n"
+"  --threads N           CPU engine threads (default 1)\n"
+"  --max-seqs N          sequences in a batch at most (default 64)\n"
+"  --max-batch-tokens N  tokens in one forward step at most (default 2048)\n"
+"  --batch-wait-us N     wait to fill an empty batch (default 0)\n"
+"  --slots N             requests queued or running at most (default 256)\n"
+"  --max-new-tokens N    largest max_tokens accepted (default: context)\n"
+"  --kv-cache-mb N       CPU KV-cache pool size (default 256)\n"
+"  --kv-fraction F       GPU: share of free memory for KV (default 0.9)\n"
+"  --kv-block-size N     tokens per KV-cache block (default 16)\n"
+"  --served-model-name S name reported to clients (default: DIR's name)\n"
+"  --socket-mode OCTAL   socket file permissions (default 0666)\n"
+"  --step-delay-us N     throttle: sleep after every step (tests)\n"
+"  --pid-file PATH       write the supervisor's pid\n"
+"  --no-supervise        run the server in this process, no restarts\n"
+"  --help\n");
+}
+
+
+static int
+parse_int(const char *s, const char *name, long lo, long hi)
+{
+    char  *end;
+    long   v;
+
+    errno = 0;
+    v = strtol(s, &end, 0);
+    if (errno || *end || v < lo || v > hi) {
+        fprintf(stderr, "gpu_backend: %s must be an integer in %ld..%ld\n",
+                name, lo, hi);
+        exit(2);
+    }
+    return (int) v;
+}
+
+
+static void
+parse_options(int argc, char **argv, options_t *o)
+{
+    int  c;
+
+    static const struct option  longopts[] = {
+        { "model", required_argument, NULL, 'm' },
+        { "socket", required_argument, NULL, 's' },
+        { "device", required_argument, NULL, 'd' },
+        { "threads", required_argument, NULL, 't' },
+        { "max-seqs", required_argument, NULL, 'S' },
+        { "max-batch-tokens", required_argument, NULL, 'B' },
+        { "batch-wait-us", required_argument, NULL, 'w' },
+        { "slots", required_argument, NULL, 'q' },
+        { "max-new-tokens", required_argument, NULL, 'n' },
+        { "kv-cache-mb", required_argument, NULL, 'k' },
+        { "kv-fraction", required_argument, NULL, 'f' },
+        { "kv-block-size", required_argument, NULL, 'b' },
+        { "served-model-name", required_argument, NULL, 'N' },
+        { "socket-mode", required_argument, NULL, 'M' },
+        { "step-delay-us", required_argument, NULL, 'D' },
+        { "pid-file", required_argument, NULL, 'p' },
+        { "no-supervise", no_argument, NULL, 'x' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 }
+    };
+
+    memset(o, 0, sizeof(*o));
+    o->supervise = 1;
+    o->slots = 256;
+    o->socket_mode = 0666;
+    o->engine.device = "auto";
+    o->engine.threads = 1;
+    o->engine.max_seqs = 64;
+    o->engine.max_batch_tokens = 2048;
+    o->engine.kv_block_size = 16;
+    o->engine.kv_fraction = 0.9;
+    o->engine.kv_bytes = (size_t) 256 << 20;
+
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'm': o->model_dir = optarg; break;
+        case 's': o->socket_path = optarg; break;
+        case 'd': o->engine.device = optarg; break;
+        case 't':
+            o->engine.threads = parse_int(optarg, "--threads", 1, 256);
+            break;
+        case 'S':
+            o->engine.max_seqs = parse_int(optarg, "--max-seqs", 1, 4096);
+            break;
+        case 'B':
+            o->engine.max_batch_tokens = parse_int(optarg,
+                                          "--max-batch-tokens", 1, 1 << 20);
+            break;
+        case 'w':
+            o->sched.batch_wait_us = parse_int(optarg, "--batch-wait-us", 0,
+                                               10000000);
+            break;
+        case 'q':
+            o->slots = parse_int(optarg, "--slots", 1, 65536);
+            break;
+        case 'n':
+            o->max_new_tokens = parse_int(optarg, "--max-new-tokens", 1,
+                                          1 << 20);
+            break;
+        case 'k':
+            o->engine.kv_bytes = (size_t) parse_int(optarg, "--kv-cache-mb",
+                                                    1, 1 << 22) << 20;
+            break;
+        case 'f':
+            o->engine.kv_fraction = atof(optarg);
+            if (o->engine.kv_fraction <= 0 || o->engine.kv_fraction > 1) {
+                fprintf(stderr, "gpu_backend: --kv-fraction must be in "
+                        "(0, 1]\n");
+                exit(2);
+            }
+            break;
+        case 'b':
+            o->engine.kv_block_size = parse_int(optarg, "--kv-block-size",
+                                                1, 4096);
+            break;
+        case 'N': o->served_name = optarg; break;
+        case 'M':
+            o->socket_mode = (int) strtol(optarg, NULL, 8);
+            break;
+        case 'D':
+            o->sched.step_delay_us = parse_int(optarg, "--step-delay-us", 0,
+                                               10000000);
+            break;
+        case 'p': o->pid_file = optarg; break;
+        case 'x': o->supervise = 0; break;
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); exit(2);
+        }
+    }
+
+    if (o->model_dir == NULL || o->socket_path == NULL || optind < argc) {
+        usage(stderr);
+        exit(2);
+    }
+
+    o->sched.max_seqs = o->engine.max_seqs;
+    o->sched.max_batch_tokens = o->engine.max_batch_tokens;
+}
+
+
+static void
+on_stop(int sig)
+{
+    stop_flag = 1;
+    if (child_pid > 0) {
+        kill(child_pid, sig);
+    }
+}
+
+
+static void
+install_signals(void)
+{
+    struct sigaction  sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+
+/* load everything, then serve; returns the process exit status */
+static int
+serve(options_t *o, int listen_fd, int ready_fd)
+{
+    int                    memfd, ctx, kv_tokens, max_new, tok_bytes;
+    char                   err[1024], path[PATH_MAX];
+    model_t                model;
+    engine_t              *engine;
+    server_t              *srv;
+    scheduler_t           *sched;
+    tokenizer_t           *tok;
+    gpu_channel_header_t  *h;
+
+    if (model_load(o->model_dir, &model, err, sizeof(err)) != 0) {
+        log_error("cannot load the model: %s", err);
+        return EXIT_CONFIG;
+    }
+
+    snprintf(path, sizeof(path), "%s/tokenizer.json", o->model_dir);
+    tok = tokenizer_load(path, err, sizeof(err));
+    if (tok == NULL) {
+        log_error("cannot load the tokenizer: %s", err);
+        return EXIT_CONFIG;
+    }
+
+    if (tokenizer_vocab_size(tok) > model.cfg.vocab_size) {
+        log_error("%s has %d tokens but %s/config.json says vocab_size %d",
+                  path, tokenizer_vocab_size(tok), o->model_dir,
+                  model.cfg.vocab_size);
+        return EXIT_CONFIG;
+    }
+
+    engine = engine_create(&model, &o->engine, err, sizeof(err));
+    if (engine == NULL) {
+        log_error("cannot start the engine: %s", err);
+        return EXIT_CONFIG;
+    }
+
+    /* the context a request may use: the model's, or what the cache holds */
+    ctx = model.cfg.max_seq_len;
+    kv_tokens = engine_kv_blocks_total(engine) * engine_kv_block_size(engine);
+    if (kv_tokens < ctx) {
+        ctx = kv_tokens;
+    }
+
+    max_new = o->max_new_tokens ? o->max_new_tokens : ctx;
+    if (max_new > ctx) {
+        max_new = ctx;
+    }
+
+    tok_bytes = tokenizer_max_token_bytes(tok);
+
+    h = region_create((uint32_t) o->slots,
+                      (uint32_t) ctx * 8,       /* text: ~8 bytes a token */
+                      (uint32_t) ctx, (uint32_t) max_new,
+                      (uint32_t) (max_new * (tok_bytes < 16 ? tok_bytes : 16)
+                                  + 4 * tok_bytes + 64),
+                      &memfd, err, sizeof(err));
+    if (h == NULL) {
+        log_error("cannot create the shared region: %s", err);
+        return EXIT_CONFIG;
+    }
+
+    h->backend_pid = (uint64_t) getpid();
+    h->start_ns = (uint64_t) time(NULL) * 1000000000ull;
+    h->vocab_size = (uint32_t) model.cfg.vocab_size;
+    h->ctx_len = (uint32_t) ctx;
+    snprintf(h->model_name, sizeof(h->model_name), "%s",
+             o->served_name ? o->served_name : model.name);
+    snprintf(h->engine_name, sizeof(h->engine_name), "%s",
+             engine_name(engine));
+    h->stats.kv_blocks_total = (uint32_t) engine_kv_blocks_total(engine);
+
+    srv = server_create(listen_fd, memfd, h);
+    sched = scheduler_create(&o->sched, h, &model, tok, engine,
+                             server_notify, srv);
+    if (srv == NULL || sched == NULL) {
+        log_error("out of memory at start");
+        return EXIT_CONFIG;
+    }
+    server_set_scheduler(srv, sched);
+
+    gpu_channel_init(h);
+    h->ready = 1;
+
+    log_info("serving %s (%s, %d layers, dim %d, vocab %d) on %s with the "
+             "%s engine; context %d, %d KV blocks of %d tokens, %d slots",
+             h->model_name, model.cfg.architecture, model.cfg.n_layers,
+             model.cfg.dim, model.cfg.vocab_size, o->socket_path,
+             engine_name(engine), ctx, engine_kv_blocks_total(engine),
+             engine_kv_block_size(engine), o->slots);
+
+    if (ready_fd >= 0) {
+        (void) !write(ready_fd, "r", 1);
+        close(ready_fd);
+    }
+
+    return server_run(srv, &stop_flag) == 0 ? 0 : 1;
+}
+
+
+static int
+supervise(options_t *o, int listen_fd)
+{
+    int              status, pipefd[2], ready, delay_ms;
+    char             c;
+    pid_t            pid;
+    ssize_t          r;
+    struct timespec  ts, started, now;
+
+    delay_ms = 50;
+
+    for ( ;; ) {
+        if (pipe(pipefd) != 0) {
+            log_error("pipe: %s", strerror(errno));
+            return 1;
+        }
+
+        pid = fork();
+        if (pid < 0) {
+            log_error("fork: %s", strerror(errno));
+            return 1;
+        }
+
+        if (pid == 0) {
+            close(pipefd[0]);
+            child_pid = 0;
+            _exit(serve(o, listen_fd, pipefd[1]));
+        }
+
+        child_pid = pid;
+        close(pipefd[1]);
+
+        clock_gettime(CLOCK_MONOTONIC, &started);
+
+        /* one byte once the model is loaded; EOF if the child died */
+        do {
+            r = read(pipefd[0], &c, 1);
+        } while (r < 0 && errno == EINTR);
+        ready = (r == 1);
+        close(pipefd[0]);
+
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+            /* keep waiting: on_stop forwarded the signal */
+        }
+        child_pid = 0;
+
+        if (stop_flag) {
+            return 0;
+        }
+
+        if (!ready) {
+            log_error("the server did not start; not restarting");
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+        }
+
+        if (WIFSIGNALED(status)) {
+            log_warn("the server was killed by signal %d; restarting",
+                     WTERMSIG(status));
+        } else {
+            log_warn("the server exited with status %d; restarting",
+                     WEXITSTATUS(status));
+        }
+
+        /* a server that keeps dying at once is restarted ever more slowly */
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec - started.tv_sec < 2) {
+            delay_ms = delay_ms * 2 > 5000 ? 5000 : delay_ms * 2;
+        } else {
+            delay_ms = 100;
+        }
+
+        ts.tv_sec = delay_ms / 1000;
+        ts.tv_nsec = (long) (delay_ms % 1000) * 1000000;
+        nanosleep(&ts, NULL);
+    }
+}
+
+
+int
+main(int argc, char **argv)
+{
+    int        listen_fd, rc;
+    char       err[512];
+    FILE      *f;
+    options_t  o;
+
+    parse_options(argc, argv, &o);
+    install_signals();
+
+    listen_fd = server_listen(o.socket_path, o.socket_mode, err,
+                              sizeof(err));
+    if (listen_fd < 0) {
+        log_error("cannot listen: %s", err);
+        return EXIT_CONFIG;
+    }
+
+    if (o.pid_file) {
+        f = fopen(o.pid_file, "w");
+        if (f == NULL) {
+            log_error("%s: %s", o.pid_file, strerror(errno));
+            return EXIT_CONFIG;
+        }
+        fprintf(f, "%d\n", (int) getpid());
+        fclose(f);
+    }
+
+    rc = o.supervise ? supervise(&o, listen_fd) : serve(&o, listen_fd, -1);
+
+    close(listen_fd);
+    unlink(o.socket_path);
+    if (o.pid_file) {
+        unlink(o.pid_file);
+    }
+
+    return rc;
+}

@@ -1,0 +1,694 @@
+/*
+ * scheduler.c - continuous batching (see scheduler.h).
+ *
+ * A request's path: the ring hands over a SUBMITTED slot; poll_ring
+ * checks and tokenizes its prompt into a per-slot id buffer and queues it
+ * (waiting).  Between steps, waiting requests are admitted in arrival
+ * order while a sequence entry is free and the KV cache can hold the
+ * prompt plus max_tokens (reserved up front, so a running sequence never
+ * runs out of cache).  A step gives every decoding sequence its one token
+ * first, then spends what is left of the token budget on prefill chunks,
+ * so a long prompt never stalls running streams.  Sampled tokens become
+ * text in the slot's output area at once, and the owning worker is told.
+ */
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "scheduler.h"
+#include "utf8.h"
+
+
+typedef struct {
+    int         active;
+    uint32_t    slot;
+    uint32_t    owner;
+    int32_t    *tokens;             /* prompt, then generated tokens */
+    int         n_prompt;
+    int         n_gen;
+    int         n_done;             /* positions already in the KV cache */
+    int         max_tokens;
+    float       temperature;
+    float       top_p;
+    uint64_t    rng;
+    int32_t     prev;               /* last token, for detokenisation */
+    unsigned char  pend[16];        /* incomplete UTF-8 held back */
+    int         n_pend;
+} seq_t;
+
+
+struct scheduler_s {
+    scheduler_opts_t        opts;
+    gpu_channel_header_t   *h;
+    const model_t          *model;
+    tokenizer_t            *tok;
+    engine_t               *engine;
+    scheduler_notify_pt     notify;
+    void                   *notify_data;
+
+    int                     ctx_len;
+    int                     vocab;
+
+    /* waiting requests: FIFO of slot indices, prompts tokenized */
+    uint32_t               *wait_q;
+    uint32_t                wait_head;
+    uint32_t                wait_n;
+    int32_t               **slot_ids;       /* [n_slots][ctx_len] */
+    int                    *slot_n_ids;
+    int64_t                 first_wait_ns;  /* oldest arrival, batch fill */
+
+    seq_t                  *seqs;           /* [max_seqs] */
+    int32_t                *seq_tokens;     /* [max_seqs * ctx_len] */
+    int                     n_running;
+
+    engine_item_t          *items;
+    int                    *item_seq;
+    int32_t                *sampled;
+    unsigned char          *text_buf;       /* one token's bytes */
+    unsigned char          *clean_buf;      /* its sanitized form */
+    int                     text_cap;
+    uint64_t                rng_counter;
+};
+
+
+static int64_t
+now_ns(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+
+static int64_t
+mono_ns(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+
+static uint64_t
+mix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+
+scheduler_t *
+scheduler_create(const scheduler_opts_t *o, gpu_channel_header_t *region,
+    const model_t *m, tokenizer_t *tok, engine_t *e,
+    scheduler_notify_pt notify, void *notify_data)
+{
+    int           i;
+    uint32_t      n;
+    scheduler_t  *s;
+
+    s = calloc(1, sizeof(scheduler_t));
+    if (s == NULL) {
+        return NULL;
+    }
+
+    s->opts = *o;
+    s->h = region;
+    s->model = m;
+    s->tok = tok;
+    s->engine = e;
+    s->notify = notify;
+    s->notify_data = notify_data;
+    s->ctx_len = (int) region->ctx_len;
+    s->vocab = m->cfg.vocab_size;
+
+    n = region->n_slots;
+    s->wait_q = calloc(n, sizeof(uint32_t));
+    s->slot_ids = calloc(n, sizeof(int32_t *));
+    s->slot_n_ids = calloc(n, sizeof(int));
+    s->seqs = calloc(o->max_seqs, sizeof(seq_t));
+    s->seq_tokens = calloc((size_t) o->max_seqs * s->ctx_len,
+                           sizeof(int32_t));
+    s->items = calloc(o->max_seqs, sizeof(engine_item_t));
+    s->item_seq = calloc(o->max_seqs, sizeof(int));
+    s->sampled = calloc(o->max_seqs, sizeof(int32_t));
+    s->text_cap = tokenizer_max_token_bytes(tok) + 16;
+    s->text_buf = malloc(s->text_cap + 16);
+    s->clean_buf = malloc(3 * (s->text_cap + 16));
+
+    if (s->wait_q == NULL || s->slot_ids == NULL || s->slot_n_ids == NULL
+        || s->seqs == NULL || s->seq_tokens == NULL || s->items == NULL
+        || s->item_seq == NULL || s->sampled == NULL || s->text_buf == NULL
+        || s->clean_buf == NULL)
+    {
+        scheduler_destroy(s);
+        return NULL;
+    }
+
+    for (i = 0; i < (int) n; i++) {
+        s->slot_ids[i] = malloc((size_t) s->ctx_len * sizeof(int32_t));
+        if (s->slot_ids[i] == NULL) {
+            scheduler_destroy(s);
+            return NULL;
+        }
+    }
+
+    for (i = 0; i < o->max_seqs; i++) {
+        s->seqs[i].tokens = s->seq_tokens + (size_t) i * s->ctx_len;
+    }
+
+    s->rng_counter = mix64((uint64_t) now_ns() ^ (uint64_t) getpid());
+
+    return s;
+}
+
+
+void
+scheduler_destroy(scheduler_t *s)
+{
+    uint32_t  i;
+
+    if (s == NULL) {
+        return;
+    }
+
+    if (s->slot_ids) {
+        for (i = 0; i < s->h->n_slots; i++) {
+            free(s->slot_ids[i]);
+        }
+    }
+
+    free(s->wait_q);
+    free(s->slot_ids);
+    free(s->slot_n_ids);
+    free(s->seqs);
+    free(s->seq_tokens);
+    free(s->items);
+    free(s->item_seq);
+    free(s->sampled);
+    free(s->text_buf);
+    free(s->clean_buf);
+    free(s);
+}
+
+
+static void
+stats_update(scheduler_t *s)
+{
+    gpu_channel_stats_t  *st = &s->h->stats;
+
+    __atomic_store_n(&st->running, (uint32_t) s->n_running,
+                     __ATOMIC_RELAXED);
+    __atomic_store_n(&st->waiting, s->wait_n, __ATOMIC_RELAXED);
+    __atomic_store_n(&st->kv_blocks_used,
+                     (uint32_t) engine_kv_blocks_used(s->engine),
+                     __ATOMIC_RELAXED);
+    __atomic_store_n(&st->device_allocs_after_start,
+                     engine_allocs_after_start(s->engine), __ATOMIC_RELAXED);
+}
+
+
+/* DONE, or FREE if the worker cancelled meanwhile; tells the worker */
+static void
+slot_finish(scheduler_t *s, uint32_t idx, uint32_t from, uint32_t reason)
+{
+    gpu_slot_t  *slot = gpu_channel_slot(s->h, idx);
+
+    slot->finish_reason = reason;
+
+    if (!gpu_slot_cas(slot, from, GPU_SLOT_DONE)) {
+        gpu_store_release(&slot->state, GPU_SLOT_FREE);
+        return;
+    }
+
+    s->notify(s->notify_data, slot->owner);
+}
+
+
+static void
+slot_error(scheduler_t *s, uint32_t idx, uint32_t from, uint32_t status,
+    const char *type, const char *code, const char *param, const char *msg)
+{
+    gpu_slot_t  *slot = gpu_channel_slot(s->h, idx);
+
+    slot->error_status = status;
+    snprintf(slot->error_type, sizeof(slot->error_type), "%s", type);
+    snprintf(slot->error_code, sizeof(slot->error_code), "%s",
+             code ? code : "");
+    snprintf(slot->error_param, sizeof(slot->error_param), "%s",
+             param ? param : "");
+    snprintf(slot->error_message, sizeof(slot->error_message), "%s", msg);
+
+    slot_finish(s, idx, from, GPU_FINISH_ERROR);
+}
+
+
+/* check and tokenize one submission; 0 if it joins the waiting queue */
+static int
+admit_check(scheduler_t *s, uint32_t idx)
+{
+    int          n, i, total;
+    char         msg[GPU_ERROR_MSG_LEN];
+    int32_t     *ids;
+    gpu_slot_t  *slot;
+
+    slot = gpu_channel_slot(s->h, idx);
+    ids = s->slot_ids[idx];
+
+    if (slot->prompt_kind == GPU_PROMPT_TOKENS) {
+        n = (int) slot->prompt_len;
+        if (n > s->ctx_len) {
+            n = s->ctx_len + 1;
+        } else {
+            memcpy(ids, gpu_slot_prompt(s->h, slot), (size_t) n * 4);
+        }
+        for (i = 0; i < n && n <= s->ctx_len; i++) {
+            if (ids[i] < 0 || ids[i] >= s->vocab) {
+                snprintf(msg, sizeof(msg), "token id %d in the prompt is "
+                         "outside the vocabulary (0..%d)", ids[i],
+                         s->vocab - 1);
+                slot_error(s, idx, GPU_SLOT_SUBMITTED, 400,
+                           "invalid_request_error", "invalid_token",
+                           "prompt", msg);
+                return -1;
+            }
+        }
+
+    } else {
+        n = tokenizer_encode(s->tok, gpu_slot_prompt(s->h, slot),
+                             slot->prompt_len, 1, ids, s->ctx_len);
+        if (n < 0) {
+            slot_error(s, idx, GPU_SLOT_SUBMITTED, 500, "server_error",
+                       NULL, NULL, "the prompt could not be tokenized");
+            return -1;
+        }
+    }
+
+    if (n == 0) {
+        slot_error(s, idx, GPU_SLOT_SUBMITTED, 400, "invalid_request_error",
+                   "empty_prompt", "prompt", "the prompt is empty");
+        return -1;
+    }
+
+    total = n + (int) slot->max_tokens;
+
+    if (total > s->ctx_len || slot->max_tokens < 1
+        || slot->max_tokens > s->h->max_new_tokens)
+    {
+        snprintf(msg, sizeof(msg), "This model's maximum context length is "
+                 "%d tokens. However, you requested %d tokens (%d in your "
+                 "prompt; %u for the completion). Please reduce your prompt;"
+                 " or completion length.", s->ctx_len, total, n,
+                 slot->max_tokens);
+        slot_error(s, idx, GPU_SLOT_SUBMITTED, 400, "invalid_request_error",
+                   "context_length_exceeded", "prompt", msg);
+        return -1;
+    }
+
+    s->slot_n_ids[idx] = n;
+    return 0;
+}
+
+
+void
+scheduler_poll_ring(scheduler_t *s)
+{
+    int64_t      idx;
+    uint32_t     st;
+    gpu_slot_t  *slot;
+
+    while ((idx = gpu_channel_pop(s->h)) >= 0) {
+        slot = gpu_channel_slot(s->h, (uint32_t) idx);
+        st = gpu_load_acquire(&slot->state);
+
+        if (st == GPU_SLOT_CANCELLED) {
+            gpu_store_release(&slot->state, GPU_SLOT_FREE);
+            continue;
+        }
+
+        if (st != GPU_SLOT_SUBMITTED) {
+            log_warn("slot %ld popped in state %u, ignored", (long) idx, st);
+            continue;
+        }
+
+        if (admit_check(s, (uint32_t) idx) != 0) {
+            continue;
+        }
+
+        if (s->wait_n == 0) {
+            s->first_wait_ns = mono_ns();
+        }
+
+        s->wait_q[(s->wait_head + s->wait_n) % s->h->n_slots] =
+                                                           (uint32_t) idx;
+        s->wait_n++;
+    }
+
+    stats_update(s);
+}
+
+
+/* move waiting requests into the batch while there is room */
+static void
+admit(scheduler_t *s)
+{
+    int          i, free_seq;
+    uint32_t     idx;
+    seq_t       *q;
+    gpu_slot_t  *slot;
+
+    while (s->wait_n > 0 && s->n_running < s->opts.max_seqs) {
+        idx = s->wait_q[s->wait_head];
+        slot = gpu_channel_slot(s->h, idx);
+
+        if (gpu_load_acquire(&slot->state) == GPU_SLOT_CANCELLED) {
+            gpu_store_release(&slot->state, GPU_SLOT_FREE);
+            goto next;
+        }
+
+        free_seq = -1;
+        for (i = 0; i < s->opts.max_seqs; i++) {
+            if (!s->seqs[i].active) {
+                free_seq = i;
+                break;
+            }
+        }
+
+        if (engine_kv_reserve(s->engine, free_seq,
+                              s->slot_n_ids[idx] + (int) slot->max_tokens)
+            != 0)
+        {
+            break;                      /* wait for cache to free up */
+        }
+
+        if (!gpu_slot_cas(slot, GPU_SLOT_SUBMITTED, GPU_SLOT_RUNNING)) {
+            engine_kv_release(s->engine, free_seq);
+            gpu_store_release(&slot->state, GPU_SLOT_FREE);
+            goto next;
+        }
+
+        q = &s->seqs[free_seq];
+        q->active = 1;
+        q->slot = idx;
+        q->owner = slot->owner;
+        q->n_prompt = s->slot_n_ids[idx];
+        memcpy(q->tokens, s->slot_ids[idx], (size_t) q->n_prompt * 4);
+        q->n_gen = 0;
+        q->n_done = 0;
+        q->max_tokens = (int) slot->max_tokens;
+        q->temperature = slot->temperature;
+        q->top_p = slot->top_p;
+        q->rng = slot->has_seed ? mix64(slot->seed)
+                                : mix64(++s->rng_counter);
+        q->prev = -1;
+        if (slot->prompt_kind == GPU_PROMPT_TEXT) {
+            /* text continues the prompt: no leading-space strip */
+            q->prev = q->tokens[q->n_prompt - 1];
+        }
+        q->n_pend = 0;
+        slot->n_prompt_tokens = (uint32_t) q->n_prompt;
+        s->n_running++;
+
+        __atomic_add_fetch(&s->h->stats.prompt_tokens, (uint64_t) q->n_prompt,
+                           __ATOMIC_RELAXED);
+
+    next:
+        s->wait_head = (s->wait_head + 1) % s->h->n_slots;
+        s->wait_n--;
+        if (s->wait_n > 0) {
+            s->first_wait_ns = mono_ns();
+        }
+    }
+}
+
+
+static void
+seq_drop(scheduler_t *s, int i)
+{
+    engine_kv_release(s->engine, i);
+    s->seqs[i].active = 0;
+    s->n_running--;
+}
+
+
+/* append sanitized bytes to the slot's output; returns bytes written */
+static void
+seq_emit(scheduler_t *s, seq_t *q, int final)
+{
+    size_t       n, used;
+    gpu_slot_t  *slot = gpu_channel_slot(s->h, q->slot);
+    char        *out = gpu_slot_out(s->h, slot);
+
+    n = utf8_sanitize(q->pend, q->n_pend, final, s->clean_buf, &used);
+
+    if (slot->out_len + n > s->h->out_bytes_cap) {
+        n = s->h->out_bytes_cap - slot->out_len;    /* cannot happen */
+    }
+
+    memcpy(out + slot->out_len, s->clean_buf, n);
+    memmove(q->pend, q->pend + used, q->n_pend - used);
+    q->n_pend -= (int) used;
+
+    gpu_store_release(&slot->out_len, slot->out_len + (uint32_t) n);
+}
+
+
+static int
+is_eos(scheduler_t *s, int32_t t)
+{
+    int  i;
+
+    for (i = 0; i < s->model->cfg.n_eos; i++) {
+        if (s->model->cfg.eos_ids[i] == t) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+
+static void
+seq_end(scheduler_t *s, int i, uint32_t reason)
+{
+    seq_t       *q = &s->seqs[i];
+    gpu_slot_t  *slot = gpu_channel_slot(s->h, q->slot);
+
+    if (q->n_pend > 0) {
+        seq_emit(s, q, 1);
+        if (q->n_gen > 0) {
+            gpu_slot_tok_end(s->h, slot)[q->n_gen - 1] = slot->out_len;
+        }
+    }
+
+    slot_finish(s, q->slot, GPU_SLOT_RUNNING, reason);
+    seq_drop(s, i);
+}
+
+
+/* one sampled token: text into the slot, then maybe the end */
+static void
+seq_token(scheduler_t *s, int i, int32_t t)
+{
+    int          n;
+    seq_t       *q = &s->seqs[i];
+    gpu_slot_t  *slot = gpu_channel_slot(s->h, q->slot);
+
+    if (q->n_gen == 0) {
+        slot->first_token_ns = (uint64_t) now_ns();
+    }
+
+    if (is_eos(s, t)) {
+        seq_end(s, i, GPU_FINISH_STOP);
+        return;
+    }
+
+    q->tokens[q->n_prompt + q->n_gen] = t;
+
+    n = tokenizer_decode_token(s->tok, q->prev, t, (char *) s->text_buf,
+                               s->text_cap);
+    if (n > 0) {
+        if (q->n_pend + n > (int) sizeof(q->pend)) {
+            seq_emit(s, q, 1);          /* never valid: flush as U+FFFD */
+        }
+        memcpy(q->pend + q->n_pend, s->text_buf, n);
+        q->n_pend += n;
+        seq_emit(s, q, 0);
+    }
+
+    gpu_slot_tok_end(s->h, slot)[q->n_gen] = slot->out_len;
+    q->n_gen++;
+    q->prev = t;
+    gpu_store_release(&slot->n_tokens, (uint32_t) q->n_gen);
+    s->notify(s->notify_data, q->owner);
+
+    if (q->n_gen >= q->max_tokens || q->n_prompt + q->n_gen >= s->ctx_len) {
+        seq_end(s, i, GPU_FINISH_LENGTH);
+    }
+}
+
+
+int
+scheduler_has_work(const scheduler_t *s)
+{
+    return s->n_running > 0 || s->wait_n > 0;
+}
+
+
+int
+scheduler_wait_us(const scheduler_t *s)
+{
+    int64_t  waited;
+
+    /* fill an empty batch for a moment; never delay running streams */
+    if (s->n_running > 0 || s->wait_n == 0 || s->opts.batch_wait_us <= 0
+        || (int) s->wait_n >= s->opts.max_seqs)
+    {
+        return 0;
+    }
+
+    waited = (mono_ns() - s->first_wait_ns) / 1000;
+
+    return waited >= s->opts.batch_wait_us
+           ? 0 : (int) (s->opts.batch_wait_us - waited);
+}
+
+
+static void
+batch_histogram(scheduler_t *s, int n)
+{
+    int                   b;
+    gpu_channel_stats_t  *st = &s->h->stats;
+
+    for (b = 0; b < GPU_BATCH_BUCKETS; b++) {
+        if ((uint32_t) n <= gpu_batch_bucket_le[b]) {
+            break;
+        }
+    }
+
+    __atomic_add_fetch(&st->batch_bucket[b], 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&st->batch_sum, (uint64_t) n, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&st->steps, 1, __ATOMIC_RELAXED);
+}
+
+
+int
+scheduler_step(scheduler_t *s)
+{
+    int             i, k, n, budget, pending, pass, total;
+    seq_t          *q;
+    engine_item_t  *it;
+
+    /* cancelled sequences leave before the step */
+    for (i = 0; i < s->opts.max_seqs; i++) {
+        q = &s->seqs[i];
+        if (q->active && gpu_load_acquire(&gpu_channel_slot(s->h, q->slot)
+                                          ->state) == GPU_SLOT_CANCELLED)
+        {
+            gpu_store_release(&gpu_channel_slot(s->h, q->slot)->state,
+                              GPU_SLOT_FREE);
+            seq_drop(s, i);
+        }
+    }
+
+    admit(s);
+
+    /* decode tokens first, then prefill chunks within what is left */
+    n = 0;
+    budget = s->opts.max_batch_tokens;
+
+    for (pass = 0; pass < 2; pass++) {
+        for (i = 0; i < s->opts.max_seqs && budget > 0; i++) {
+            q = &s->seqs[i];
+            if (!q->active) {
+                continue;
+            }
+
+            total = q->n_prompt + q->n_gen;
+            pending = total - q->n_done;
+
+            if ((pass == 0) != (pending == 1 && q->n_gen > 0)) {
+                continue;
+            }
+
+            k = pending < budget ? pending : budget;
+            it = &s->items[n];
+            it->seq = i;
+            it->pos = q->n_done;
+            it->n_tokens = k;
+            it->tokens = q->tokens + q->n_done;
+            it->sample = (q->n_done + k == total);
+            it->temperature = q->temperature;
+            it->top_p = q->top_p;
+            it->rng = &q->rng;
+            s->item_seq[n] = i;
+            budget -= k;
+            n++;
+        }
+    }
+
+    if (n == 0) {
+        stats_update(s);
+        return 0;
+    }
+
+    if (engine_step(s->engine, s->items, n, s->sampled, NULL) != 0) {
+        return -1;
+    }
+
+    batch_histogram(s, n);
+
+    for (k = 0; k < n; k++) {
+        i = s->item_seq[k];
+        q = &s->seqs[i];
+        q->n_done += s->items[k].n_tokens;
+
+        if (s->items[k].sample) {
+            __atomic_add_fetch(&s->h->stats.generation_tokens, 1,
+                               __ATOMIC_RELAXED);
+            seq_token(s, i, s->sampled[k]);
+        }
+    }
+
+    stats_update(s);
+
+    if (s->opts.step_delay_us > 0) {
+        usleep(s->opts.step_delay_us);
+    }
+
+    return 0;
+}
+
+
+void
+scheduler_abort_all(scheduler_t *s, const char *why)
+{
+    int       i;
+    uint32_t  idx;
+
+    for (i = 0; i < s->opts.max_seqs; i++) {
+        if (s->seqs[i].active) {
+            idx = s->seqs[i].slot;
+            seq_drop(s, i);
+            slot_error(s, idx, GPU_SLOT_RUNNING, 503, "server_error",
+                       "backend_unavailable", NULL, why);
+        }
+    }
+
+    while (s->wait_n > 0) {
+        idx = s->wait_q[s->wait_head];
+        s->wait_head = (s->wait_head + 1) % s->h->n_slots;
+        s->wait_n--;
+        slot_error(s, idx, GPU_SLOT_SUBMITTED, 503, "server_error",
+                   "backend_unavailable", NULL, why);
+    }
+
+    stats_update(s);
+}
