@@ -408,11 +408,9 @@ admit(scheduler_t *s)
         q->top_p = slot->top_p;
         q->rng = slot->has_seed ? mix64(slot->seed)
                                 : mix64(++s->rng_counter);
-        q->prev = -1;
-        if (slot->prompt_kind == GPU_PROMPT_TEXT) {
-            /* text continues the prompt: no leading-space strip */
-            q->prev = q->tokens[q->n_prompt - 1];
-        }
+        /* the text continues the prompt: only right after BOS does the
+         * first token lose its leading space */
+        q->prev = q->tokens[q->n_prompt - 1];
         q->n_pend = 0;
         slot->n_prompt_tokens = (uint32_t) q->n_prompt;
         s->n_running++;
