@@ -250,6 +250,12 @@ serve(options_t *o, int listen_fd, int ready_fd)
         return EXIT_CONFIG;
     }
 
+    /* config.json's eos_token_id decides; the tokenizer's only fills in */
+    if (model.cfg.n_eos == 0 && tokenizer_eos_id(tok) >= 0) {
+        model.cfg.eos_ids[0] = tokenizer_eos_id(tok);
+        model.cfg.n_eos = 1;
+    }
+
     if (tokenizer_vocab_size(tok) > model.cfg.vocab_size) {
         log_error("%s has %d tokens but %s/config.json says vocab_size %d",
                   path, tokenizer_vocab_size(tok), o->model_dir,

@@ -23,10 +23,11 @@ use POSIX ();
 use Time::HiRes qw(sleep time);
 
 our @EXPORT = qw(start_backend stop_backend backend_log backend_server_pid
-                 kill_backend_in wait_backend_restart http_request
+                 kill_backend_in wait_backend_restart http_request http_abort
                  http_concurrent model_dir_or_skip);
 
 my $dir = "/tmp/ngx-gpu-t-$$";
+our $last_killed;                   # pid kill_backend_in() aimed at
 my $sup_pid;
 my $log;
 
@@ -109,6 +110,7 @@ sub backend_server_pid {
 sub kill_backend_in {
     my ($delay) = @_;
     my $pid = backend_server_pid() or die "no serving backend process\n";
+    $last_killed = $pid;
     my $k = fork() // die "fork: $!";
     if ($k == 0) {
         sleep $delay;
@@ -172,6 +174,30 @@ sub http_request {
 }
 
 
+# send a request, read for $after seconds, hang up; returns what came
+sub http_abort {
+    my ($method, $path, $body, $after, %o) = @_;
+    my $port = $o{port} // $ENV{TEST_NGINX_SERVER_PORT}
+               // $ENV{TEST_NGINX_PORT} // 1984;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                  PeerPort => $port, Proto => 'tcp')
+        or return "connect: $!";
+    print $s "$method $path HTTP/1.1\r\nHost: localhost\r\n"
+        . "Content-Type: application/json\r\n"
+        . "Content-Length: " . length($body) . "\r\n\r\n$body";
+    my ($resp, $end) = ('', time + $after);
+    my $sel = IO::Select->new($s);
+    while ((my $left = $end - time) > 0) {
+        last unless $sel->can_read($left);
+        my $n = sysread($s, my $buf, 65536);
+        last unless $n;
+        $resp .= $buf;
+    }
+    close $s;
+    return $resp;
+}
+
+
 # $n clients at once, each sending the same request; returns a list of
 # [status, body, seconds]
 sub http_concurrent {
@@ -207,6 +233,7 @@ sub http_concurrent {
 
 
 END {
+    local $?;                       # keep the test's exit status
     stop_backend();
     remove_tree($dir) if -d $dir && !$ENV{TEST_NGINX_NO_CLEAN};
 }
