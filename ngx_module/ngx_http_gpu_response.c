@@ -1,0 +1,1125 @@
+
+/*
+ * Copyright (C) ngx-gpu authors
+ */
+
+
+/*
+ * Answers: JSON bodies, error objects, the server-sent events of streamed
+ * completions, and the event handlers of a request in flight (client
+ * went away, output blocked).
+ */
+
+
+#include "ngx_http_gpu_channel.h"
+
+
+#define NGX_HTTP_GPU_BUF_SIZE  4096
+
+
+static ngx_int_t ngx_http_gpu_send_completion(ngx_http_request_t *r,
+    ngx_http_gpu_ctx_t *ctx, ngx_http_gpu_progress_t *p);
+static ngx_int_t ngx_http_gpu_stream_header(ngx_http_request_t *r,
+    ngx_http_gpu_ctx_t *ctx);
+static ngx_int_t ngx_http_gpu_stream_body(ngx_http_request_t *r,
+    ngx_http_gpu_ctx_t *ctx, ngx_http_gpu_progress_t *p);
+static ngx_int_t ngx_http_gpu_stream_error(ngx_http_request_t *r,
+    ngx_http_gpu_ctx_t *ctx, ngx_http_gpu_error_t *err);
+static ngx_buf_t *ngx_http_gpu_get_buf(ngx_http_request_t *r,
+    ngx_http_gpu_ctx_t *ctx, size_t size, ngx_chain_t **out);
+static ngx_int_t ngx_http_gpu_output(ngx_http_request_t *r,
+    ngx_http_gpu_ctx_t *ctx, ngx_chain_t *in);
+static ngx_int_t ngx_http_gpu_add_header(ngx_http_request_t *r, char *key,
+    ngx_str_t *value);
+static size_t ngx_http_gpu_error_len(ngx_http_gpu_error_t *err);
+static u_char *ngx_http_gpu_error_json(u_char *p, ngx_http_gpu_error_t *err);
+static u_char *ngx_http_gpu_usage_json(u_char *p, ngx_uint_t prompt,
+    ngx_uint_t completion);
+static void ngx_http_gpu_abort(ngx_http_request_t *r, ngx_int_t rc);
+static size_t ngx_http_gpu_json_escape(u_char *dst, u_char *src, size_t size);
+
+
+static uint32_t  ngx_http_gpu_seq;
+
+
+/* pieces of the completion objects; head is {"id":...,"model":"...", */
+
+static ngx_str_t  ngx_http_gpu_data = ngx_string("data: ");
+static ngx_str_t  ngx_http_gpu_choice = ngx_string("\"choices\":[{\"text\":\"");
+static ngx_str_t  ngx_http_gpu_tail = ngx_string(
+    "\",\"index\":0,\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+static ngx_str_t  ngx_http_gpu_tail_length = ngx_string(
+    "\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"length\"}]");
+static ngx_str_t  ngx_http_gpu_tail_stop = ngx_string(
+    "\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"stop\"}]");
+static ngx_str_t  ngx_http_gpu_no_choices = ngx_string("\"choices\":[],");
+static ngx_str_t  ngx_http_gpu_done = ngx_string("data: [DONE]\n\n");
+
+#define NGX_HTTP_GPU_USAGE_LEN                                                \
+    (sizeof("\"usage\":{\"prompt_tokens\":,\"completion_tokens\":,"          \
+            "\"total_tokens\":}") - 1 + 3 * NGX_INT_T_LEN)
+
+
+void
+ngx_http_gpu_set_error(ngx_http_gpu_error_t *err, ngx_uint_t status,
+    char *type, char *param, char *code, ngx_str_t *message)
+{
+    err->status = status;
+
+    if (type) {
+        err->type.data = (u_char *) type;
+        err->type.len = ngx_strlen(type);
+
+    } else {
+        ngx_str_set(&err->type, "server_error");
+    }
+
+    if (param) {
+        err->param.data = (u_char *) param;
+        err->param.len = ngx_strlen(param);
+
+    } else {
+        ngx_str_null(&err->param);
+    }
+
+    if (code) {
+        err->code.data = (u_char *) code;
+        err->code.len = ngx_strlen(code);
+
+    } else {
+        ngx_str_null(&err->code);
+    }
+
+    if (message) {
+        err->message = *message;
+
+    } else {
+        ngx_str_null(&err->message);
+    }
+
+    ngx_str_null(&err->allow);
+}
+
+
+/* every error answer goes through here */
+
+ngx_int_t
+ngx_http_gpu_send_error(ngx_http_request_t *r, ngx_http_gpu_error_t *err)
+{
+    u_char     *p;
+    ngx_str_t   json;
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "gpu error: %ui \"%V\" \"%V\"", err->status, &err->code,
+                   &err->message);
+
+    json.len = ngx_http_gpu_error_len(err) + 1;
+
+    json.data = ngx_pnalloc(r->pool, json.len);
+    if (json.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_http_gpu_error_json(json.data, err);
+    *p++ = LF;
+
+    json.len = p - json.data;
+
+    if (err->allow.len) {
+        if (ngx_http_gpu_add_header(r, "Allow", &err->allow) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    return ngx_http_gpu_send_json(r, err->status, &json);
+}
+
+
+ngx_int_t
+ngx_http_gpu_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *json)
+{
+    ngx_int_t                 rc;
+    ngx_str_t                 value;
+    ngx_buf_t                *b;
+    ngx_chain_t               out;
+    ngx_http_gpu_loc_conf_t  *glcf;
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = json->len;
+
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    if (status == NGX_HTTP_SERVICE_UNAVAILABLE
+        || status == NGX_HTTP_TOO_MANY_REQUESTS)
+    {
+        glcf = ngx_http_get_module_loc_conf(r, ngx_http_gpu_module);
+
+        value.data = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
+        if (value.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        value.len = ngx_sprintf(value.data, "%T", glcf->retry_after)
+                    - value.data;
+
+        if (ngx_http_gpu_add_header(r, "Retry-After", &value) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->pos = json->data;
+    b->last = json->data + json->len;
+    b->memory = 1;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+ngx_int_t
+ngx_http_gpu_init_ctx(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx)
+{
+    u_char  *p;
+
+    if (ngx_http_gpu_seq == 0) {
+        ngx_http_gpu_seq = (uint32_t) ngx_random();
+    }
+
+    /* unique across workers and restarts: pid, time, counter */
+
+    ngx_sprintf(ctx->id, "cmpl-%08xD%08xD%08xD", (uint32_t) ngx_pid,
+                (uint32_t) ngx_time(), ngx_http_gpu_seq++);
+
+    ctx->created = ngx_time();
+
+    ctx->head.len = sizeof("{\"id\":\"\",\"object\":\"text_completion\","
+                           "\"created\":,\"model\":\"\",") - 1
+                    + NGX_HTTP_GPU_ID_LEN + NGX_TIME_T_LEN
+                    + ngx_http_gpu_escape_json_len(ctx->model.data,
+                                                   ctx->model.len);
+
+    ctx->head.data = ngx_pnalloc(r->pool, ctx->head.len);
+    if (ctx->head.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_sprintf(ctx->head.data, "{\"id\":\"%*s\","
+                    "\"object\":\"text_completion\",\"created\":%T,"
+                    "\"model\":\"", (size_t) NGX_HTTP_GPU_ID_LEN, ctx->id,
+                    ctx->created);
+    p = ngx_http_gpu_escape_json(p, ctx->model.data, ctx->model.len);
+    *p++ = '"';
+    *p++ = ',';
+
+    ctx->head.len = p - ctx->head.data;
+
+    return NGX_OK;
+}
+
+
+/*
+ * called on every scan that found progress; NGX_DECLINED: still running,
+ * anything else: the request is over, finalize it with that
+ */
+
+ngx_int_t
+ngx_http_gpu_process(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
+    ngx_http_gpu_progress_t *p)
+{
+    ngx_int_t  rc;
+
+    if (!ctx->params.stream) {
+
+        if (!p->done) {
+            return NGX_DECLINED;
+        }
+
+        if (p->finish == GPU_FINISH_LENGTH || p->finish == GPU_FINISH_STOP) {
+            return ngx_http_gpu_send_completion(r, ctx, p);
+        }
+
+        return ngx_http_gpu_send_error(r, &p->error);
+    }
+
+    if (!ctx->header_sent) {
+
+        if (p->done
+            && p->finish != GPU_FINISH_LENGTH
+            && p->finish != GPU_FINISH_STOP)
+        {
+            /* nothing was sent yet: an ordinary error answer */
+            return ngx_http_gpu_send_error(r, &p->error);
+        }
+
+        if (!p->done && p->n_tokens == 0) {
+            return NGX_DECLINED;
+        }
+
+        rc = ngx_http_gpu_stream_header(r, ctx);
+
+        if (rc == NGX_ERROR || rc > NGX_OK) {
+            return rc;
+        }
+    }
+
+    return ngx_http_gpu_stream_body(r, ctx, p);
+}
+
+
+ngx_int_t
+ngx_http_gpu_backend_gone(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx)
+{
+    ngx_str_t             msg;
+    ngx_http_gpu_error_t  err;
+
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "gpu backend \"%V\" terminated while processing "
+                  "the request", &ctx->backend->name);
+
+    ngx_str_set(&msg, "backend terminated");
+
+    ngx_http_gpu_set_error(&err, NGX_HTTP_SERVICE_UNAVAILABLE, "server_error",
+                           NULL, "backend_terminated", &msg);
+
+    if (!ctx->header_sent) {
+        return ngx_http_gpu_send_error(r, &err);
+    }
+
+    return ngx_http_gpu_stream_error(r, ctx, &err);
+}
+
+
+static ngx_int_t
+ngx_http_gpu_send_completion(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
+    ngx_http_gpu_progress_t *p)
+{
+    u_char     *last;
+    ngx_str_t   json, *tail;
+
+    tail = (p->finish == GPU_FINISH_STOP) ? &ngx_http_gpu_tail_stop
+                                           : &ngx_http_gpu_tail_length;
+
+    json.len = ctx->head.len + ngx_http_gpu_choice.len
+               + ngx_http_gpu_escape_json_len(p->out, p->out_len)
+               + tail->len + sizeof(",}\n") - 1 + NGX_HTTP_GPU_USAGE_LEN;
+
+    json.data = ngx_pnalloc(r->pool, json.len);
+    if (json.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    last = ngx_cpymem(json.data, ctx->head.data, ctx->head.len);
+    last = ngx_cpymem(last, ngx_http_gpu_choice.data,
+                      ngx_http_gpu_choice.len);
+    last = ngx_http_gpu_escape_json(last, p->out, p->out_len);
+    last = ngx_cpymem(last, tail->data, tail->len);
+    *last++ = ',';
+    last = ngx_http_gpu_usage_json(last, p->n_prompt_tokens, p->n_tokens);
+    *last++ = '}';
+    *last++ = LF;
+
+    json.len = last - json.data;
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "gpu completion: prompt:%ui tokens:%ui bytes:%uz",
+                   p->n_prompt_tokens, p->n_tokens, p->out_len);
+
+    return ngx_http_gpu_send_json(r, NGX_HTTP_OK, &json);
+}
+
+
+static ngx_int_t
+ngx_http_gpu_stream_header(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx)
+{
+    ngx_str_t                  value;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = -1;
+
+    ngx_str_set(&r->headers_out.content_type, "text/event-stream");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    ngx_str_set(&value, "no-cache");
+
+    if (ngx_http_gpu_add_header(r, "Cache-Control", &value) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_str_set(&value, "no");
+
+    if (ngx_http_gpu_add_header(r, "X-Accel-Buffering", &value) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    /* small events must not wait for Nagle */
+
+    if (r->stream == NULL && clcf->tcp_nodelay) {
+        if (ngx_tcp_nodelay(r->connection) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    ctx->header_sent = 1;
+
+    return ngx_http_send_header(r);
+}
+
+
+static ngx_int_t
+ngx_http_gpu_stream_body(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
+    ngx_http_gpu_progress_t *p)
+{
+    size_t        size, limit, prev, end;
+    ngx_int_t     rc;
+    ngx_str_t    *tail;
+    ngx_buf_t    *b;
+    ngx_uint_t    i, first, events;
+    ngx_chain_t  *out;
+
+    if (p->n_tokens < ctx->n_sent) {
+        /* a snapshot without tokens: the backend failed */
+        p->n_tokens = ctx->n_sent;
+    }
+
+    if (!p->done && p->n_tokens == ctx->n_sent) {
+        return NGX_DECLINED;
+    }
+
+    first = (ctx->n_sent == 0 && p->n_tokens > 0);
+
+    /*
+     * tok_end[] offsets only grow, and the last one may still grow while
+     * the backend flushes held back bytes: everything is clamped to what
+     * was published when the scan started
+     */
+
+    if (p->done) {
+        limit = p->out_len;
+
+    } else {
+        limit = p->tok_end[p->n_tokens - 1];
+
+        if (limit > p->out_cap) {
+            limit = p->out_cap;
+        }
+    }
+
+    if (limit < ctx->out_sent) {
+        limit = ctx->out_sent;
+    }
+
+    events = p->n_tokens - ctx->n_sent;
+
+    size = events * (ngx_http_gpu_data.len + ctx->head.len
+                     + ngx_http_gpu_choice.len + ngx_http_gpu_tail.len)
+           + 6 * (limit - ctx->out_sent);
+
+    if (p->done) {
+        size += ngx_http_gpu_data.len + ctx->head.len
+                + ngx_http_gpu_choice.len + ngx_http_gpu_tail_length.len
+                + sizeof("}\n\n") - 1
+                + ngx_http_gpu_data.len + ctx->head.len
+                + ngx_http_gpu_no_choices.len + NGX_HTTP_GPU_USAGE_LEN
+                + sizeof("}\n\n") - 1
+                + ngx_http_gpu_done.len
+                + ngx_http_gpu_data.len + ngx_http_gpu_error_len(&p->error)
+                + sizeof("\n\n") - 1;
+    }
+
+    b = ngx_http_gpu_get_buf(r, ctx, size, &out);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    prev = ctx->out_sent;
+
+    for (i = ctx->n_sent; i < p->n_tokens; i++) {
+        end = p->tok_end[i];
+
+        if (end < prev) {
+            end = prev;
+
+        } else if (end > limit) {
+            end = limit;
+        }
+
+        b->last = ngx_cpymem(b->last, ngx_http_gpu_data.data,
+                             ngx_http_gpu_data.len);
+        b->last = ngx_cpymem(b->last, ctx->head.data, ctx->head.len);
+        b->last = ngx_cpymem(b->last, ngx_http_gpu_choice.data,
+                             ngx_http_gpu_choice.len);
+        b->last = ngx_http_gpu_escape_json(b->last, p->out + prev,
+                                           end - prev);
+        b->last = ngx_cpymem(b->last, ngx_http_gpu_tail.data,
+                             ngx_http_gpu_tail.len);
+        prev = end;
+    }
+
+    ctx->n_sent = p->n_tokens;
+    ctx->out_sent = prev;
+
+    if (p->done) {
+
+        if (p->finish == GPU_FINISH_LENGTH || p->finish == GPU_FINISH_STOP) {
+
+            /* the rest of the text, if any, and the finish reason */
+
+            tail = (p->finish == GPU_FINISH_STOP) ? &ngx_http_gpu_tail_stop
+                                                   : &ngx_http_gpu_tail_length;
+
+            b->last = ngx_cpymem(b->last, ngx_http_gpu_data.data,
+                                 ngx_http_gpu_data.len);
+            b->last = ngx_cpymem(b->last, ctx->head.data, ctx->head.len);
+            b->last = ngx_cpymem(b->last, ngx_http_gpu_choice.data,
+                                 ngx_http_gpu_choice.len);
+            b->last = ngx_http_gpu_escape_json(b->last, p->out + prev,
+                                               limit - prev);
+            b->last = ngx_cpymem(b->last, tail->data, tail->len);
+            b->last = ngx_cpymem(b->last, "}\n\n", sizeof("}\n\n") - 1);
+
+            if (ctx->params.include_usage) {
+                b->last = ngx_cpymem(b->last, ngx_http_gpu_data.data,
+                                     ngx_http_gpu_data.len);
+                b->last = ngx_cpymem(b->last, ctx->head.data, ctx->head.len);
+                b->last = ngx_cpymem(b->last, ngx_http_gpu_no_choices.data,
+                                     ngx_http_gpu_no_choices.len);
+                b->last = ngx_http_gpu_usage_json(b->last,
+                                                  p->n_prompt_tokens,
+                                                  p->n_tokens);
+                b->last = ngx_cpymem(b->last, "}\n\n", sizeof("}\n\n") - 1);
+            }
+
+            b->last = ngx_cpymem(b->last, ngx_http_gpu_done.data,
+                                 ngx_http_gpu_done.len);
+
+        } else {
+
+            /* an error after events were sent: no [DONE] */
+
+            ctx->status = p->error.status;
+
+            b->last = ngx_cpymem(b->last, ngx_http_gpu_data.data,
+                                 ngx_http_gpu_data.len);
+            b->last = ngx_http_gpu_error_json(b->last, &p->error);
+            *b->last++ = LF;
+            *b->last++ = LF;
+        }
+
+        ctx->out_sent = limit;
+
+        b->last_buf = (r == r->main) ? 1 : 0;
+    }
+
+    if (first) {
+        ngx_http_gpu_metrics_ttft(r);
+    }
+
+    rc = ngx_http_gpu_output(r, ctx, out);
+
+    if (rc == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    if (!p->done) {
+        return NGX_DECLINED;
+    }
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_gpu_stream_error(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
+    ngx_http_gpu_error_t *err)
+{
+    ngx_buf_t    *b;
+    ngx_chain_t  *out;
+
+    b = ngx_http_gpu_get_buf(r, ctx, ngx_http_gpu_data.len
+                                     + ngx_http_gpu_error_len(err)
+                                     + sizeof("\n\n") - 1,
+                             &out);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->last = ngx_cpymem(b->last, ngx_http_gpu_data.data,
+                         ngx_http_gpu_data.len);
+    b->last = ngx_http_gpu_error_json(b->last, err);
+    *b->last++ = LF;
+    *b->last++ = LF;
+
+    b->last_buf = (r == r->main) ? 1 : 0;
+
+    ctx->status = err->status;
+
+    return ngx_http_gpu_output(r, ctx, out);
+}
+
+
+static ngx_buf_t *
+ngx_http_gpu_get_buf(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
+    size_t size, ngx_chain_t **out)
+{
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    cl = ngx_chain_get_free_buf(r->pool, &ctx->free);
+    if (cl == NULL) {
+        return NULL;
+    }
+
+    b = cl->buf;
+
+    if (b->start == NULL || (size_t) (b->end - b->start) < size) {
+
+        if (b->start) {
+            /* sent already; large blocks go back at once */
+            (void) ngx_pfree(r->pool, b->start);
+        }
+
+        size = ngx_max(size, NGX_HTTP_GPU_BUF_SIZE);
+
+        b->start = ngx_palloc(r->pool, size);
+        if (b->start == NULL) {
+            return NULL;
+        }
+
+        b->end = b->start + size;
+    }
+
+    b->pos = b->start;
+    b->last = b->start;
+    b->temporary = 1;
+    b->flush = 1;
+    b->last_buf = 0;
+    b->last_in_chain = 1;
+    b->tag = (ngx_buf_tag_t) &ngx_http_gpu_module;
+
+    *out = cl;
+
+    return b;
+}
+
+
+static ngx_int_t
+ngx_http_gpu_output(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
+    ngx_chain_t *in)
+{
+    ngx_int_t                  rc;
+    ngx_uint_t                 flush;
+    ngx_event_t               *wev;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    flush = (in == NULL);
+
+    rc = ngx_http_output_filter(r, in);
+
+    if (rc == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    ngx_chain_update_chains(r->pool, &ctx->free, &ctx->busy, &in,
+                            (ngx_buf_tag_t) &ngx_http_gpu_module);
+
+    /*
+     * what the client does not take now waits in the write filter;
+     * send_timeout runs from the moment the client stopped taking data:
+     * new tokens do not push it back, a write event (flush) does
+     */
+
+    wev = r->connection->write;
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    if (!wev->delayed) {
+        if (wev->active && !wev->ready) {
+            if (flush || !wev->timer_set) {
+                ngx_add_timer(wev, clcf->send_timeout);
+            }
+
+        } else if (wev->timer_set) {
+            ngx_del_timer(wev);
+        }
+    }
+
+    if (ngx_handle_write_event(wev, clcf->send_lowat) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "gpu output: %i, buffered:%d", rc,
+                   (int) (r->connection->buffered | r->buffered));
+
+    return rc;
+}
+
+
+void
+ngx_http_gpu_write_handler(ngx_http_request_t *r)
+{
+    ngx_event_t         *wev;
+    ngx_connection_t    *c;
+    ngx_http_gpu_ctx_t  *ctx;
+
+    c = r->connection;
+    wev = c->write;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0, "gpu write handler");
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_gpu_module);
+
+    if (wev->timedout) {
+        ngx_connection_error(c, NGX_ETIMEDOUT, "client timed out");
+        c->timedout = 1;
+        ngx_http_gpu_abort(r, NGX_HTTP_REQUEST_TIME_OUT);
+        return;
+    }
+
+    if (ctx == NULL || !ctx->header_sent) {
+        return;
+    }
+
+    if (ngx_http_gpu_output(r, ctx, NULL) == NGX_ERROR) {
+        ngx_http_gpu_abort(r, NGX_ERROR);
+    }
+}
+
+
+/* the client went away while the generation runs: cancel it at once */
+
+void
+ngx_http_gpu_check_broken_connection(ngx_http_request_t *r)
+{
+    ssize_t            n;
+    ngx_err_t          err;
+    ngx_event_t       *ev;
+    ngx_connection_t  *c;
+    u_char             buf[1];
+
+    c = r->connection;
+    ev = c->read;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ev->log, 0,
+                   "gpu check client: \"%V\"", &r->uri);
+
+    if (c->error) {
+        ngx_http_gpu_abort(r, NGX_HTTP_CLIENT_CLOSED_REQUEST);
+        return;
+    }
+
+    if (r->stream) {
+        /* HTTP/2 sets c->error when the client resets the stream */
+        return;
+    }
+
+#if (NGX_HAVE_KQUEUE)
+
+    if (ngx_event_flags & NGX_USE_KQUEUE_EVENT) {
+
+        if (!ev->pending_eof) {
+            return;
+        }
+
+        ev->eof = 1;
+        c->error = 1;
+
+        if (ev->kq_errno) {
+            ev->error = 1;
+        }
+
+        ngx_log_error(NGX_LOG_INFO, ev->log, ev->kq_errno,
+                      "kevent() reported that client prematurely closed "
+                      "connection, generation cancelled");
+
+        ngx_http_gpu_abort(r, NGX_HTTP_CLIENT_CLOSED_REQUEST);
+        return;
+    }
+
+#endif
+
+#if (NGX_HAVE_EPOLLRDHUP)
+
+    if ((ngx_event_flags & NGX_USE_EPOLL_EVENT) && ngx_use_epoll_rdhup) {
+        socklen_t  len;
+
+        if (!ev->pending_eof) {
+            return;
+        }
+
+        ev->eof = 1;
+        c->error = 1;
+
+        err = 0;
+        len = sizeof(ngx_err_t);
+
+        /*
+         * BSDs and Linux return 0 and set a pending error in err
+         * Solaris returns -1 and sets errno
+         */
+
+        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, (void *) &err, &len)
+            == -1)
+        {
+            err = ngx_socket_errno;
+        }
+
+        if (err) {
+            ev->error = 1;
+        }
+
+        ngx_log_error(NGX_LOG_INFO, ev->log, err,
+                      "epoll_wait() reported that client prematurely closed "
+                      "connection, generation cancelled");
+
+        ngx_http_gpu_abort(r, NGX_HTTP_CLIENT_CLOSED_REQUEST);
+        return;
+    }
+
+#endif
+
+    n = recv(c->fd, buf, 1, MSG_PEEK);
+
+    err = ngx_socket_errno;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ev->log, err,
+                   "gpu check client recv(): %z", n);
+
+    if ((ngx_event_flags & NGX_USE_LEVEL_EVENT) && ev->active) {
+        if (ngx_del_event(ev, NGX_READ_EVENT, 0) != NGX_OK) {
+            ngx_http_gpu_abort(r, NGX_ERROR);
+            return;
+        }
+    }
+
+    if (n > 0) {
+        /* a pipelined request on a keepalive connection */
+        return;
+    }
+
+    if (n == -1) {
+        if (err == NGX_EAGAIN) {
+            return;
+        }
+
+        ev->error = 1;
+
+    } else { /* n == 0 */
+        err = 0;
+    }
+
+    ev->eof = 1;
+    c->error = 1;
+
+    ngx_log_error(NGX_LOG_INFO, ev->log, err,
+                  "client prematurely closed connection, "
+                  "generation cancelled");
+
+    ngx_http_gpu_abort(r, NGX_HTTP_CLIENT_CLOSED_REQUEST);
+}
+
+
+static void
+ngx_http_gpu_abort(ngx_http_request_t *r, ngx_int_t rc)
+{
+    ngx_http_gpu_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_gpu_module);
+
+    if (ctx) {
+        ngx_http_gpu_channel_detach(ctx, NGX_HTTP_GPU_CANCEL);
+
+        /* counted as 499 or 408 even when the 200 header went out */
+
+        if (rc >= NGX_HTTP_BAD_REQUEST) {
+            ctx->status = rc;
+        }
+    }
+
+    ngx_http_finalize_request(r, rc);
+}
+
+
+static ngx_int_t
+ngx_http_gpu_add_header(ngx_http_request_t *r, char *key, ngx_str_t *value)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
+    h->key.data = (u_char *) key;
+    h->key.len = ngx_strlen(key);
+    h->value = *value;
+
+    return NGX_OK;
+}
+
+
+/* {"error":{"message":"...","type":"...","param":..,"code":..}} */
+
+static size_t
+ngx_http_gpu_error_len(ngx_http_gpu_error_t *err)
+{
+    size_t  len;
+
+    len = sizeof("{\"error\":{\"message\":\"\",\"type\":\"\",\"param\":"
+                 ",\"code\":}}") - 1
+          + ngx_http_gpu_escape_json_len(err->message.data, err->message.len)
+          + ngx_http_gpu_escape_json_len(err->type.data, err->type.len);
+
+    len += err->param.data
+           ? ngx_http_gpu_escape_json_len(err->param.data, err->param.len) + 2
+           : sizeof("null") - 1;
+
+    len += err->code.data
+           ? ngx_http_gpu_escape_json_len(err->code.data, err->code.len) + 2
+           : sizeof("null") - 1;
+
+    return len;
+}
+
+
+static u_char *
+ngx_http_gpu_error_json(u_char *p, ngx_http_gpu_error_t *err)
+{
+    p = ngx_cpymem(p, "{\"error\":{\"message\":\"",
+                   sizeof("{\"error\":{\"message\":\"") - 1);
+    p = ngx_http_gpu_escape_json(p, err->message.data, err->message.len);
+    p = ngx_cpymem(p, "\",\"type\":\"", sizeof("\",\"type\":\"") - 1);
+    p = ngx_http_gpu_escape_json(p, err->type.data, err->type.len);
+    p = ngx_cpymem(p, "\",\"param\":", sizeof("\",\"param\":") - 1);
+
+    if (err->param.data) {
+        *p++ = '"';
+        p = ngx_http_gpu_escape_json(p, err->param.data, err->param.len);
+        *p++ = '"';
+
+    } else {
+        p = ngx_cpymem(p, "null", sizeof("null") - 1);
+    }
+
+    p = ngx_cpymem(p, ",\"code\":", sizeof(",\"code\":") - 1);
+
+    if (err->code.data) {
+        *p++ = '"';
+        p = ngx_http_gpu_escape_json(p, err->code.data, err->code.len);
+        *p++ = '"';
+
+    } else {
+        p = ngx_cpymem(p, "null", sizeof("null") - 1);
+    }
+
+    *p++ = '}';
+    *p++ = '}';
+
+    return p;
+}
+
+
+static u_char *
+ngx_http_gpu_usage_json(u_char *p, ngx_uint_t prompt, ngx_uint_t completion)
+{
+    return ngx_sprintf(p, "\"usage\":{\"prompt_tokens\":%ui,"
+                       "\"completion_tokens\":%ui,\"total_tokens\":%ui}",
+                       prompt, completion, prompt + completion);
+}
+
+
+size_t
+ngx_http_gpu_escape_json_len(u_char *src, size_t size)
+{
+    return ngx_http_gpu_json_escape(NULL, src, size);
+}
+
+
+u_char *
+ngx_http_gpu_escape_json(u_char *dst, u_char *src, size_t size)
+{
+    return dst + ngx_http_gpu_json_escape(dst, src, size);
+}
+
+
+/*
+ * JSON string contents: quotes, backslashes and control characters are
+ * escaped, invalid UTF-8 becomes U+FFFD; returns the bytes written, or
+ * with dst == NULL the bytes needed
+ */
+
+static size_t
+ngx_http_gpu_json_escape(u_char *dst, u_char *src, size_t size)
+{
+    u_char         c, *d;
+    size_t         n, i, len;
+    ngx_uint_t     lo, hi;
+    static u_char  hex[] = "0123456789abcdef";
+
+    d = dst;
+    len = 0;
+
+    while (size) {
+        c = *src;
+
+        if (c >= 0x80) {
+
+            /* the length of a valid sequence, or 0 */
+
+            if (c >= 0xc2 && c <= 0xdf) {
+                n = 2;
+
+            } else if (c >= 0xe0 && c <= 0xef) {
+                n = 3;
+
+            } else if (c >= 0xf0 && c <= 0xf4) {
+                n = 4;
+
+            } else {
+                n = 0;
+            }
+
+            if (n > size) {
+                n = 0;
+            }
+
+            if (n) {
+                lo = 0x80;
+                hi = 0xbf;
+
+                if (c == 0xe0) {
+                    lo = 0xa0;
+
+                } else if (c == 0xed) {
+                    hi = 0x9f;
+
+                } else if (c == 0xf0) {
+                    lo = 0x90;
+
+                } else if (c == 0xf4) {
+                    hi = 0x8f;
+                }
+
+                if (src[1] < lo || src[1] > hi) {
+                    n = 0;
+                }
+
+                for (i = 2; n && i < n; i++) {
+                    if (src[i] < 0x80 || src[i] > 0xbf) {
+                        n = 0;
+                    }
+                }
+            }
+
+            if (n == 0) {
+                len += sizeof("\\ufffd") - 1;
+
+                if (dst) {
+                    d = ngx_cpymem(d, "\\ufffd", sizeof("\\ufffd") - 1);
+                }
+
+                src++;
+                size--;
+                continue;
+            }
+
+            len += n;
+
+            if (dst) {
+                d = ngx_cpymem(d, src, n);
+            }
+
+            src += n;
+            size -= n;
+            continue;
+        }
+
+        src++;
+        size--;
+
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            len++;
+
+            if (dst) {
+                *d++ = c;
+            }
+
+            continue;
+        }
+
+        switch (c) {
+
+        case '"':
+        case '\\':
+            break;
+
+        case '\n':
+            c = 'n';
+            break;
+
+        case '\r':
+            c = 'r';
+            break;
+
+        case '\t':
+            c = 't';
+            break;
+
+        case '\b':
+            c = 'b';
+            break;
+
+        case '\f':
+            c = 'f';
+            break;
+
+        default:
+            len += sizeof("\\u00XX") - 1;
+
+            if (dst) {
+                *d++ = '\\';
+                *d++ = 'u';
+                *d++ = '0';
+                *d++ = '0';
+                *d++ = hex[c >> 4];
+                *d++ = hex[c & 0xf];
+            }
+
+            continue;
+        }
+
+        len += 2;
+
+        if (dst) {
+            *d++ = '\\';
+            *d++ = c;
+        }
+    }
+
+    return len;
+}
