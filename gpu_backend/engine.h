@@ -68,6 +68,9 @@ int engine_kv_block_size(const engine_t *e);
 int engine_step(engine_t *e, const engine_item_t *items, int n,
     int32_t *out_tokens, float *logits);
 
+/* why the last engine_step() returned -1 ("" after a good step) */
+const char *engine_last_error(const engine_t *e);
+
 /* device allocations made after engine_create() returned (must be 0) */
 uint64_t engine_allocs_after_start(const engine_t *e);
 

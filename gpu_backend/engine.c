@@ -1,0 +1,268 @@
+/*
+ * engine.c - engine.h on top of the engines: picks one for the device
+ * string, fills in option defaults, keeps the KV block tables and checks
+ * every step before an engine sees it.
+ */
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_impl.h"
+
+/* defaults for options left 0 */
+#define DEF_MAX_SEQS          8
+#define DEF_MAX_BATCH_TOKENS  512
+#define DEF_KV_BLOCK_SIZE     16
+
+struct engine_s {
+    const engine_ops_t  *ops;
+    void                *impl;
+    engine_opts_t        opts;        /* with defaults filled in */
+    int                  vocab_size;
+    kv_pool_t            kv;
+    char                 err[256];    /* why the last step failed */
+};
+
+static void
+e_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err == NULL || errlen == 0) {
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* device string -> ops and device index; 0 or -1 */
+static int
+pick_engine(const char *dev, const engine_ops_t **ops, int *index,
+    char *err, size_t errlen)
+{
+    *index = 0;
+    if (dev == NULL || dev[0] == '\0' || strcmp(dev, "cpu") == 0) {
+        *ops = &engine_cpu_ops;
+        return 0;
+    }
+    if (strcmp(dev, "auto") == 0) {
+        *ops = &engine_cpu_ops;
+#ifdef NGX_GPU_HAVE_CUDA
+        if (engine_cuda_ops.n_devices() > 0) {
+            *ops = &engine_cuda_ops;
+        }
+#endif
+        return 0;
+    }
+    if (strcmp(dev, "cuda") == 0 || strncmp(dev, "cuda:", 5) == 0) {
+#ifdef NGX_GPU_HAVE_CUDA
+        char *end;
+        long i = 0;
+
+        if (dev[4] == ':') {
+            i = strtol(dev + 5, &end, 10);
+            if (end == dev + 5 || *end != '\0' || i < 0) {
+                e_err(err, errlen, "device \"%s\": expected cuda:N", dev);
+                return -1;
+            }
+        }
+        if (i >= engine_cuda_ops.n_devices()) {
+            e_err(err, errlen, "device \"%s\": %d CUDA device(s) found", dev,
+                  engine_cuda_ops.n_devices());
+            return -1;
+        }
+        *ops = &engine_cuda_ops;
+        *index = (int) i;
+        return 0;
+#else
+        e_err(err, errlen, "device \"%s\": this build has no CUDA engine",
+              dev);
+        return -1;
+#endif
+    }
+    e_err(err, errlen, "unknown device \"%s\" (expected cpu, cuda, cuda:N or "
+          "auto)", dev);
+    return -1;
+}
+
+engine_t *
+engine_create(const model_t *m, const engine_opts_t *o, char *err,
+    size_t errlen)
+{
+    const engine_ops_t *ops;
+    engine_opts_t r = *o;
+    engine_t *e;
+    int dev, kv_blocks = 0;
+
+    if (pick_engine(o->device, &ops, &dev, err, errlen) != 0) {
+        return NULL;
+    }
+    if (r.threads < 0 || r.max_seqs < 0 || r.max_batch_tokens < 0
+        || r.kv_block_size < 0 || r.kv_blocks < 0 || r.kv_fraction < 0
+        || r.kv_fraction > 1)
+    {
+        e_err(err, errlen, "engine options: negative value (or kv_fraction "
+              "above 1)");
+        return NULL;
+    }
+    r.threads = r.threads ? r.threads : 1;
+    r.max_seqs = r.max_seqs ? r.max_seqs : DEF_MAX_SEQS;
+    r.max_batch_tokens = r.max_batch_tokens ? r.max_batch_tokens
+                                            : DEF_MAX_BATCH_TOKENS;
+    r.kv_block_size = r.kv_block_size ? r.kv_block_size : DEF_KV_BLOCK_SIZE;
+
+    e = calloc(1, sizeof(*e));
+    if (e == NULL) {
+        e_err(err, errlen, "out of memory");
+        return NULL;
+    }
+    e->ops = ops;
+    e->opts = r;
+    e->vocab_size = m->cfg.vocab_size;
+    e->impl = ops->create(m, &r, dev, &kv_blocks, err, errlen);
+    if (e->impl == NULL) {
+        free(e);
+        return NULL;
+    }
+    if (kv_pool_init(&e->kv, kv_blocks, r.kv_block_size, r.max_seqs,
+                     m->cfg.max_seq_len) != 0)
+    {
+        e_err(err, errlen, "out of memory for the KV block tables");
+        engine_destroy(e);
+        return NULL;
+    }
+    return e;
+}
+
+void
+engine_destroy(engine_t *e)
+{
+    if (e == NULL) {
+        return;
+    }
+    e->ops->destroy(e->impl);
+    kv_pool_free(&e->kv);
+    free(e);
+}
+
+const char *
+engine_name(const engine_t *e)
+{
+    return e->ops->name(e->impl);
+}
+
+int
+engine_kv_reserve(engine_t *e, int seq, int n_tokens)
+{
+    return kv_pool_reserve(&e->kv, seq, n_tokens);
+}
+
+void
+engine_kv_release(engine_t *e, int seq)
+{
+    kv_pool_release(&e->kv, seq);
+}
+
+int
+engine_kv_blocks_total(const engine_t *e)
+{
+    return e->kv.n_blocks;
+}
+
+int
+engine_kv_blocks_used(const engine_t *e)
+{
+    return e->kv.n_blocks - e->kv.n_free;
+}
+
+int
+engine_kv_block_size(const engine_t *e)
+{
+    return e->kv.block_size;
+}
+
+const char *
+engine_last_error(const engine_t *e)
+{
+    return e->err;
+}
+
+/* the engines rely on these: no engine checks them again */
+static int
+check_items(engine_t *e, const engine_item_t *items, int n)
+{
+    int i, j, total = 0;
+
+    if (n < 0 || n > e->opts.max_seqs) {
+        e_err(e->err, sizeof(e->err), "%d items, at most %d (max_seqs)", n,
+              e->opts.max_seqs);
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        const engine_item_t *it = &items[i];
+
+        if (it->seq < 0 || it->seq >= e->opts.max_seqs) {
+            e_err(e->err, sizeof(e->err), "item %d: seq %d out of range", i,
+                  it->seq);
+            return -1;
+        }
+        if (it->n_tokens < 1 || it->pos < 0 || it->tokens == NULL) {
+            e_err(e->err, sizeof(e->err), "item %d: no tokens or a negative "
+                  "position", i);
+            return -1;
+        }
+        if ((int64_t) it->pos + it->n_tokens
+            > kv_pool_capacity(&e->kv, it->seq))
+        {
+            e_err(e->err, sizeof(e->err), "item %d: seq %d position %d is "
+                  "past its %d reserved positions", i, it->seq,
+                  it->pos + it->n_tokens - 1,
+                  kv_pool_capacity(&e->kv, it->seq));
+            return -1;
+        }
+        for (j = 0; j < it->n_tokens; j++) {
+            if (it->tokens[j] < 0 || it->tokens[j] >= e->vocab_size) {
+                e_err(e->err, sizeof(e->err), "item %d: token %d is not in "
+                      "the vocabulary", i, it->tokens[j]);
+                return -1;
+            }
+        }
+        total += it->n_tokens;
+        if (total > e->opts.max_batch_tokens) {
+            e_err(e->err, sizeof(e->err), "more than %d tokens in a step "
+                  "(max_batch_tokens)", e->opts.max_batch_tokens);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int
+engine_step(engine_t *e, const engine_item_t *items, int n,
+    int32_t *out_tokens, float *logits)
+{
+    e->err[0] = '\0';
+    if (check_items(e, items, n) != 0) {
+        return -1;
+    }
+    if (n == 0) {
+        return 0;
+    }
+    if (e->ops->step(e->impl, &e->kv, items, n, out_tokens, logits) != 0) {
+        if (e->err[0] == '\0') {
+            snprintf(e->err, sizeof(e->err), "%s engine: step failed",
+                     e->ops->kind);
+        }
+        return -1;
+    }
+    return 0;
+}
+
+uint64_t
+engine_allocs_after_start(const engine_t *e)
+{
+    return e->ops->allocs_after_start(e->impl);
+}

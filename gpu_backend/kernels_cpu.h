@@ -1,0 +1,94 @@
+/*
+ * kernels_cpu.h - the CPU engine's kernels, f32 throughout.
+ *
+ * Each kernel is one loop nest over 8-float vectors (AVX2 with
+ * -march=x86-64-v3); t/unit/test_kernels.c holds the naive reference of
+ * each.  Every kernel computes a row the same way whatever
+ * else is in the batch, so a sequence's output does not depend on what
+ * it was batched with (bit for bit).
+ */
+
+#ifndef GPU_KERNELS_CPU_H
+#define GPU_KERNELS_CPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* sum of a[i] * b[i] */
+float k_dot(const float *a, const float *b, int n);
+
+/*
+ * out[B,N] = in[B,K] @ w[N,K]^T, w in the layout of a Hugging Face
+ * Linear, given packed: k_matmul_pack() rearranges w once (at engine
+ * create) into panels of K_PANEL output columns, k_matmul_packed_size()
+ * floats.  Each weight is read once per call for all B input rows, which
+ * is what makes a batched decode step cheaper than B single ones; each
+ * output is the running sum over k in order, so a row's result does not
+ * depend on B.  k_matmul_cols computes only the columns [n0, n1), n0 a
+ * multiple of K_PANEL (a thread's share).
+ */
+#define K_PANEL  16
+
+size_t k_matmul_packed_size(int N, int K);
+void k_matmul_pack(float *wp, const float *w, int N, int K);
+void k_matmul(float *out, const float *in, const float *wp, int B, int K,
+    int N);
+void k_matmul_cols(float *out, const float *in, const float *wp, int B,
+    int K, int N, int n0, int n1);
+
+/* out = x / rms(x) * w over one row of n; out may be x */
+void k_rmsnorm(float *out, const float *x, const float *w, int n,
+    float eps);
+
+/* cos and sin of position pos for each of the head_dim/2 frequencies
+ * theta^(-2i/head_dim), computed as transformers computes them */
+void k_rope_angles(float *cos_out, float *sin_out, int head_dim, int pos,
+    float theta);
+
+/* rotate one token's n_heads heads in place, Hugging Face half-split
+ * convention: element i pairs with i + head_dim/2 */
+void k_rope(float *x, int n_heads, int head_dim, const float *cos_t,
+    const float *sin_t);
+
+/* out[i] = silu(gate[i]) * up[i]; out may be gate */
+void k_swiglu(float *out, const float *gate, const float *up, int n);
+
+/* x[i] += y[i] */
+void k_add(float *x, const float *y, int n);
+
+/* in place, numerically stable */
+void k_softmax(float *x, int n);
+
+/* e^x, vectorisable, within 2 ulp of expf (0 below -87.3) */
+float k_exp(float x);
+
+/*
+ * The paged KV cache.  A block holds block_size positions of one layer,
+ * K and V each transposed, [n_kv_heads * head_dim][block_size]: one
+ * dimension of a head is a contiguous run of positions, so that both the
+ * scores and the weighted sum of V are vector loops over positions.
+ * block_size must be a multiple of 8 (the vector width).  Blocks are
+ * block_stride floats apart (other layers' blocks may sit in between).
+ */
+
+/* write one position's K and V rows into row `row` of a block */
+void k_kv_store(float *k_block, float *v_block, int row, const float *k,
+    const float *v, int n_kv_heads, int head_dim, int block_size);
+
+/* floats of scratch k_attention needs for n_pos positions */
+#define K_ATTENTION_SCRATCH(n_pos, head_dim)  ((n_pos) + (head_dim))
+
+/*
+ * Attention of one query token over positions [0, n_pos) of the cache.
+ * Position t lives in physical block blocks[t / block_size], row
+ * t % block_size; the blocks of this layer start at k_cache + block *
+ * block_stride (K) and v_cache + block * block_stride (V).  Query head h
+ * reads kv head h / (n_heads / n_kv_heads) (grouped-query).  q and out are
+ * [n_heads * head_dim]; scratch is K_ATTENTION_SCRATCH floats.
+ */
+void k_attention(float *out, const float *q, const float *k_cache,
+    const float *v_cache, size_t block_stride, const int32_t *blocks,
+    int block_size, int n_pos, int n_heads, int n_kv_heads, int head_dim,
+    float *scratch);
+
+#endif /* GPU_KERNELS_CPU_H */
