@@ -196,8 +196,8 @@ cpu_layer_forward(cpu_engine_t *e, const kv_pool_t *kv, int l, int T)
         float *k = q + e->q_dim, *v = k + e->kv_dim;
         const float *cs = e->rope_cos + (size_t) t * half;
         const float *sn = e->rope_sin + (size_t) t * half;
-        k_rope(q, c->n_heads, c->head_dim, cs, sn);
-        k_rope(k, c->n_kv_heads, c->head_dim, cs, sn);
+        /* q's heads and then k's are side by side: one call */
+        k_rope(q, c->n_heads + c->n_kv_heads, c->head_dim, cs, sn);
         kv_store(e, kv, l, t, k, v);
     }
     /* every row's K/V is stored before any row attends: a prefill chunk
@@ -273,9 +273,12 @@ cpu_step(void *impl, const kv_pool_t *kv, const engine_item_t *items, int n,
                    vocab * sizeof(float));
         }
         if (it->sample && out_tokens != NULL) {
-            out_tokens[e->row_item[j]] = sampler_sample(row, vocab,
-                it->temperature, it->top_p, it->rng ? it->rng : &e->rng,
-                e->cand);
+            /* greedy (sampler_sample's rule for it) is a plain argmax,
+             * vectorised here */
+            out_tokens[e->row_item[j]] = !(it->temperature > 0.0f)
+                ? k_argmax(row, vocab)
+                : sampler_sample(row, vocab, it->temperature, it->top_p,
+                                 it->rng ? it->rng : &e->rng, e->cand);
         }
     }
     return 0;
@@ -380,7 +383,8 @@ carve_acts(cpu_engine_t *e, int n_threads, carve_t *cv)
     e->rope_sin = carve(cv, T * (c->head_dim / 2) * f);
     e->tok_seq = carve(cv, T * sizeof(int32_t));
     e->tok_pos = carve(cv, T * sizeof(int32_t));
-    e->att_stride = (K_ATTENTION_SCRATCH(c->max_seq_len, c->head_dim) + 15)
+    e->att_stride = (K_ATTENTION_SCRATCH(c->max_seq_len, c->n_heads,
+                                       c->head_dim) + 15)
                     & ~(size_t) 15;
     e->att_scratch = carve(cv, (size_t) n_threads * e->att_stride * f);
     e->xl = carve(cv, S * c->dim * f);

@@ -9,6 +9,7 @@
  * batch, so results do not depend on batching, bit for bit.
  */
 
+#include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -18,6 +19,9 @@
 /* 8 floats (and ints); aligned(4) so that any float address will do */
 typedef float v8f __attribute__((vector_size(32), aligned(4), may_alias));
 typedef int32_t v8i __attribute__((vector_size(32), aligned(4), may_alias));
+typedef uint32_t v8u __attribute__((vector_size(32), aligned(4), may_alias));
+/* and 4 (RoPE: head_dim / 2 is often a multiple of 4 but not of 8) */
+typedef float v4f __attribute__((vector_size(16), aligned(4), may_alias));
 
 static inline v8f
 load8(const float *p)
@@ -50,35 +54,99 @@ select8(v8i m, v8f a, v8f b)
     return (v8f) (((v8i) a & m) | ((v8i) b & ~m));
 }
 
+/* lane-wise min and max, one instruction each; where either lane is
+ * NaN, the result's lane is b's */
+static inline v8f
+min8(v8f a, v8f b)
+{
+    return (v8f) _mm256_min_ps((__m256) a, (__m256) b);
+}
+
+static inline v8f
+max8(v8f a, v8f b)
+{
+    return (v8f) _mm256_max_ps((__m256) a, (__m256) b);
+}
+
+/* the largest lane, as a tree of lane swaps */
+static inline float
+hmax8(v8f v)
+{
+    v = max8(v, __builtin_shuffle(v, (v8i) { 4, 5, 6, 7, 0, 1, 2, 3 }));
+    v = max8(v, __builtin_shuffle(v, (v8i) { 2, 3, 0, 1, 6, 7, 4, 5 }));
+    v = max8(v, __builtin_shuffle(v, (v8i) { 1, 0, 3, 2, 5, 4, 7, 6 }));
+    return v[0];
+}
+
 /*
  * e^x, 8 at a time.  libm's expf is a call the compiler does not
- * vectorise (and the build does not let it treat float compares as
- * side-effect free), so it is written out: x = n ln2 + r, |r| <= ln2/2,
- * ln2 split in two so that n ln2 is exact; e^r by its Taylor series to
- * degree 7 (truncation error below 1e-8); 2^n built in the exponent bits.
- * Within 2 ulp of expf; 0 below -87.3, where e^x would be subnormal.
+ * vectorise, so it is written out: x = n ln2 + r, |r| <= ln2/2, ln2 split
+ * in two so that n ln2 is exact; e^r by a degree-6 polynomial (fitted for
+ * least relative error on that interval: 2e-9, so rounding dominates);
+ * 2^n built in the exponent bits.  Adding 1.5 * 2^23 rounds x log2(e) to
+ * the integer n and leaves n in the low bits of t, so that a shift by 23
+ * puts n + 127 in the exponent field.  Within 2 ulp of expf.  x is first
+ * clamped to [-88, 88]: from about -87.7 down (so for -inf too) n is
+ * -127, an exponent field of 0, and the result is exactly 0; from 88 up
+ * it is about 1.65e38, finite.  NaN stays NaN.
  */
 static inline v8f
 exp8(v8f x)
 {
-    v8f xc = select8(x > 88.0f, splat8(88.0f), x);
-    v8f n, r, p;
-    v8i e;
+    v8f t, n, r, p;
 
-    xc = select8(xc < -87.3f, splat8(-87.3f), xc);
-    /* round to nearest integer: adding 1.5 * 2^23 drops the fraction */
-    n = (xc * 1.44269504089f + 12582912.0f) - 12582912.0f;
-    r = (xc - n * 0.693145751953125f) - n * 1.42860677e-6f;
-    p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24
-        + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
-    e = (__builtin_convertvector(n, v8i) + 127) << 23;
-    return select8(x < -87.3f, splat8(0.0f), p * (v8f) e);
+    x = max8(splat8(-88.0f), min8(splat8(88.0f), x));
+    t = x * 1.44269504089f + 12582912.0f;
+    n = t - 12582912.0f;
+    r = (x - n * 0.693145751953125f) - n * 1.42860677e-6f;
+    p = 1.0f + r * (1.000000032f + r * (0.4999999421f + r * (0.1666643126f
+        + r * (0.04166800203f + r * (0.008374155598f
+        + r * 0.001384365469f)))));
+    return p * (v8f) (((v8u) t << 23) + (127u << 23));
 }
 
 float
 k_exp(float x)
 {
     return exp8(splat8(x))[0];
+}
+
+/*
+ * Greedy sampling's argmax, 8 lanes at a time: each lane keeps its
+ * largest value and, on ties, its first index (strict >), then the lanes
+ * are merged by value, then index.  Hence the first index of the maximum,
+ * as the plain loop finds it.  NaNs never win (the plain loop's only
+ * difference: it returns 0 when x[0] is NaN).
+ */
+int
+k_argmax(const float *x, int n)
+{
+    v8f best = splat8(-INFINITY);
+    v8i at = { 0 }, idx = { 0, 1, 2, 3, 4, 5, 6, 7 };
+    float bv;
+    int i, j, bi;
+
+    for (i = 0; i + 8 <= n; i += 8, idx += 8) {
+        v8f v = load8(x + i);
+        v8i gt = v > best;
+        best = select8(gt, v, best);
+        at = (at & ~gt) | (idx & gt);
+    }
+    bv = best[0];
+    bi = at[0];
+    for (j = 1; j < 8; j++) {
+        if (best[j] > bv || (best[j] == bv && at[j] < bi)) {
+            bv = best[j];
+            bi = at[j];
+        }
+    }
+    for (; i < n; i++) {
+        if (x[i] > bv) {
+            bv = x[i];
+            bi = i;
+        }
+    }
+    return bi;
 }
 
 float
@@ -149,7 +217,7 @@ k_matmul_pack(float *wp, const float *w, int N, int K)
  * inlined with constant R and P, so that the accumulators live in
  * registers.
  */
-#define MM_RMAX  4
+#define MM_RMAX  6
 #define MM_PMAX  4
 
 static inline __attribute__((always_inline)) void
@@ -214,9 +282,13 @@ mm_tile(float *out, const float *in, const float *wp, int K, int N, int k0,
 /*
  * A k block at a time (its part of a panel is 16 KiB, in L1), every
  * panel passes over the input rows' block (in L2): the weights stream
- * from memory once per call however large B is.  Rows go four at a
- * time; a leftover row takes up to four panels at a time, so that a
- * single-row (decode) matmul still has 8 independent sums.
+ * from memory once per call however large B is.  Rows go six at a time
+ * (12 sums, 2 weight loads and 6 broadcasts per 12 multiply-adds), and
+ * what is left in fours, twos (two panels at a time) and a last single
+ * row (up to four panels at a time): every tile keeps at least 8
+ * independent sums going.  Any tile computes an output the same way (the
+ * running sum over k, in order), so which tile a row falls in does not
+ * change its bits.
  */
 void
 k_matmul_cols(float *out, const float *in, const float *wp, int B, int K,
@@ -236,12 +308,27 @@ k_matmul_cols(float *out, const float *in, const float *wp, int B, int K,
 #define AT(b, i) out + (size_t) (b) * N + (size_t) (i) * K_PANEL,         \
                  in + (size_t) (b) * K, wb + (size_t) (i) * len * K_PANEL, \
                  K, N, k0, len
-            for (b = 0; b + MM_RMAX <= B; b += MM_RMAX) {
+            for (b = 0; b + 6 <= B; b += 6) {
                 for (q = p; q < p + np; q++) {
-                    mm_tile(AT(b, q), COLS(q), MM_RMAX, 1);
+                    mm_tile(AT(b, q), COLS(q), 6, 1);
                 }
             }
-            for (; b < B; b++) {
+            if (b + 4 <= B) {
+                for (q = p; q < p + np; q++) {
+                    mm_tile(AT(b, q), COLS(q), 4, 1);
+                }
+                b += 4;
+            }
+            if (b + 2 <= B) {
+                for (q = p; q + 2 <= p + np; q += 2) {
+                    mm_tile(AT(b, q), COLS(q + 1), 2, 2);
+                }
+                if (q < p + np) {
+                    mm_tile(AT(b, q), COLS(q), 2, 1);
+                }
+                b += 2;
+            }
+            if (b < B) {
                 int cols = COLS(p + np - 1);
                 switch (np) {
                 case 4: mm_tile(AT(b, p), cols, 1, 4); break;
@@ -296,7 +383,14 @@ k_rope(float *x, int n_heads, int head_dim, const float *cos_t,
 
     for (h = 0; h < n_heads; h++) {
         float *x0 = x + (size_t) h * head_dim, *x1 = x0 + half;
-        for (i = 0; i < half; i++) {
+        for (i = 0; i + 4 <= half; i += 4) {
+            v4f a = *(v4f *) (x0 + i), b = *(v4f *) (x1 + i);
+            v4f c = *(const v4f *) (cos_t + i);
+            v4f sn = *(const v4f *) (sin_t + i);
+            *(v4f *) (x0 + i) = a * c - b * sn;
+            *(v4f *) (x1 + i) = b * c + a * sn;
+        }
+        for (; i < half; i++) {
             float a = x0[i], b = x1[i];
             x0[i] = a * cos_t[i] - b * sin_t[i];
             x1[i] = b * cos_t[i] + a * sin_t[i];
@@ -304,17 +398,27 @@ k_rope(float *x, int n_heads, int head_dim, const float *cos_t,
     }
 }
 
+/* silu(g) * u = g / (1 + e^-g) * u, 8 at a time */
+static inline v8f
+swiglu8(v8f g, v8f u)
+{
+    return g / (1.0f + exp8(-g)) * u;
+}
+
 void
 k_swiglu(float *out, const float *gate, const float *up, int n)
 {
-    int i = 0;
+    float g[8] = { 0 }, u[8] = { 0 }, o[8];
+    int i;
 
-    for (; i + 8 <= n; i += 8) {
-        v8f g = load8(gate + i);
-        store8(out + i, g / (1.0f + exp8(-g)) * load8(up + i));
+    for (i = 0; i + 8 <= n; i += 8) {
+        store8(out + i, swiglu8(load8(gate + i), load8(up + i)));
     }
-    for (; i < n; i++) {
-        out[i] = gate[i] / (1.0f + k_exp(-gate[i])) * up[i];
+    if (i < n) {                        /* the last n % 8, padded */
+        memcpy(g, gate + i, (n - i) * sizeof(float));
+        memcpy(u, up + i, (n - i) * sizeof(float));
+        store8(o, swiglu8(load8(g), load8(u)));
+        memcpy(out + i, o, (n - i) * sizeof(float));
     }
 }
 
@@ -328,39 +432,46 @@ k_add(float *x, const float *y, int n)
     }
 }
 
+/*
+ * The softmax of attention scores, over whole vectors: n is a multiple
+ * of 8, and the padding past the real scores holds -inf, which comes out
+ * as exactly 0 (exp8 of -inf is 0) and leaves max and sum alone.
+ * All rows go through one pass after the other (maxima, then exps and
+ * sums), so that the rows' dependency chains overlap; the division by
+ * the sum is left to the caller, who has fewer values to scale.
+ */
 void
-k_softmax(float *x, int n)
+k_softmax_rows(float *x, int rows, int n, float *inv)
 {
-    v8f m8 = splat8(x[0]), s8 = splat8(0.0f);
-    float max, sum, inv;
-    int i, n8 = n & ~7;
+    int r0, r, i;
 
-    for (i = 0; i < n8; i += 8) {
-        v8f v = load8(x + i);
-        m8 = select8(v > m8, v, m8);
+    for (r = 0; r < rows; r++) {
+        const float *xr = x + (size_t) r * n;
+        v8f m8 = load8(xr);
+        for (i = 8; i < n; i += 8) {
+            m8 = max8(load8(xr + i), m8);
+        }
+        inv[r] = hmax8(m8);                     /* the max, for now */
     }
-    max = x[0];
-    for (i = 0; i < 8; i++) {
-        max = m8[i] > max ? m8[i] : max;
-    }
-    for (i = n8; i < n; i++) {
-        max = x[i] > max ? x[i] : max;
-    }
-
-    for (i = 0; i < n8; i += 8) {
-        v8f e = exp8(load8(x + i) - max);
-        store8(x + i, e);
-        s8 += e;
-    }
-    sum = hsum8(s8);
-    for (i = n8; i < n; i++) {
-        x[i] = k_exp(x[i] - max);
-        sum += x[i];
-    }
-
-    inv = 1.0f / sum;
-    for (i = 0; i < n; i++) {
-        x[i] *= inv;
+    /* eight rows at a time, their sums left as vectors until all eight
+     * rows' exps are issued: the horizontal sum and the division of one
+     * row do not hold up the next row's exps */
+    for (r0 = 0; r0 < rows; r0 += 8) {
+        int nr = rows - r0 < 8 ? rows - r0 : 8;
+        v8f s8[8];
+        for (r = 0; r < nr; r++) {
+            float *xr = x + (size_t) (r0 + r) * n;
+            v8f max = splat8(inv[r0 + r]);
+            s8[r] = splat8(0.0f);
+            for (i = 0; i < n; i += 8) {
+                v8f e = exp8(load8(xr + i) - max);
+                store8(xr + i, e);
+                s8[r] += e;
+            }
+        }
+        for (r = 0; r < nr; r++) {
+            inv[r0 + r] = 1.0f / hsum8(s8[r]);
+        }
     }
 }
 
@@ -370,101 +481,142 @@ k_kv_store(float *k_block, float *v_block, int row, const float *k,
 {
     int kv_dim = n_kv_heads * head_dim, i;
 
-    /* transposed: element i of the row goes to column `row` of line i */
+    /* K transposed: element i of the row goes to column `row` of line i;
+     * V as it is, one row per position */
     for (i = 0; i < kv_dim; i++) {
         k_block[(size_t) i * block_size + row] = k[i];
-        v_block[(size_t) i * block_size + row] = v[i];
+    }
+    memcpy(v_block + (size_t) row * kv_dim, v, kv_dim * sizeof(float));
+}
+
+/*
+ * In passes over all heads: scores, softmax, weighted sum of V.  Each
+ * pass is many independent chains (heads, positions), so that the long
+ * dependency chain of one head's softmax overlaps with the others'
+ * instead of stalling between its scores and its sum.  Blocks are the
+ * outer loop, heads the inner one: the work of finding a block is shared
+ * by all heads, and the heads that share a kv head use its K and V one
+ * after the other, so that they come from memory once (the other heads
+ * find them in L1).
+ */
+static inline __attribute__((always_inline)) void
+attend(float *out, const float *q, const float *k_cache,
+    const float *v_cache, size_t block_stride, const int32_t *blocks,
+    int block_size, int n_pos, int n_heads, int n_kv_heads, int head_dim,
+    float *scratch)
+{
+    int group = n_heads / n_kv_heads, kv_dim = n_kv_heads * head_dim;
+    int n_pad = (n_pos + 7) & ~7, n_blocks, g, h, b, i, j, d;
+    float scale = 1.0f / sqrtf((float) head_dim);
+    float *att = scratch;                       /* [n_heads][n_pad] */
+    float *qs = att + (size_t) n_heads * n_pad; /* [n_heads][head_dim] */
+    float *inv = qs + (size_t) n_heads * head_dim;  /* [n_heads] */
+    v8i iota = { 0, 1, 2, 3, 4, 5, 6, 7 };
+
+    n_blocks = (n_pos + block_size - 1) / block_size;
+    for (i = 0; i < n_heads * head_dim; i++) {
+        qs[i] = q[i] * scale;
+    }
+
+    /* scores, 8 positions at a time: with K transposed, each dimension
+     * of the head adds one vector.  Two sums (even and odd dimensions) so
+     * the adds do not queue up.  The last vector may run past n_pos into
+     * rows not written yet (block_size is a multiple of 8, so it stays in
+     * the block): those lanes score -inf. */
+    for (b = 0; b < n_blocks; b++) {
+        const float *kb = k_cache + (size_t) blocks[b] * block_stride;
+        int t0 = b * block_size;
+        int n = n_pos - t0 < block_size ? n_pos - t0 : block_size;
+
+        for (i = 0; i < n; i += 8) {
+            v8i live = (t0 + i + iota) < n_pos;
+            for (g = 0; g < n_kv_heads; g++) {
+                const float *kt = kb + (size_t) g * head_dim * block_size + i;
+                for (h = g * group; h < (g + 1) * group; h++) {
+                    const float *qh = qs + (size_t) h * head_dim;
+                    v8f s0 = splat8(0.0f), s1 = splat8(0.0f);
+                    for (d = 0; d < head_dim; d += 2) {
+                        s0 += qh[d] * load8(kt + (size_t) d * block_size);
+                        s1 += qh[d + 1]
+                              * load8(kt + (size_t) (d + 1) * block_size);
+                    }
+                    store8(att + (size_t) h * n_pad + t0 + i,
+                           select8(live, s0 + s1, splat8(-INFINITY)));
+                }
+            }
+        }
+    }
+
+    k_softmax_rows(att, n_heads, n_pad, inv);
+
+    /* out = sum over t of e[t] v[t] / sum: V rows hold a head's
+     * dimensions side by side, 8 at a time, over exactly the n_pos
+     * positions.  Per block, a sum for even and one for odd positions,
+     * added to what the blocks before left in out. */
+    for (b = 0; b < n_blocks; b++) {
+        const float *vb = v_cache + (size_t) blocks[b] * block_stride;
+        int t0 = b * block_size;
+        int n = n_pos - t0 < block_size ? n_pos - t0 : block_size;
+
+        for (g = 0; g < n_kv_heads; g++) {
+            const float *v = vb + (size_t) g * head_dim;
+            for (h = g * group; h < (g + 1) * group; h++) {
+                const float *e = att + (size_t) h * n_pad + t0;
+                float *oh = out + (size_t) h * head_dim;
+
+                for (d = 0; d + 8 <= head_dim; d += 8) {
+                    v8f a0 = b > 0 ? load8(oh + d) : splat8(0.0f);
+                    v8f a1 = splat8(0.0f);
+                    for (j = 0; j + 2 <= n; j += 2) {
+                        a0 += e[j] * load8(v + (size_t) j * kv_dim + d);
+                        a1 += e[j + 1]
+                              * load8(v + (size_t) (j + 1) * kv_dim + d);
+                    }
+                    if (j < n) {
+                        a0 += e[j] * load8(v + (size_t) j * kv_dim + d);
+                    }
+                    store8(oh + d, a0 + a1);
+                }
+                for (; d < head_dim; d++) {     /* head_dim % 8 */
+                    float a0 = b > 0 ? oh[d] : 0.0f, a1 = 0.0f;
+                    for (j = 0; j + 2 <= n; j += 2) {
+                        a0 += e[j] * v[(size_t) j * kv_dim + d];
+                        a1 += e[j + 1] * v[(size_t) (j + 1) * kv_dim + d];
+                    }
+                    if (j < n) {
+                        a0 += e[j] * v[(size_t) j * kv_dim + d];
+                    }
+                    oh[d] = a0 + a1;
+                }
+            }
+        }
+    }
+    for (h = 0; h < n_heads; h++) {
+        for (d = 0; d < head_dim; d++) {
+            out[(size_t) h * head_dim + d] *= inv[h];
+        }
     }
 }
 
+/* attend() with head_dim a constant for the usual sizes, so that the
+ * loops over a head's dimensions unroll: with small heads (8, 16) they
+ * are a good part of the work */
 void
 k_attention(float *out, const float *q, const float *k_cache,
     const float *v_cache, size_t block_stride, const int32_t *blocks,
     int block_size, int n_pos, int n_heads, int n_kv_heads, int head_dim,
     float *scratch)
 {
-    int group = n_heads / n_kv_heads, n_blocks, h, b, i, d;
-    float scale = 1.0f / sqrtf((float) head_dim);
-    float *att = scratch;                               /* [n_pos] */
-    float *qs = scratch + n_pos;                        /* [head_dim] */
-
-    n_blocks = (n_pos + block_size - 1) / block_size;
-
-    for (h = 0; h < n_heads; h++) {
-        size_t kv_off = (size_t) (h / group) * head_dim * block_size;
-        float *oh = out + (size_t) h * head_dim;
-
-        for (d = 0; d < head_dim; d++) {
-            qs[d] = q[(size_t) h * head_dim + d] * scale;
-        }
-
-        /* scores, block by block and 8 positions at a time: with K
-         * transposed, each dimension of the head adds one vector.  Two
-         * sums (even and odd dimensions) so the adds do not queue up.
-         * block_size is a multiple of 8: only the last block has a tail. */
-        for (b = 0; b < n_blocks; b++) {
-            const float *kt = k_cache + (size_t) blocks[b] * block_stride
-                              + kv_off;
-            int t0 = b * block_size;
-            int n = n_pos - t0 < block_size ? n_pos - t0 : block_size;
-
-            for (i = 0; i + 8 <= n; i += 8) {
-                v8f s0 = splat8(0.0f), s1 = splat8(0.0f);
-                for (d = 0; d < head_dim; d += 2) {
-                    s0 += qs[d] * load8(kt + (size_t) d * block_size + i);
-                    s1 += qs[d + 1]
-                          * load8(kt + (size_t) (d + 1) * block_size + i);
-                }
-                store8(att + t0 + i, s0 + s1);
-            }
-            for (; i < n; i++) {
-                float s0 = 0.0f, s1 = 0.0f;
-                for (d = 0; d < head_dim; d += 2) {
-                    s0 += qs[d] * kt[(size_t) d * block_size + i];
-                    s1 += qs[d + 1] * kt[(size_t) (d + 1) * block_size + i];
-                }
-                att[t0 + i] = s0 + s1;
-            }
-        }
-        k_softmax(att, n_pos);
-
-        /* out[d] = sum over t of p[t] v[t][d]: V is transposed too, so
-         * this is a dot product over positions, in 8-lane partial sums;
-         * four dimensions per pass keep the sums in registers */
-        for (d = 0; d < head_dim; d += 4) {
-            int nd = head_dim - d < 4 ? head_dim - d : 4;  /* 4 or 2 */
-            v8f a0 = splat8(0.0f), a1 = a0, a2 = a0, a3 = a0;
-            float tail[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
-            int j;
-
-            for (b = 0; b < n_blocks; b++) {
-                const float *vt = v_cache + (size_t) blocks[b] * block_stride
-                                  + kv_off + (size_t) d * block_size;
-                const float *p = att + (size_t) b * block_size;
-                int n = n_pos - b * block_size;
-                n = n < block_size ? n : block_size;
-
-                for (i = 0; i + 8 <= n; i += 8) {
-                    v8f pv = load8(p + i);
-                    a0 += pv * load8(vt + i);
-                    a1 += pv * load8(vt + block_size + i);
-                    if (nd == 4) {
-                        a2 += pv * load8(vt + 2 * block_size + i);
-                        a3 += pv * load8(vt + 3 * block_size + i);
-                    }
-                }
-                for (; i < n; i++) {            /* the last block's tail */
-                    for (j = 0; j < nd; j++) {
-                        tail[j] += p[i] * vt[(size_t) j * block_size + i];
-                    }
-                }
-            }
-            oh[d] = hsum8(a0) + tail[0];
-            oh[d + 1] = hsum8(a1) + tail[1];
-            if (nd == 4) {
-                oh[d + 2] = hsum8(a2) + tail[2];
-                oh[d + 3] = hsum8(a3) + tail[3];
-            }
-        }
+#define ATTEND(hd)  attend(out, q, k_cache, v_cache, block_stride, blocks, \
+                           block_size, n_pos, n_heads, n_kv_heads, hd,      \
+                           scratch)
+    switch (head_dim) {
+    case 8: ATTEND(8); break;
+    case 16: ATTEND(16); break;
+    case 32: ATTEND(32); break;
+    case 64: ATTEND(64); break;
+    case 128: ATTEND(128); break;
+    default: ATTEND(head_dim); break;
     }
+#undef ATTEND
 }

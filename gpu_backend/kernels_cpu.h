@@ -14,6 +14,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* the index of the largest x[i], the first one on ties; NaNs are skipped
+ * (all NaN: 0) */
+int k_argmax(const float *x, int n);
+
 /* sum of a[i] * b[i] */
 float k_dot(const float *a, const float *b, int n);
 
@@ -56,27 +60,36 @@ void k_swiglu(float *out, const float *gate, const float *up, int n);
 /* x[i] += y[i] */
 void k_add(float *x, const float *y, int n);
 
-/* in place, numerically stable */
-void k_softmax(float *x, int n);
+/*
+ * Softmax of `rows` rows of n, n a multiple of 8, numerically stable, left
+ * unnormalised: in place x = e^(x - the row's max), and inv[r] = 1 / the
+ * row's sum.  Entries of -inf (padding) come out 0.
+ */
+void k_softmax_rows(float *x, int rows, int n, float *inv);
 
-/* e^x, vectorisable, within 2 ulp of expf (0 below -87.3) */
+/* e^x, vectorisable, within 2 ulp of expf; exactly 0 from about -87.7
+ * down (-inf included), finite (about 1.65e38) from 88 up, NaN for NaN */
 float k_exp(float x);
 
 /*
- * The paged KV cache.  A block holds block_size positions of one layer,
- * K and V each transposed, [n_kv_heads * head_dim][block_size]: one
- * dimension of a head is a contiguous run of positions, so that both the
- * scores and the weighted sum of V are vector loops over positions.
- * block_size must be a multiple of 8 (the vector width).  Blocks are
- * block_stride floats apart (other layers' blocks may sit in between).
+ * The paged KV cache.  A block holds block_size positions of one layer:
+ * K transposed, [n_kv_heads * head_dim][block_size], so that one
+ * dimension of a head is a contiguous run of positions and the scores
+ * are a vector loop over positions; V as it comes, [block_size][n_kv_heads
+ * * head_dim], so that the weighted sum of V rows is a vector loop over
+ * a head's dimensions.  block_size must be a multiple of 8 (the vector
+ * width).  Blocks are block_stride floats apart (other layers' blocks may
+ * sit in between).
  */
 
 /* write one position's K and V rows into row `row` of a block */
 void k_kv_store(float *k_block, float *v_block, int row, const float *k,
     const float *v, int n_kv_heads, int head_dim, int block_size);
 
-/* floats of scratch k_attention needs for n_pos positions */
-#define K_ATTENTION_SCRATCH(n_pos, head_dim)  ((n_pos) + (head_dim))
+/* floats of scratch k_attention needs for n_pos positions: per head,
+ * the scores (padded to whole vectors), the scaled query, 1 / sum */
+#define K_ATTENTION_SCRATCH(n_pos, n_heads, head_dim)                   \
+    ((size_t) (n_heads) * ((((n_pos) + 7) & ~7) + (head_dim) + 1))
 
 /*
  * Attention of one query token over positions [0, n_pos) of the cache.

@@ -55,6 +55,9 @@ test_matmul(void)
         { 1, 1, 1 }, { 1, 7, 5 }, { 3, 17, 33 }, { 4, 64, 64 },
         { 5, 172, 64 }, { 7, 300, 45 }, { 16, 64, 512 }, { 9, 513, 19 },
         { 2, 8, 16 }, { 6, 1000, 70 }, { 1, 64, 172 }, { 13, 33, 200 },
+        /* rows in tiles of 6, 4, 2 and 1, in every mix */
+        { 11, 40, 70 }, { 14, 64, 128 }, { 15, 7, 33 }, { 12, 172, 64 },
+        { 17, 64, 344 },
     };
     size_t si;
 
@@ -171,25 +174,43 @@ test_elementwise(void)
         }
         CHECK(max_err(x2, ref, NULL, n) < 1e-7, "add n=%d", n);
 
-        /* softmax, on logits spread over +-30 */
-        for (i = 0; i < n; i++) {
-            x2[i] = 30.0f * x[i];
+        /* softmax of 3 rows (each a different rotation of x), on logits
+         * spread over +-30, padded with -inf to whole vectors: the padding
+         * comes out exactly 0, and e * inv is the softmax of the row */
+        {
+            int n8 = (n + 7) & ~7, r, pad_zero = 1;
+            float *sm = malloc((size_t) 3 * n8 * 4), inv[3];
+            double err = 0;
+            for (r = 0; r < 3; r++) {
+                for (i = 0; i < n8; i++) {
+                    sm[r * n8 + i] = i < n ? 30.0f * x[(i + 5 * r) % n]
+                                           : -INFINITY;
+                }
+            }
+            k_softmax_rows(sm, 3, n8, inv);
+            for (r = 0; r < 3; r++) {
+                mx = -INFINITY;
+                sum = 0;
+                for (i = 0; i < n; i++) {
+                    double v = 30.0f * x[(i + 5 * r) % n];
+                    mx = v > mx ? v : mx;
+                }
+                for (i = 0; i < n; i++) {
+                    ref[i] = exp(30.0f * x[(i + 5 * r) % n] - mx);
+                    sum += ref[i];
+                }
+                for (i = 0; i < n; i++) {
+                    double e = fabs(sm[r * n8 + i] * inv[r] - ref[i] / sum);
+                    err = e > err ? e : err;
+                }
+                for (i = n; i < n8; i++) {
+                    pad_zero &= sm[r * n8 + i] == 0.0f;
+                }
+            }
+            CHECK(err < 1e-6, "softmax n=%d: %g", n, err);
+            CHECK(pad_zero, "softmax n=%d: the -inf padding is not 0", n);
+            free(sm);
         }
-        mx = x2[0];
-        for (i = 1; i < n; i++) {
-            mx = x2[i] > mx ? x2[i] : mx;
-        }
-        sum = 0;
-        for (i = 0; i < n; i++) {
-            ref[i] = exp(x2[i] - mx);
-            sum += ref[i];
-        }
-        for (i = 0; i < n; i++) {
-            ref[i] /= sum;
-        }
-        k_softmax(x2, n);
-        CHECK(max_err(x2, ref, NULL, n) < 1e-6, "softmax n=%d: %g", n,
-              max_err(x2, ref, NULL, n));
 
         free(x); free(y); free(w); free(out); free(x2); free(ref);
     }
@@ -204,11 +225,62 @@ test_elementwise(void)
         }
         CHECK(worst < 3e-7, "exp relative error %g", worst);
         CHECK(k_exp(0.0f) == 1.0f, "exp(0)");
-        CHECK(k_exp(-100.0f) == 0.0f && k_exp(-1e30f) == 0.0f, "exp(-big)");
-        CHECK(isfinite(k_exp(100.0f)) && k_exp(100.0f) > 1e38f, "exp(big)");
+        CHECK(k_exp(-100.0f) == 0.0f && k_exp(-1e30f) == 0.0f
+              && k_exp(-INFINITY) == 0.0f, "exp(-big), exp(-inf)");
+        CHECK(isfinite(k_exp(100.0f)) && k_exp(100.0f) > 1e38f
+              && isfinite(k_exp(INFINITY)), "exp(big), exp(inf)");
+        CHECK(isnan(k_exp(NAN)), "exp(nan)");
+        /* where e^x is subnormal, 0 from about -87.7 down */
+        for (x = -87.8f, i = 1; x > -120.0f; x -= 0.01f) {
+            i &= k_exp(x) == 0.0f;
+        }
+        CHECK(i, "exp below -87.8 is not 0");
         printf("exp: worst relative error %.3g\n", worst);
     }
     printf("rmsnorm, swiglu, add, softmax, dot: ok\n");
+}
+
+/* greedy sampling's argmax against the plain loop: ties go to the first
+ * index, at any place in the vector lanes or the tail */
+static void
+test_argmax(void)
+{
+    static const int sizes[] = { 1, 3, 8, 9, 16, 31, 512, 513 };
+    size_t si;
+    int i, n, ok = 1;
+
+    for (si = 0; si < sizeof(sizes) / sizeof(sizes[0]); si++) {
+        float *x;
+        int trial;
+        n = sizes[si];
+        x = rand_vec(n);
+        for (trial = 0; trial < 200; trial++) {
+            int best = 0, a = trial % n, b = (trial * 7 + 3) % n;
+            for (i = 0; i < n; i++) {          /* few values: many ties */
+                x[i] = (float) (int) (4.0f * frand());
+            }
+            x[a] = x[b] = 5.0f;                /* a tie for the max */
+            if (trial % 3 == 0) {
+                x[(trial * 5) % n] = -INFINITY;
+            }
+            for (i = 1; i < n; i++) {
+                best = x[i] > x[best] ? i : best;
+            }
+            ok &= k_argmax(x, n) == best;
+        }
+        for (i = 0; i < n; i++) {               /* all equal: 0 */
+            x[i] = -INFINITY;
+        }
+        ok &= k_argmax(x, n) == 0;
+        if (n > 1) {                            /* a NaN is skipped */
+            x[n - 1] = 1.0f;
+            x[n / 2] = NAN;
+            ok &= k_argmax(x, n) == n - 1;
+        }
+        free(x);
+    }
+    CHECK(ok, "argmax differs from the plain loop");
+    printf("argmax: ok\n");
 }
 
 static void
@@ -293,6 +365,9 @@ test_attention(void)
         { 1, 8, 4, 8, 16 }, { 7, 8, 4, 8, 16 }, { 16, 8, 4, 8, 16 },
         { 17, 8, 8, 8, 8 }, { 100, 4, 1, 6, 8 }, { 257, 8, 2, 64, 32 },
         { 33, 2, 2, 2, 16 }, { 500, 8, 4, 8, 16 }, { 64, 6, 3, 10, 24 },
+        /* the head sizes attention has a constant for, and groups of 4 */
+        { 40, 8, 2, 16, 16 }, { 70, 4, 4, 32, 8 }, { 33, 16, 4, 128, 16 },
+        { 9, 4, 1, 64, 8 }, { 129, 12, 3, 8, 32 },
     };
     const int n_layers = 3, layer = 1;
     size_t ci;
@@ -309,7 +384,7 @@ test_attention(void)
         float *K = rand_vec((size_t) n_pos * kv_dim);
         float *V = rand_vec((size_t) n_pos * kv_dim);
         float *out = malloc((size_t) nh * hd * 4);
-        float *scratch = malloc(K_ATTENTION_SCRATCH(n_pos, hd) * 4);
+        float *scratch = malloc(K_ATTENTION_SCRATCH(n_pos, nh, hd) * 4);
         double *ref = malloc((size_t) nh * hd * sizeof(double));
         int32_t *table = malloc(pool * sizeof(int32_t));
 
@@ -354,6 +429,7 @@ main(void)
 {
     test_matmul();
     test_elementwise();
+    test_argmax();
     test_rope();
     test_attention();
     return unit_report("test_kernels");
