@@ -70,8 +70,10 @@ pick_engine(const char *dev, const engine_ops_t **ops, int *index,
             }
         }
         if (i >= engine_cuda_ops.n_devices()) {
-            e_err(err, errlen, "device \"%s\": %d CUDA device(s) found", dev,
-                  engine_cuda_ops.n_devices());
+            const char *why = engine_cuda_ops.probe_error
+                              ? engine_cuda_ops.probe_error() : "";
+            e_err(err, errlen, "device \"%s\": %d CUDA device(s) found%s%s",
+                  dev, engine_cuda_ops.n_devices(), why[0] ? ": " : "", why);
             return -1;
         }
         *ops = &engine_cuda_ops;
@@ -252,6 +254,9 @@ engine_step(engine_t *e, const engine_item_t *items, int n,
         return 0;
     }
     if (e->ops->step(e->impl, &e->kv, items, n, out_tokens, logits) != 0) {
+        if (e->ops->step_error != NULL) {
+            snprintf(e->err, sizeof(e->err), "%s", e->ops->step_error(e->impl));
+        }
         if (e->err[0] == '\0') {
             snprintf(e->err, sizeof(e->err), "%s engine: step failed",
                      e->ops->kind);
@@ -265,4 +270,14 @@ uint64_t
 engine_allocs_after_start(const engine_t *e)
 {
     return e->ops->allocs_after_start(e->impl);
+}
+
+int
+engine_register_host(engine_t *e, void *p, size_t len, char *err,
+    size_t errlen)
+{
+    if (e->ops->register_host == NULL) {
+        return 0;
+    }
+    return e->ops->register_host(e->impl, p, len, err, errlen);
 }

@@ -28,6 +28,9 @@ typedef struct {
     int          kv_blocks;       /* pool size; 0: derive from below */
     double       kv_fraction;     /* GPU: share of free device memory */
     size_t       kv_bytes;        /* CPU: pool size in bytes if !kv_blocks */
+    const char  *dtype;           /* GPU: "bfloat16", "float16", "float32"
+                                     (or bf16, fp16, fp32); NULL or "":
+                                     config.json's torch_dtype */
 } engine_opts_t;
 
 /* one sequence's share of a step */
@@ -73,5 +76,14 @@ const char *engine_last_error(const engine_t *e);
 
 /* device allocations made after engine_create() returned (must be 0) */
 uint64_t engine_allocs_after_start(const engine_t *e);
+
+/*
+ * Page-lock [p, p + len) for the engine's device (the shared region
+ * nginx workers write into), so copies from it are plain DMA.  A no-op
+ * on the CPU.  0, or -1 with err set; the region stays registered until
+ * engine_destroy().
+ */
+int engine_register_host(engine_t *e, void *p, size_t len, char *err,
+    size_t errlen);
 
 #endif /* GPU_ENGINE_H */

@@ -32,6 +32,15 @@ typedef struct {
                    float *logits);
 
     uint64_t   (*allocs_after_start)(const void *impl);
+
+    /* optional (NULL: not needed) */
+    /* why n_devices() found none ("CUDA driver too old", ...) */
+    const char *(*probe_error)(void);
+    /* why the last step() returned -1 */
+    const char *(*step_error)(const void *impl);
+    /* page-lock host memory for the device; 0 or -1 with err set */
+    int        (*register_host)(void *impl, void *p, size_t len, char *err,
+                   size_t errlen);
 } engine_ops_t;
 
 extern const engine_ops_t  engine_cpu_ops;

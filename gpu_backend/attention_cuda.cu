@@ -1,0 +1,261 @@
+/*
+ * attention_cuda.cu - causal attention over the paged KV cache, for
+ * prefill chunks and decode tokens alike.  CPU reference: k_attention()
+ * in kernels_cpu.c; t/gpu/test_cuda_kernels.c compares the two.
+ *
+ * One block per (query token, KV head, chunk of up to KC_ATT_MAXG query
+ * heads of that KV head's group, split of the context): the group's
+ * heads share every K and V row the block reads, so grouped-query
+ * attention reads the cache once per KV head, not once per query head.
+ *
+ * The block walks its positions in sub-tiles of SUB rows: all threads
+ * copy the sub-tile's K and V rows into shared memory (16-byte loads,
+ * every load of the sub-tile in flight at once: a step of decode is
+ * bound by the latency of these reads, not by their bytes), then score
+ * them against the heads, keep the softmax online (running max and sum
+ * per head, rescaled per sub-tile), and add the weighted V rows into
+ * per-thread (head, dimension) accumulators.  Everything is f32 but the
+ * cache itself.
+ *
+ * With few blocks (decode at small batch) the context is split across
+ * n_split blocks, each writing its unnormalised partial result and its
+ * max and sum to `part`; combine_kernel merges them (flash-decoding).
+ */
+
+#include "kernels_cuda.cuh"
+
+#define ATT_THREADS  128
+
+template <typename T, int HDM, int SUB>
+__global__ void __launch_bounds__(ATT_THREADS)
+attention_kernel(T *out, float *part, const float *qkv, const T *kv,
+    size_t block_stride, kc_step_t st, int n_heads, int n_kv, int hd,
+    int bs, float scale, int n_split)
+{
+    constexpr int NSLOT = ATT_THREADS / SUB;        /* heads scored at once */
+    constexpr int CPR = HDM / 8;                    /* 8-wide chunks a row */
+    constexpr int MAXO = KC_ATT_MAXG * HDM / ATT_THREADS;
+    __shared__ float qs[KC_ATT_MAXG][HDM];
+    __shared__ float ks[SUB][HDM + 1];              /* +1: no bank conflicts */
+    __shared__ float vs[SUB][HDM];
+    __shared__ float ps[KC_ATT_MAXG][SUB];
+    __shared__ float m_s[KC_ATT_MAXG], l_s[KC_ATT_MAXG], c_s[KC_ATT_MAXG];
+
+    int tid = threadIdx.x;
+    int group = n_heads / n_kv;
+    int chunks = (group + KC_ATT_MAXG - 1) / KC_ATT_MAXG;
+    int kvh = blockIdx.y / chunks;
+    int h0 = kvh * group + (blockIdx.y % chunks) * KC_ATT_MAXG;
+    int gc = min(KC_ATT_MAXG, (kvh + 1) * group - h0);  /* heads here */
+    int kv_dim = n_kv * hd, q_dim = n_heads * hd;
+    kc_token_t tk = st.tokens[blockIdx.x];
+    int ctx = tk.pos + 1;                           /* causal: 0 .. pos */
+    int span = (ctx + n_split - 1) / n_split;
+    int p_begin = blockIdx.z * span, p_end = min(ctx, p_begin + span);
+    const int32_t *table = st.tables + st.item_table[tk.item];
+    const float *q = qkv + (size_t) blockIdx.x * (q_dim + 2 * kv_dim)
+                     + (size_t) h0 * hd;
+    size_t v_off = (size_t) bs * kv_dim;            /* V follows K */
+    int j = tid % SUB, slot = tid / SUB;            /* scoring: position, heads */
+    float acc[MAXO];
+
+    for (int i = tid; i < gc * hd; i += ATT_THREADS) {
+        qs[i / hd][i % hd] = q[i] * scale;
+    }
+    if (tid < KC_ATT_MAXG) {
+        m_s[tid] = -INFINITY;
+        l_s[tid] = 0.0f;
+        c_s[tid] = 1.0f;
+    }
+#pragma unroll
+    for (int k = 0; k < MAXO; k++) {
+        acc[k] = 0.0f;
+    }
+    __syncthreads();
+
+    for (int p0 = p_begin; p0 < p_end; p0 += SUB) {
+        int n_here = min(SUB, p_end - p0);
+
+        /* 1. the sub-tile's K and V rows into shared memory, as f32 */
+        for (int c = tid; c < SUB * CPR; c += ATT_THREADS) {
+            int r = c / CPR, d0 = (c - r * CPR) * 8;
+            float kf[8], vf[8];
+
+            if (r < n_here && d0 < hd) {
+                int p = p0 + r;
+                const T *kr = kv + (size_t) table[p / bs] * block_stride
+                              + (size_t) (p % bs) * kv_dim
+                              + (size_t) kvh * hd + d0;
+                kc_load8(kr, kf);
+                kc_load8(kr + v_off, vf);
+            } else {
+#pragma unroll
+                for (int u = 0; u < 8; u++) {
+                    kf[u] = vf[u] = 0.0f;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                ks[r][d0 + u] = kf[u];
+                vs[r][d0 + u] = vf[u];
+            }
+        }
+        __syncthreads();
+
+        /* 2. scores of position j for heads slot, slot + NSLOT, ...; the
+         * SUB threads of one head are an aligned group of lanes, so the
+         * max and the sum are shuffles */
+#pragma unroll
+        for (int hh = 0; hh < KC_ATT_MAXG / NSLOT; hh++) {
+            int h = slot + hh * NSLOT;
+            int live = h < gc && j < n_here;
+            float s = -INFINITY, mx, m_old, m_new, e, sum;
+
+            if (live) {
+                s = 0.0f;
+                for (int d = 0; d < hd; d++) {
+                    s += qs[h][d] * ks[j][d];
+                }
+            }
+            mx = s;
+#pragma unroll
+            for (int o = SUB / 2; o > 0; o >>= 1) {
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            }
+            m_old = m_s[h];
+            m_new = fmaxf(m_old, mx);
+            e = live ? expf(s - m_new) : 0.0f;
+            ps[h][j] = e;
+            sum = e;
+#pragma unroll
+            for (int o = SUB / 2; o > 0; o >>= 1) {
+                sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            }
+            if (j == 0 && h < gc) {
+                float c = expf(m_old - m_new);      /* 0 on the first */
+                c_s[h] = c;
+                m_s[h] = m_new;
+                l_s[h] = l_s[h] * c + sum;
+            }
+        }
+        __syncthreads();
+
+        /* 3. outputs (h, d) = rescaled + weights . V over the sub-tile */
+#pragma unroll
+        for (int k = 0; k < MAXO; k++) {
+            int o = tid + k * ATT_THREADS;
+            if (o < gc * hd) {
+                int h = o / hd, d = o - h * hd;
+                float a = acc[k] * c_s[h];
+                for (int r = 0; r < n_here; r++) {
+                    a += ps[h][r] * vs[r][d];
+                }
+                acc[k] = a;
+            }
+        }
+        __syncthreads();        /* ks, vs, ps, c_s are reused next */
+    }
+
+#pragma unroll
+    for (int k = 0; k < MAXO; k++) {
+        int o = tid + k * ATT_THREADS;
+        if (o < gc * hd) {
+            int h = o / hd, d = o - h * hd;
+            if (n_split == 1) {
+                out[(size_t) blockIdx.x * q_dim + (size_t) (h0 + h) * hd + d]
+                    = kc_store<T>(acc[k] / l_s[h]);
+            } else {
+                /* [token][head][split][hd | max | sum] */
+                float *pp = part + (((size_t) blockIdx.x * n_heads + h0 + h)
+                                    * n_split + blockIdx.z) * (hd + 2);
+                pp[d] = acc[k];
+                if (d == 0) {
+                    pp[hd] = m_s[h];
+                    pp[hd + 1] = l_s[h];
+                }
+            }
+        }
+    }
+}
+
+/* merge the splits of one (token, head): weights exp(m_s - max); the
+ * splits' maxima and sums are read by one warp at once, then each
+ * thread reads its dimension of every split with the loads in flight */
+template <typename T>
+__global__ void
+combine_kernel(T *out, const float *part, int n_heads, int hd, int n_split)
+{
+    __shared__ float w_s[KC_ATT_MAX_SPLIT];
+    __shared__ float inv_s;
+    const float *pp = part + ((size_t) blockIdx.x * n_heads + blockIdx.y)
+                             * n_split * (hd + 2);
+    int tid = threadIdx.x;
+
+    if (tid < 32) {
+        int live = tid < n_split && pp[tid * (hd + 2) + hd + 1] > 0.0f;
+        float m = live ? pp[tid * (hd + 2) + hd] : -INFINITY;
+        float l = live ? pp[tid * (hd + 2) + hd + 1] : 0.0f;
+        float mx = kc_warp_max(m), wt, sum;
+
+        wt = live ? expf(m - mx) : 0.0f;
+        sum = kc_warp_sum(wt * l);
+        if (tid < n_split) {
+            w_s[tid] = wt;
+        }
+        if (tid == 0) {
+            inv_s = 1.0f / sum;
+        }
+    }
+    __syncthreads();
+    for (int d = tid; d < hd; d += blockDim.x) {
+        float a = 0.0f;
+#pragma unroll
+        for (int s = 0; s < KC_ATT_MAX_SPLIT; s++) {
+            if (s < n_split) {
+                a += w_s[s] * pp[s * (hd + 2) + d];
+            }
+        }
+        out[((size_t) blockIdx.x * n_heads + blockIdx.y) * hd + d] =
+            kc_store<T>(a * inv_s);
+    }
+}
+
+template <typename T, int HDM, int SUB>
+static void
+launch(cudaStream_t s, dim3 grid, T *out, float *part, const float *qkv,
+    const T *kv, size_t block_stride, kc_step_t st, int n_heads, int n_kv,
+    int hd, int bs, float scale, int n_split)
+{
+    attention_kernel<T, HDM, SUB><<<grid, ATT_THREADS, 0, s>>>(out, part, qkv,
+        kv, block_stride, st, n_heads, n_kv, hd, bs, scale, n_split);
+}
+
+void
+kc_attention(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
+    int n_split, const float *qkv, const void *kv_layer, size_t block_stride,
+    kc_step_t st, int n_tok, int n_heads, int n_kv_heads, int head_dim,
+    int block_size)
+{
+    int group = n_heads / n_kv_heads;
+    dim3 grid(n_tok, n_kv_heads * ((group + KC_ATT_MAXG - 1) / KC_ATT_MAXG),
+              n_split);
+    float scale = 1.0f / sqrtf((float) head_dim);
+
+    /* shared memory sized for the smallest power of two >= head_dim */
+#define ATT_LAUNCH(HDM, SUB)                                              \
+    launch<T, HDM, SUB>(s, grid, (T *) out, part, qkv, (const T *) kv_layer, \
+        block_stride, st, n_heads, n_kv_heads, head_dim, block_size, scale, \
+        n_split)
+    KC_DISPATCH(dt,
+        if (head_dim <= 16) ATT_LAUNCH(16, 32);
+        else if (head_dim <= 32) ATT_LAUNCH(32, 32);
+        else if (head_dim <= 64) ATT_LAUNCH(64, 32);
+        else if (head_dim <= 128) ATT_LAUNCH(128, 32);
+        else ATT_LAUNCH(256, 16);
+        if (n_split > 1) {
+            combine_kernel<T><<<dim3(n_tok, n_heads),
+                                (head_dim + 31) / 32 * 32, 0, s>>>(
+                (T *) out, part, n_heads, head_dim, n_split);
+        });
+#undef ATT_LAUNCH
+}

@@ -1,0 +1,1028 @@
+/*
+ * engine_cuda.cu - the CUDA engine: the forward pass of engine_cpu.c on
+ * one GPU, behind the same ops table.
+ *
+ * Memory is taken once, in create: one allocation for the weights (in
+ * the storage dtype: config.json's torch_dtype unless engine_opts_t.dtype
+ * says otherwise; norms in f32), one arena for the activations of
+ * max_batch_tokens rows and max_seqs logits rows (cuBLAS's workspace and
+ * the step-input region included), and one KV pool of kv_blocks blocks
+ * (or kv_fraction of the memory then free).  Nothing is allocated later;
+ * dev_alloc() counts any call after start-up, so the metric would show it.
+ *
+ * A step: the host packs token ids, positions, block tables and sampling
+ * parameters into a pinned staging buffer and uploads them in one async
+ * copy; the forward pass runs (matrix products through cuBLAS, bf16 or
+ * f16 or f32 in, f32 accumulate and out; kernels_cuda.h around them);
+ * sampling runs on the device, and the sampled ids come back in one
+ * async copy.  Steps of decode tokens only replay a CUDA graph captured
+ * at start for the next bucket size (1, 2, 4, ... max_seqs), the batch
+ * padded with dummy rows that write to a scratch KV block; other steps
+ * (prefill chunks, mixed) launch the same kernels eagerly.
+ */
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+#include <cuda_runtime.h>
+#include <cublas_v2.h>
+
+extern "C" {
+#include "engine_impl.h"
+#include "log.h"
+#include "sampler.h"
+}
+#include "gemm_cuda.h"
+#include "kernels_cuda.h"
+
+#define ALIGN          256
+#define BLAS_WS_BYTES  ((size_t) 32 << 20)
+#define MAX_BUCKETS    16
+#define CONV_CHUNK     ((size_t) 1 << 22)  /* elements converted at a time */
+#define HEADROOM       ((size_t) 256 << 20) /* left free for the runtime */
+
+typedef struct {
+    float  *attn_norm, *ffn_norm;
+    void   *w_qkv;                      /* [q|k|v rows, dim] */
+    void   *wo;                         /* [dim, q_dim] */
+    void   *w_gate_up;                  /* [gate|up rows, dim] */
+    void   *w_down;                     /* [dim, hidden] */
+} cu_layer_t;
+
+typedef struct {
+    model_config_t    cfg;
+    int               device;
+    char              name[32];
+    char              err[256];         /* why the last step failed */
+    kc_dtype_t        dt;
+    size_t            esz;
+    cudaDataType_t    cuda_dt;
+    int               q_dim, kv_dim, qkv_dim;
+    int               max_seqs, max_tokens, block_size, max_blocks;
+    int               use_graphs;
+
+    cudaStream_t      stream;
+    cublasHandle_t    blas;
+    gemm_t           *gemm;
+    int               tune;
+    int               started;
+    uint64_t          allocs_after_start;
+
+    /* the three device allocations */
+    char             *wbuf, *abuf, *kvbuf;
+    size_t            wbytes, abytes, kvbytes;
+
+    /* weights */
+    void             *tok_emb, *lm_head;
+    float            *final_norm, *inv_freq;
+    cu_layer_t       *layers;
+
+    /* KV: n_kv_blocks usable blocks, then one scratch block that the
+     * padding rows of a decode graph write to */
+    int               n_kv_blocks;
+    size_t            kv_block_stride, kv_layer_stride;   /* elements */
+
+    /* activations: f32 where sums are, storage dtype where cuBLAS reads */
+    float            *x, *y, *qkv, *gu, *logits;
+    void             *xb, *att, *hb, *xl;
+    float            *att_part;         /* split attention's partials */
+    size_t            att_part_floats;
+    int               n_sm;
+    void             *blas_ws;
+    int32_t          *d_out;            /* [max_seqs] sampled ids */
+
+    /*
+     * Step inputs: the same layout in pinned host memory and on the
+     * device.  Fixed per-row arrays first, then a variable part: the
+     * tokens (3 ints each), then the packed block tables; table offsets
+     * count ints from the start of the variable part.
+     */
+    char             *h_stage, *d_stage;
+    size_t            stage_bytes, var_off;
+    int32_t          *h_item_table, *h_row_tok, *h_var;
+    float            *h_temp, *h_top_p, *h_unif;
+    kc_step_t         dst;              /* device pointers */
+    int32_t          *h_out;            /* pinned, [max_seqs] */
+    int32_t          *row_item;         /* [max_seqs] row -> item, -1 pad */
+
+    int               n_buckets;
+    int               buckets[MAX_BUCKETS];
+    cudaGraphExec_t   graphs[MAX_BUCKETS];
+
+    void             *host_registered;
+    uint64_t          rng;              /* for items without their own */
+} cu_engine_t;
+
+static char probe_err[256];
+
+/* --- small helpers ----------------------------------------------------- */
+
+static int
+cu_fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+#define CU_TRY(call, what)                                                \
+    do {                                                                  \
+        cudaError_t _r = (call);                                          \
+        if (_r != cudaSuccess) {                                          \
+            cu_fail(err, errlen, "cuda engine: %s: %s", (what),           \
+                    cudaGetErrorString(_r));                              \
+            goto fail;                                                    \
+        }                                                                 \
+    } while (0)
+
+/* every device allocation goes through here: after start-up it counts */
+static cudaError_t
+dev_alloc(cu_engine_t *e, void *pp, size_t bytes)
+{
+    if (e->started) {
+        e->allocs_after_start++;
+    }
+    return cudaMalloc((void **) pp, bytes);
+}
+
+typedef struct {
+    char    *base;
+    size_t   used;
+} carve_t;
+
+static void *
+carve(carve_t *cv, size_t bytes)
+{
+    void *p = cv->base ? cv->base + cv->used : NULL;
+
+    cv->used += (bytes + ALIGN - 1) & ~(size_t) (ALIGN - 1);
+    return p;
+}
+
+static kc_dtype_t
+st_kc(st_dtype_e d)
+{
+    return d == ST_BF16 ? KC_BF16 : d == ST_F16 ? KC_F16 : KC_F32;
+}
+
+/* "bfloat16", "bf16", ... -> dtype; -1 if unknown */
+static int
+parse_dtype(const char *s)
+{
+    if (strcmp(s, "bfloat16") == 0 || strcmp(s, "bf16") == 0) {
+        return KC_BF16;
+    }
+    if (strcmp(s, "float16") == 0 || strcmp(s, "fp16") == 0
+        || strcmp(s, "half") == 0)
+    {
+        return KC_F16;
+    }
+    if (strcmp(s, "float32") == 0 || strcmp(s, "fp32") == 0
+        || strcmp(s, "float") == 0)
+    {
+        return KC_F32;
+    }
+    return -1;
+}
+
+/* --- weights ------------------------------------------------------------ */
+
+/* lay out (cv->base NULL: just size) the weights */
+static void
+carve_weights(cu_engine_t *e, carve_t *cv)
+{
+    const model_config_t *c = &e->cfg;
+    size_t es = e->esz, dim = c->dim, h = c->hidden_dim;
+    int l;
+
+    e->tok_emb = carve(cv, (size_t) c->vocab_size * dim * es);
+    e->lm_head = c->tied_embeddings ? e->tok_emb
+                 : carve(cv, (size_t) c->vocab_size * dim * es);
+    e->final_norm = (float *) carve(cv, dim * 4);
+    e->inv_freq = (float *) carve(cv, (size_t) c->head_dim / 2 * 4);
+    for (l = 0; l < c->n_layers; l++) {
+        cu_layer_t *L = &e->layers[l];
+        L->attn_norm = (float *) carve(cv, dim * 4);
+        L->ffn_norm = (float *) carve(cv, dim * 4);
+        L->w_qkv = carve(cv, (size_t) e->qkv_dim * dim * es);
+        L->wo = carve(cv, dim * e->q_dim * es);
+        L->w_gate_up = carve(cv, 2 * h * dim * es);
+        L->w_down = carve(cv, dim * h * es);
+    }
+}
+
+/* copy tensor t to dst on the device as dtype to (f32 for the norms),
+ * converting on the host in chunks when the stored dtype differs */
+static cudaError_t
+upload(char *dst, const st_tensor_t *t, kc_dtype_t to, float *f32, void *conv)
+{
+    kc_dtype_t from = st_kc(t->dtype);
+    size_t es_from = kc_dtype_size(from), es_to = kc_dtype_size(to), i;
+    cudaError_t r = cudaSuccess;
+
+    if (from == to) {
+        return cudaMemcpy(dst, t->data, t->nbytes, cudaMemcpyHostToDevice);
+    }
+    for (i = 0; i < (size_t) t->numel && r == cudaSuccess; i += CONV_CHUNK) {
+        size_t n = (size_t) t->numel - i < CONV_CHUNK
+                   ? (size_t) t->numel - i : CONV_CHUNK;
+        kc_to_f32(from, f32, (const char *) t->data + i * es_from, n);
+        kc_from_f32(to, conv, f32, n);
+        r = cudaMemcpy(dst + i * es_to, conv, n * es_to,
+                       cudaMemcpyHostToDevice);
+    }
+    return r;
+}
+
+static int
+upload_weights(cu_engine_t *e, const model_t *m, char *err, size_t errlen)
+{
+    const model_config_t *c = &e->cfg;
+    float *f32 = (float *) malloc(CONV_CHUNK * 4);
+    void *conv = malloc(CONV_CHUNK * 4);
+    float *inv = (float *) malloc((size_t) c->head_dim / 2 * 4);
+    cudaError_t r = cudaSuccess;
+    int l, i;
+
+#define UP(dst, t, to)                                                    \
+    if (r == cudaSuccess) { r = upload((char *) (dst), (t), (to), f32, conv); }
+
+    if (f32 == NULL || conv == NULL || inv == NULL) {
+        free(f32); free(conv); free(inv);
+        return cu_fail(err, errlen, "cuda engine: out of host memory");
+    }
+    UP(e->tok_emb, m->tok_emb, e->dt);
+    if (!c->tied_embeddings) {
+        UP(e->lm_head, m->lm_head, e->dt);
+    }
+    UP(e->final_norm, m->final_norm, KC_F32);
+    for (l = 0; l < c->n_layers; l++) {
+        const model_layer_t *s = &m->layers[l];
+        cu_layer_t *L = &e->layers[l];
+        size_t es = e->esz;
+
+        UP(L->attn_norm, s->attn_norm, KC_F32);
+        UP(L->ffn_norm, s->ffn_norm, KC_F32);
+        /* q, k, v stacked: one matrix product for all three */
+        UP(L->w_qkv, s->wq, e->dt);
+        UP((char *) L->w_qkv + (size_t) s->wq->numel * es, s->wk, e->dt);
+        UP((char *) L->w_qkv + (size_t) (s->wq->numel + s->wk->numel) * es,
+           s->wv, e->dt);
+        UP(L->wo, s->wo, e->dt);
+        UP(L->w_gate_up, s->w_gate, e->dt);
+        UP((char *) L->w_gate_up + (size_t) s->w_gate->numel * es, s->w_up,
+           e->dt);
+        UP(L->w_down, s->w_down, e->dt);
+    }
+#undef UP
+    /* inv_freq as transformers (and k_rope_angles) computes it */
+    for (i = 0; i < c->head_dim / 2; i++) {
+        inv[i] = (float) (1.0 / pow(c->rope_theta,
+                                    (double) (2 * i) / c->head_dim));
+    }
+    if (r == cudaSuccess) {
+        r = cudaMemcpy(e->inv_freq, inv, (size_t) c->head_dim / 2 * 4,
+                       cudaMemcpyHostToDevice);
+    }
+    free(f32);
+    free(conv);
+    free(inv);
+    if (r != cudaSuccess) {
+        return cu_fail(err, errlen, "cuda engine: uploading the weights: %s",
+                       cudaGetErrorString(r));
+    }
+    return 0;
+}
+
+/* --- activations and step inputs ---------------------------------------- */
+
+static void
+carve_acts(cu_engine_t *e, carve_t *cv)
+{
+    const model_config_t *c = &e->cfg;
+    size_t T = (size_t) e->max_tokens, S = (size_t) e->max_seqs;
+    size_t es = e->esz, dim = c->dim, h = c->hidden_dim;
+
+    e->x = (float *) carve(cv, T * dim * 4);
+    e->y = (float *) carve(cv, T * dim * 4);
+    e->qkv = (float *) carve(cv, T * e->qkv_dim * 4);
+    e->gu = (float *) carve(cv, T * 2 * h * 4);
+    e->logits = (float *) carve(cv, S * c->vocab_size * 4);
+    e->xb = carve(cv, T * dim * es);
+    e->att = carve(cv, T * e->q_dim * es);
+    e->hb = carve(cv, T * h * es);
+    e->xl = carve(cv, S * dim * es);
+    e->d_out = (int32_t *) carve(cv, S * 4);
+    /* splits only for steps of up to max_seqs tokens (decode) */
+    e->att_part_floats = kc_attention_part_floats(e->max_seqs, c->n_heads,
+                                                  c->head_dim,
+                                                  KC_ATT_MAX_SPLIT);
+    e->att_part = (float *) carve(cv, e->att_part_floats * 4);
+    e->blas_ws = carve(cv, BLAS_WS_BYTES);
+    e->d_stage = (char *) carve(cv, e->stage_bytes);
+}
+
+/* the staging layout: per-row arrays of max_seqs, then tokens and tables */
+static void
+stage_layout(cu_engine_t *e)
+{
+    size_t S = (size_t) e->max_seqs;
+    size_t var = 3 * (size_t) e->max_tokens
+                 + S * (size_t) e->max_blocks + S + 1;
+
+    e->var_off = 5 * S * 4;
+    e->stage_bytes = e->var_off + var * 4;
+}
+
+/* pointers into a staging buffer at base (host or device) */
+static kc_step_t
+stage_ptrs(cu_engine_t *e, char *base)
+{
+    size_t S = (size_t) e->max_seqs;
+    kc_step_t st;
+
+    st.item_table = (const int32_t *) base;
+    st.row_tok = (const int32_t *) (base + S * 4);
+    st.temperature = (const float *) (base + 2 * S * 4);
+    st.top_p = (const float *) (base + 3 * S * 4);
+    st.uniform = (const float *) (base + 4 * S * 4);
+    st.tokens = (const kc_token_t *) (base + e->var_off);
+    st.tables = (const int32_t *) (base + e->var_off);
+    return st;
+}
+
+/*
+ * Rows [from, B) of a decode step become padding: token 0 at position 0
+ * of its own dummy item, whose one-block table is the scratch block;
+ * greedy.  *n_var: ints of the variable part used so far.
+ */
+static void
+stage_pad(cu_engine_t *e, int from, int B, int *n_var)
+{
+    int i;
+
+    for (i = from; i < B; i++) {
+        kc_token_t *tk = (kc_token_t *) e->h_var + i;
+        tk->tok = 0;
+        tk->pos = 0;
+        tk->item = i;
+        e->h_item_table[i] = *n_var;
+        e->h_row_tok[i] = i;
+        e->h_temp[i] = 0.0f;
+        e->h_top_p[i] = 1.0f;
+        e->h_unif[i] = 0.0f;
+        e->row_item[i] = -1;
+    }
+    if (from < B) {
+        e->h_var[(*n_var)++] = e->n_kv_blocks;          /* scratch */
+    }
+}
+
+/* --- the forward pass --------------------------------------------------- */
+
+/* out[M,N] (f32) = in[M,K] @ w[N,K]^T, in and w in the storage dtype */
+static void
+gemm(cu_engine_t *e, float *out, const void *in, const void *w, int M,
+    int K, int N, cublasStatus_t *st)
+{
+    cublasStatus_t r = gemm_run(e->gemm, out, in, w, M, K, N);
+
+    if (r != CUBLAS_STATUS_SUCCESS && *st == CUBLAS_STATUS_SUCCESS) {
+        *st = r;
+    }
+}
+
+/* pick the fastest cuBLASLt kernel for each product of a B-row step */
+static void
+tune_gemms(cu_engine_t *e, int B)
+{
+    const model_config_t *c = &e->cfg;
+    const cu_layer_t *L = &e->layers[0];
+    int dim = c->dim, h = c->hidden_dim;
+
+    gemm_tune(e->gemm, e->qkv, e->xb, L->w_qkv, B, dim, e->qkv_dim);
+    gemm_tune(e->gemm, e->y, e->att, L->wo, B, e->q_dim, dim);
+    gemm_tune(e->gemm, e->gu, e->xb, L->w_gate_up, B, dim, 2 * h);
+    gemm_tune(e->gemm, e->y, e->hb, L->w_down, B, h, dim);
+    gemm_tune(e->gemm, e->logits, e->xl, e->lm_head, B, dim, c->vocab_size);
+}
+
+/* blocks per context for attention over T tokens: enough blocks for two
+ * per multiprocessor, within the scratch */
+static int
+att_splits(const cu_engine_t *e, int T)
+{
+    const model_config_t *c = &e->cfg;
+    int group = c->n_heads / c->n_kv_heads;
+    long blocks = (long) T * c->n_kv_heads
+                  * ((group + KC_ATT_MAXG - 1) / KC_ATT_MAXG);
+    long n = (2L * e->n_sm + blocks - 1) / blocks;
+
+    n = n < KC_ATT_MAX_SPLIT ? n : KC_ATT_MAX_SPLIT;
+    while (n > 1 && kc_attention_part_floats(T, c->n_heads, c->head_dim,
+                                             (int) n) > e->att_part_floats)
+    {
+        n--;
+    }
+    return n > 1 ? (int) n : 1;
+}
+
+/*
+ * T rows of tokens (padding included), R rows of logits: everything
+ * between the upload of the step's inputs and the download of the
+ * sampled ids.  Also what a decode graph records.
+ */
+static cublasStatus_t
+forward(cu_engine_t *e, int T, int R)
+{
+    const model_config_t *c = &e->cfg;
+    cudaStream_t s = e->stream;
+    kc_step_t st = e->dst;
+    cublasStatus_t bs = CUBLAS_STATUS_SUCCESS;
+    int dim = c->dim, h = c->hidden_dim, n_split = att_splits(e, T), l;
+
+    kc_embed(s, e->dt, e->x, e->tok_emb, st, T, dim);
+    for (l = 0; l < c->n_layers; l++) {
+        const cu_layer_t *L = &e->layers[l];
+        char *kv_l = e->kvbuf + (size_t) l * e->kv_layer_stride * e->esz;
+
+        /* x += the last layer's feed-forward output; xb = norm(x) */
+        kc_rmsnorm(s, e->dt, e->xb, e->x, l > 0 ? e->y : NULL, L->attn_norm,
+                   NULL, T, dim, c->rms_eps, l > 0);
+        gemm(e, e->qkv, e->xb, L->w_qkv, T, dim, e->qkv_dim, &bs);
+        /* every row's K/V is stored before any row attends: a prefill
+         * chunk sees its own earlier tokens */
+        kc_rope_kv(s, e->dt, e->qkv, kv_l, e->kv_block_stride, st,
+                   e->inv_freq, T, c->n_heads, c->n_kv_heads, c->head_dim,
+                   e->block_size);
+        kc_attention(s, e->dt, e->att, e->att_part, n_split, e->qkv, kv_l,
+                     e->kv_block_stride, st, T, c->n_heads, c->n_kv_heads,
+                     c->head_dim, e->block_size);
+        gemm(e, e->y, e->att, L->wo, T, e->q_dim, dim, &bs);
+        kc_rmsnorm(s, e->dt, e->xb, e->x, e->y, L->ffn_norm, NULL, T, dim,
+                   c->rms_eps, 1);
+        gemm(e, e->gu, e->xb, L->w_gate_up, T, dim, 2 * h, &bs);
+        kc_swiglu(s, e->dt, e->hb, e->gu, T, h);
+        gemm(e, e->y, e->hb, L->w_down, T, h, dim, &bs);
+    }
+    /* the last residual add, the final norm and lm_head only for the
+     * rows whose logits are used */
+    kc_rmsnorm(s, e->dt, e->xl, e->x, e->y, e->final_norm, st.row_tok, R,
+               dim, c->rms_eps, 0);
+    gemm(e, e->logits, e->xl, e->lm_head, R, dim, c->vocab_size, &bs);
+    kc_sample(s, e->d_out, e->logits, R, c->vocab_size, st);
+    return bs;
+}
+
+static int
+bucket_of(const cu_engine_t *e, int n)
+{
+    int b;
+
+    for (b = 0; b < e->n_buckets; b++) {
+        if (n <= e->buckets[b]) {
+            return b;
+        }
+    }
+    return -1;
+}
+
+static int
+step_fail(cu_engine_t *e, const char *what, const char *why)
+{
+    snprintf(e->err, sizeof(e->err), "cuda engine: %s: %s", what, why);
+    return -1;
+}
+
+static int
+cu_step(void *impl, const kv_pool_t *kv, const engine_item_t *items, int n,
+    int32_t *out_tokens, float *logits)
+{
+    cu_engine_t *e = (cu_engine_t *) impl;
+    int vocab = e->cfg.vocab_size, bs = e->block_size;
+    int T = 0, R = 0, n_var, i, j, b = -1, decode = 1, rows, run_rows;
+    cublasStatus_t blas = CUBLAS_STATUS_SUCCESS;
+    cudaError_t r;
+    size_t bytes;
+
+    e->err[0] = '\0';
+    for (i = 0; i < n; i++) {
+        T += items[i].n_tokens;
+        decode &= items[i].n_tokens == 1;
+    }
+    if (decode && e->use_graphs) {
+        b = bucket_of(e, n);
+    }
+    rows = b >= 0 ? e->buckets[b] : T;          /* token rows computed */
+
+    /* 1. pack the inputs: tokens, then each item's block table */
+    n_var = 3 * rows;
+    for (i = 0, T = 0; i < n; i++) {
+        const engine_item_t *it = &items[i];
+        int nb = (it->pos + it->n_tokens + bs - 1) / bs;
+
+        for (j = 0; j < it->n_tokens; j++, T++) {
+            kc_token_t *tk = (kc_token_t *) e->h_var + T;
+            tk->tok = it->tokens[j];
+            tk->pos = it->pos + j;
+            tk->item = i;
+        }
+        e->h_item_table[i] = n_var;
+        memcpy(e->h_var + n_var, kv_pool_table(kv, it->seq),
+               (size_t) nb * 4);
+        n_var += nb;
+
+        /* a logits row for every item in a graph; else only those used */
+        if (b >= 0 || it->sample || logits != NULL) {
+            float t = it->sample ? it->temperature : 0.0f;
+            e->h_row_tok[R] = T - 1;
+            e->h_temp[R] = t;
+            e->h_top_p[R] = it->top_p;
+            /* the draw: one step of the sequence's own state, only when
+             * sampler_sample() would take one */
+            e->h_unif[R] = t > 0.0f && vocab > 1
+                           ? sampler_uniform(it->rng ? it->rng : &e->rng)
+                           : 0.0f;
+            e->row_item[R++] = i;
+        }
+    }
+    if (b >= 0) {
+        stage_pad(e, n, rows, &n_var);
+        R = rows;
+    }
+    run_rows = R;
+    if (R == 0) {
+        /* nothing to sample: the layers still run (they fill the KV
+         * cache); one row of logits is computed and ignored */
+        e->h_row_tok[0] = T - 1;
+        e->h_temp[0] = 0.0f;
+        e->h_top_p[0] = 1.0f;
+        e->h_unif[0] = 0.0f;
+        run_rows = 1;
+    }
+
+    /* 2. up in one copy, run, sampled ids down in one copy */
+    bytes = e->var_off + (size_t) n_var * 4;
+    r = cudaMemcpyAsync(e->d_stage, e->h_stage, bytes, cudaMemcpyHostToDevice,
+                        e->stream);
+    if (r != cudaSuccess) {
+        return step_fail(e, "upload", cudaGetErrorString(r));
+    }
+    if (b >= 0) {
+        r = cudaGraphLaunch(e->graphs[b], e->stream);
+        if (r != cudaSuccess) {
+            return step_fail(e, "graph launch", cudaGetErrorString(r));
+        }
+    } else {
+        blas = forward(e, T, run_rows);
+        if (blas != CUBLAS_STATUS_SUCCESS) {
+            return step_fail(e, "cuBLAS", cublasGetStatusString(blas));
+        }
+    }
+    if (R > 0) {
+        r = cudaMemcpyAsync(e->h_out, e->d_out, (size_t) R * 4,
+                            cudaMemcpyDeviceToHost, e->stream);
+        if (r != cudaSuccess) {
+            return step_fail(e, "download", cudaGetErrorString(r));
+        }
+    }
+    if (logits != NULL) {
+        for (j = 0; j < R; j++) {
+            if (e->row_item[j] < 0) {
+                continue;
+            }
+            r = cudaMemcpyAsync(logits + (size_t) e->row_item[j] * vocab,
+                                e->logits + (size_t) j * vocab,
+                                (size_t) vocab * 4, cudaMemcpyDeviceToHost,
+                                e->stream);
+            if (r != cudaSuccess) {
+                return step_fail(e, "logits download", cudaGetErrorString(r));
+            }
+        }
+    }
+    r = cudaStreamSynchronize(e->stream);
+    if (r == cudaSuccess) {
+        r = cudaGetLastError();
+    }
+    if (r != cudaSuccess) {
+        return step_fail(e, "step", cudaGetErrorString(r));
+    }
+    if (out_tokens != NULL) {
+        for (j = 0; j < R; j++) {
+            i = e->row_item[j];
+            if (i >= 0 && items[i].sample) {
+                out_tokens[i] = e->h_out[j];
+            }
+        }
+    }
+    return 0;
+}
+
+/* --- decode graphs -------------------------------------------------------- */
+
+/*
+ * For each bucket: one eager run on padding rows only (loads every
+ * kernel the graph will hold, cuBLAS's included, outside the capture),
+ * then capture and instantiate.
+ */
+static int
+make_graphs(cu_engine_t *e, char *err, size_t errlen)
+{
+    int cap = e->max_seqs < e->max_tokens ? e->max_seqs : e->max_tokens;
+    int b, B, n_var;
+    cudaGraph_t g = NULL;
+    cublasStatus_t bs;
+
+    for (B = 1; B < cap && e->n_buckets < MAX_BUCKETS - 1; B *= 2) {
+        e->buckets[e->n_buckets++] = B;
+    }
+    e->buckets[e->n_buckets++] = cap;
+
+    for (b = 0; b < e->n_buckets; b++) {
+        B = e->buckets[b];
+        n_var = 3 * B;
+        stage_pad(e, 0, B, &n_var);
+        CU_TRY(cudaMemcpyAsync(e->d_stage, e->h_stage,
+                               e->var_off + (size_t) n_var * 4,
+                               cudaMemcpyHostToDevice, e->stream),
+               "warm-up upload");
+        bs = forward(e, B, B);
+        CU_TRY(cudaStreamSynchronize(e->stream), "warm-up step");
+        CU_TRY(cudaGetLastError(), "warm-up step");
+        if (bs != CUBLAS_STATUS_SUCCESS) {
+            return cu_fail(err, errlen, "cuda engine: cuBLAS: %s",
+                           cublasGetStatusString(bs));
+        }
+        if (e->tune) {
+            tune_gemms(e, B);
+            CU_TRY(cudaStreamSynchronize(e->stream), "tuning");
+        }
+
+        CU_TRY(cudaStreamBeginCapture(e->stream,
+                                      cudaStreamCaptureModeThreadLocal),
+               "graph capture");
+        bs = forward(e, B, B);
+        CU_TRY(cudaStreamEndCapture(e->stream, &g), "graph capture");
+        if (bs != CUBLAS_STATUS_SUCCESS) {
+            cudaGraphDestroy(g);
+            return cu_fail(err, errlen, "cuda engine: cuBLAS in a graph: %s",
+                           cublasGetStatusString(bs));
+        }
+        CU_TRY(cudaGraphInstantiate(&e->graphs[b], g, 0), "graph instantiate");
+        cudaGraphDestroy(g);
+        g = NULL;
+    }
+    return 0;
+
+fail:
+    if (g != NULL) {
+        cudaGraphDestroy(g);
+    }
+    return -1;
+}
+
+/* --- create / destroy ---------------------------------------------------- */
+
+static void cu_destroy(void *impl);
+
+static void *
+cu_create(const model_t *m, const engine_opts_t *o, int device,
+    int *kv_blocks, char *err, size_t errlen)
+{
+    const model_config_t *c = &m->cfg;
+    cu_engine_t *e;
+    cudaDeviceProp prop;
+    carve_t cv;
+    size_t free_b, total_b, block_bytes, need;
+    int64_t nb, cap;
+    const char *dts, *env;
+    int d;
+
+    e = (cu_engine_t *) calloc(1, sizeof(*e));
+    if (e == NULL) {
+        cu_fail(err, errlen, "cuda engine: out of memory");
+        return NULL;
+    }
+    e->cfg = *c;
+    e->device = device;
+    snprintf(e->name, sizeof(e->name), "cuda:%d", device);
+    e->q_dim = c->n_heads * c->head_dim;
+    e->kv_dim = c->n_kv_heads * c->head_dim;
+    e->qkv_dim = e->q_dim + 2 * e->kv_dim;
+    e->max_seqs = o->max_seqs;
+    e->max_tokens = o->max_batch_tokens;
+    e->block_size = o->kv_block_size;
+    e->max_blocks = (c->max_seq_len + e->block_size - 1) / e->block_size;
+    e->rng = 0x6e67782d677075ull;
+    env = getenv("NGX_GPU_CUDA_GRAPHS");
+    e->use_graphs = env == NULL || strcmp(env, "0") != 0;
+    env = getenv("NGX_GPU_GEMM_TUNE");
+    e->tune = env == NULL || strcmp(env, "0") != 0;
+
+    /* the storage dtype: the option, else the checkpoint's */
+    dts = o->dtype && o->dtype[0] ? o->dtype
+          : c->torch_dtype[0] ? c->torch_dtype : "bfloat16";
+    d = parse_dtype(dts);
+    if (d < 0) {
+        cu_fail(err, errlen, "cuda engine: dtype \"%s\": expected bfloat16, "
+                "float16 or float32", dts);
+        goto fail_early;
+    }
+    e->dt = (kc_dtype_t) d;
+    e->esz = kc_dtype_size(e->dt);
+    e->cuda_dt = e->dt == KC_F32 ? CUDA_R_32F
+                 : e->dt == KC_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    if (c->dim > KC_NORM_MAX_DIM) {
+        cu_fail(err, errlen, "cuda engine: hidden_size %d: the norm kernel "
+                "takes at most %d", c->dim, KC_NORM_MAX_DIM);
+        goto fail_early;
+    }
+    if (c->head_dim % 8 != 0 || c->head_dim > KC_ATT_MAX_HEAD_DIM) {
+        cu_fail(err, errlen, "cuda engine: head_dim %d: the attention kernel "
+                "takes multiples of 8 up to %d", c->head_dim,
+                KC_ATT_MAX_HEAD_DIM);
+        goto fail_early;
+    }
+
+    e->layers = (cu_layer_t *) calloc((size_t) c->n_layers,
+                                      sizeof(*e->layers));
+    e->row_item = (int32_t *) calloc((size_t) e->max_seqs, sizeof(int32_t));
+    if (e->layers == NULL || e->row_item == NULL) {
+        cu_fail(err, errlen, "cuda engine: out of memory");
+        goto fail_early;
+    }
+
+    CU_TRY(cudaSetDevice(device), "cudaSetDevice");
+    CU_TRY(cudaGetDeviceProperties(&prop, device), "device properties");
+    e->n_sm = prop.multiProcessorCount;
+    {
+        cudaError_t pr = kc_probe();
+        if (pr != cudaSuccess) {
+            cu_fail(err, errlen, "cuda engine: %s (sm_%d%d) cannot run this "
+                    "build's kernels (built for sm_90): %s", prop.name,
+                    prop.major, prop.minor, cudaGetErrorString(pr));
+            goto fail;
+        }
+    }
+    CU_TRY(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking),
+           "stream");
+    if (cublasCreate(&e->blas) != CUBLAS_STATUS_SUCCESS) {
+        cu_fail(err, errlen, "cuda engine: cuBLAS cannot start");
+        goto fail;
+    }
+
+    /* sizes first: refuse a model that cannot fit, with the numbers */
+    cv = carve_t { NULL, 0 };
+    carve_weights(e, &cv);
+    e->wbytes = cv.used;
+    stage_layout(e);
+    cv = carve_t { NULL, 0 };
+    carve_acts(e, &cv);
+    e->abytes = cv.used;
+    CU_TRY(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
+    need = e->wbytes + e->abytes + HEADROOM;
+    if (need > free_b) {
+        cu_fail(err, errlen, "cuda engine: %s needs %zu MiB (weights in %s "
+                "%zu MiB, activations for %d tokens %zu MiB) but %s has %zu "
+                "of %zu MiB free", m->name, need >> 20, kc_dtype_name(e->dt),
+                e->wbytes >> 20, e->max_tokens, e->abytes >> 20, prop.name,
+                free_b >> 20, total_b >> 20);
+        goto fail;
+    }
+
+    CU_TRY(dev_alloc(e, &e->wbuf, e->wbytes), "weights");
+    cv = carve_t { e->wbuf, 0 };
+    carve_weights(e, &cv);
+    if (upload_weights(e, m, err, errlen) != 0) {
+        goto fail;
+    }
+    CU_TRY(dev_alloc(e, &e->abuf, e->abytes), "activations");
+    cv = carve_t { e->abuf, 0 };
+    carve_acts(e, &cv);
+    CU_TRY(cudaMemset(e->abuf, 0, e->abytes), "activations");
+    e->dst = stage_ptrs(e, e->d_stage);
+    if (cublasSetStream(e->blas, e->stream) != CUBLAS_STATUS_SUCCESS
+        || cublasSetWorkspace(e->blas, e->blas_ws, BLAS_WS_BYTES)
+           != CUBLAS_STATUS_SUCCESS
+        || (e->gemm = gemm_create(e->stream, e->blas, e->blas_ws,
+                                  BLAS_WS_BYTES, e->cuda_dt)) == NULL)
+    {
+        cu_fail(err, errlen, "cuda engine: cuBLAS setup failed");
+        goto fail;
+    }
+
+    /* KV pool: kv_blocks, else kv_fraction of what is free now; never
+     * more than max_seqs sequences of max_seq_len can use; plus one
+     * scratch block */
+    e->kv_layer_stride = (size_t) 2 * e->block_size * e->kv_dim;
+    e->kv_block_stride = e->kv_layer_stride * c->n_layers;
+    block_bytes = e->kv_block_stride * e->esz;
+    CU_TRY(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
+    nb = o->kv_blocks;
+    if (nb == 0) {
+        double f = o->kv_fraction > 0 ? o->kv_fraction : 0.9;
+        size_t avail = free_b > HEADROOM ? free_b - HEADROOM : 0;
+        nb = (int64_t) ((double) avail * f / (double) block_bytes) - 1;
+    }
+    cap = kv_pool_blocks_needed(e->max_seqs, c->max_seq_len, e->block_size);
+    nb = nb < cap ? nb : cap;
+    if (nb < 1 || (size_t) (nb + 1) * block_bytes > free_b) {
+        cu_fail(err, errlen, "cuda engine: no room for the KV cache: a block "
+                "of %d tokens takes %zu KiB, %zu MiB free after weights and "
+                "activations", e->block_size, block_bytes >> 10,
+                free_b >> 20);
+        goto fail;
+    }
+    e->n_kv_blocks = (int) nb;
+    e->kvbytes = (size_t) (nb + 1) * block_bytes;
+    CU_TRY(dev_alloc(e, &e->kvbuf, e->kvbytes), "KV cache");
+    CU_TRY(cudaMemset(e->kvbuf, 0, e->kvbytes), "KV cache");
+    /* the uploads and memsets ran on the legacy stream, which the
+     * non-blocking step stream does not wait for */
+    CU_TRY(cudaDeviceSynchronize(), "uploading the weights");
+
+    /* pinned staging: the step's inputs up, the sampled ids down */
+    CU_TRY(cudaHostAlloc((void **) &e->h_stage, e->stage_bytes,
+                         cudaHostAllocDefault), "pinned staging");
+    CU_TRY(cudaHostAlloc((void **) &e->h_out, (size_t) e->max_seqs * 4,
+                         cudaHostAllocDefault), "pinned staging");
+    memset(e->h_stage, 0, e->stage_bytes);
+    {
+        kc_step_t h = stage_ptrs(e, e->h_stage);
+        e->h_item_table = (int32_t *) h.item_table;
+        e->h_row_tok = (int32_t *) h.row_tok;
+        e->h_temp = (float *) h.temperature;
+        e->h_top_p = (float *) h.top_p;
+        e->h_unif = (float *) h.uniform;
+        e->h_var = (int32_t *) h.tables;
+    }
+
+    /* without graphs every step runs eagerly: slower, still right */
+    if (e->use_graphs && make_graphs(e, err, errlen) != 0) {
+        int b;
+        log_warn("%s; decode steps run without CUDA graphs", err);
+        for (b = 0; b < e->n_buckets; b++) {
+            if (e->graphs[b] != NULL) {
+                cudaGraphExecDestroy(e->graphs[b]);
+                e->graphs[b] = NULL;
+            }
+        }
+        e->n_buckets = 0;
+        e->use_graphs = 0;
+        err[0] = '\0';
+        cudaGetLastError();
+        CU_TRY(cudaStreamSynchronize(e->stream), "after a failed capture");
+    }
+
+    e->started = 1;
+    *kv_blocks = e->n_kv_blocks;
+    {
+        int improved, tuned = gemm_tuned(e->gemm, &improved);
+        if (tuned > 0) {
+            log_info("cuda engine: %d decode matrix-product shapes tuned, "
+                     "%d with another kernel than cuBLAS's first pick",
+                     tuned, improved);
+        }
+    }
+    log_info("cuda engine on %s: %s (sm_%d%d, %zu MiB); weights %s %zu MiB, "
+             "activations %zu MiB, KV cache %d blocks of %d tokens (%zu "
+             "MiB); %d decode graphs up to batch %d%s", e->name, prop.name,
+             prop.major, prop.minor, total_b >> 20, kc_dtype_name(e->dt),
+             e->wbytes >> 20, e->abytes >> 20, e->n_kv_blocks,
+             e->block_size, e->kvbytes >> 20, e->n_buckets,
+             e->n_buckets ? e->buckets[e->n_buckets - 1] : 0,
+             e->use_graphs ? "" : " (graphs off: NGX_GPU_CUDA_GRAPHS=0)");
+    return e;
+
+fail:
+    cudaGetLastError();                 /* clear a non-sticky error */
+fail_early:
+    cu_destroy(e);
+    return NULL;
+}
+
+static void
+cu_destroy(void *impl)
+{
+    cu_engine_t *e = (cu_engine_t *) impl;
+    int b;
+
+    if (e == NULL) {
+        return;
+    }
+    if (e->stream != NULL) {
+        cudaStreamSynchronize(e->stream);
+    }
+    for (b = 0; b < e->n_buckets; b++) {
+        if (e->graphs[b] != NULL) {
+            cudaGraphExecDestroy(e->graphs[b]);
+        }
+    }
+    if (e->host_registered != NULL) {
+        cudaHostUnregister(e->host_registered);
+    }
+    gemm_destroy(e->gemm);
+    if (e->blas != NULL) {
+        cublasDestroy(e->blas);
+    }
+    if (e->stream != NULL) {
+        cudaStreamDestroy(e->stream);
+    }
+    cudaFree(e->kvbuf);
+    cudaFree(e->abuf);
+    cudaFree(e->wbuf);
+    cudaFreeHost(e->h_stage);
+    cudaFreeHost(e->h_out);
+    free(e->layers);
+    free(e->row_item);
+    free(e);
+}
+
+/* --- the rest of the ops -------------------------------------------------- */
+
+static int
+cu_n_devices(void)
+{
+    int n = 0, drv = 0, rt = 0;
+    cudaError_t r = cudaGetDeviceCount(&n);
+
+    if (r != cudaSuccess) {
+        cudaDriverGetVersion(&drv);
+        cudaRuntimeGetVersion(&rt);
+        if (drv == 0) {
+            snprintf(probe_err, sizeof(probe_err), "%s (no NVIDIA driver "
+                     "found; this build's runtime is CUDA %d.%d)",
+                     cudaGetErrorString(r), rt / 1000, rt % 1000 / 10);
+        } else {
+            snprintf(probe_err, sizeof(probe_err), "%s (the driver supports "
+                     "CUDA %d.%d, this build's runtime is %d.%d)",
+                     cudaGetErrorString(r), drv / 1000, drv % 1000 / 10,
+                     rt / 1000, rt % 1000 / 10);
+        }
+        return 0;
+    }
+    return n;
+}
+
+static const char *
+cu_probe_error(void)
+{
+    return probe_err;
+}
+
+static const char *
+cu_name(const void *impl)
+{
+    return ((const cu_engine_t *) impl)->name;
+}
+
+static const char *
+cu_step_error(const void *impl)
+{
+    return ((const cu_engine_t *) impl)->err;
+}
+
+static uint64_t
+cu_allocs_after_start(const void *impl)
+{
+    return ((const cu_engine_t *) impl)->allocs_after_start;
+}
+
+static int
+cu_register_host(void *impl, void *p, size_t len, char *err, size_t errlen)
+{
+    cu_engine_t *e = (cu_engine_t *) impl;
+    cudaError_t r;
+
+    if (e->host_registered != NULL) {
+        return cu_fail(err, errlen, "cuda engine: a region is registered "
+                       "already");
+    }
+    r = cudaHostRegister(p, len, cudaHostRegisterDefault);
+    if (r != cudaSuccess) {
+        cudaGetLastError();
+        return cu_fail(err, errlen, "cuda engine: cudaHostRegister of %zu "
+                       "bytes: %s", len, cudaGetErrorString(r));
+    }
+    e->host_registered = p;
+    return 0;
+}
+
+extern "C" const engine_ops_t engine_cuda_ops = {
+    "cuda",
+    cu_n_devices,
+    cu_create,
+    cu_destroy,
+    cu_name,
+    cu_step,
+    cu_allocs_after_start,
+    cu_probe_error,
+    cu_step_error,
+    cu_register_host,
+};

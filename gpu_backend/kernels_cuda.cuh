@@ -1,0 +1,127 @@
+/*
+ * kernels_cuda.cuh - device helpers shared by the .cu files: loads and
+ * stores of the storage dtypes, block-wide reductions, and the switch
+ * from a run-time kc_dtype_t to a template argument.
+ */
+
+#ifndef GPU_KERNELS_CUDA_CUH
+#define GPU_KERNELS_CUDA_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math.h>
+
+#include "kernels_cuda.h"
+
+/* run the statement with T the C++ type of dt */
+#define KC_DISPATCH(dt, ...)                                              \
+    do {                                                                  \
+        switch (dt) {                                                     \
+        case KC_F32: { typedef float T; __VA_ARGS__; } break;             \
+        case KC_BF16: { typedef __nv_bfloat16 T; __VA_ARGS__; } break;    \
+        case KC_F16: { typedef __half T; __VA_ARGS__; } break;            \
+        }                                                                 \
+    } while (0)
+
+__device__ __forceinline__ float kc_f(float v) { return v; }
+__device__ __forceinline__ float kc_f(__nv_bfloat16 v)
+{
+    return __bfloat162float(v);
+}
+__device__ __forceinline__ float kc_f(__half v) { return __half2float(v); }
+
+template <typename T> __device__ __forceinline__ T kc_store(float v);
+template <> __device__ __forceinline__ float kc_store<float>(float v)
+{
+    return v;
+}
+template <> __device__ __forceinline__ __nv_bfloat16
+kc_store<__nv_bfloat16>(float v)
+{
+    return __float2bfloat16_rn(v);
+}
+template <> __device__ __forceinline__ __half kc_store<__half>(float v)
+{
+    return __float2half_rn(v);
+}
+
+/* 8 consecutive elements (16-byte aligned) as f32: 16 bytes a load for
+ * the 2-byte types, two for f32 */
+__device__ __forceinline__ void
+kc_load8(const float *p, float *f)
+{
+    float4 a = reinterpret_cast<const float4 *>(p)[0];
+    float4 b = reinterpret_cast<const float4 *>(p)[1];
+
+    f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w;
+    f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+}
+
+__device__ __forceinline__ void
+kc_load8(const __nv_bfloat16 *p, float *f)
+{
+    uint4 u = *reinterpret_cast<const uint4 *>(p);
+    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 v = __bfloat1622float2(h[i]);
+        f[2 * i] = v.x;
+        f[2 * i + 1] = v.y;
+    }
+}
+
+__device__ __forceinline__ void
+kc_load8(const __half *p, float *f)
+{
+    uint4 u = *reinterpret_cast<const uint4 *>(p);
+    const __half2 *h = reinterpret_cast<const __half2 *>(&u);
+
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 v = __half22float2(h[i]);
+        f[2 * i] = v.x;
+        f[2 * i + 1] = v.y;
+    }
+}
+
+__device__ __forceinline__ float
+kc_warp_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    }
+    return v;
+}
+
+__device__ __forceinline__ float
+kc_warp_max(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    }
+    return v;
+}
+
+/* sum over the block (blockDim.x a multiple of 32); every thread gets it.
+ * red: 32 floats of shared memory, free again when this returns */
+__device__ __forceinline__ float
+kc_block_sum(float v, float *red)
+{
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int n_warps = blockDim.x >> 5;
+
+    v = kc_warp_sum(v);
+    if (lane == 0) {
+        red[warp] = v;
+    }
+    __syncthreads();
+    v = lane < n_warps ? red[lane] : 0.0f;
+    v = kc_warp_sum(v);
+    __syncthreads();            /* red is reused by the next call */
+    return v;
+}
+
+#endif /* GPU_KERNELS_CUDA_CUH */

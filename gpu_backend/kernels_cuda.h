@@ -1,0 +1,140 @@
+/*
+ * kernels_cuda.h - the CUDA engine's own kernels, callable from C.
+ *
+ * Weights, the inputs of every matrix product and the KV cache are kept
+ * in one storage dtype (kc_dtype_t: f32, bf16 or f16); everything that
+ * accumulates stays f32: the residual stream, matrix-product outputs,
+ * norms, softmax, logits.  Matrix products themselves go through cuBLAS
+ * (engine_cuda.cu); these are the kernels around them.  Each has a CPU
+ * reference in kernels_cpu.c, and t/gpu/test_cuda_kernels.c compares the
+ * two on random data.
+ *
+ * All launchers queue work on `stream` and return at once; the caller
+ * checks cudaGetLastError().  No launcher allocates.
+ */
+
+#ifndef GPU_KERNELS_CUDA_H
+#define GPU_KERNELS_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    KC_F32 = 0,
+    KC_BF16,
+    KC_F16
+} kc_dtype_t;
+
+size_t kc_dtype_size(kc_dtype_t dt);
+const char *kc_dtype_name(kc_dtype_t dt);
+
+/* host-side conversions, round to nearest even */
+void kc_from_f32(kc_dtype_t dt, void *dst, const float *src, size_t n);
+void kc_to_f32(kc_dtype_t dt, float *dst, const void *src, size_t n);
+
+/* one token of a step: what it is, where it is, which item it belongs to */
+typedef struct {
+    int32_t  tok;
+    int32_t  pos;
+    int32_t  item;
+} kc_token_t;
+
+/*
+ * A step's inputs as the kernels see them: device pointers into the
+ * region the host fills and uploads in one copy.  The block table of
+ * item i starts at tables + item_table[i]; position p of that item lives
+ * in KV block table[p / block_size], row p % block_size.
+ */
+typedef struct {
+    const kc_token_t  *tokens;       /* [T] */
+    const int32_t     *item_table;   /* [items] */
+    const int32_t     *tables;       /* packed block tables */
+    const int32_t     *row_tok;      /* [R] token whose logits are row r */
+    const float       *temperature;  /* [R] <= 0: greedy */
+    const float       *top_p;        /* [R] >= 1: no nucleus cut */
+    const float       *uniform;      /* [R] the draw in [0, 1) */
+} kc_step_t;
+
+/*
+ * The paged KV cache: block b of layer l holds K then V, each
+ * [block_size][n_kv_heads * head_dim] in the storage dtype.  kv_layer is
+ * the start of layer l in block 0; block b's are block_stride elements
+ * further.  (Row-major rows, unlike the CPU's transposed blocks: on the
+ * GPU a thread reads one position's whole head with 16-byte loads.)
+ */
+
+/* x[t] = f32(emb[tokens[t].tok]), t < T */
+void kc_embed(cudaStream_t s, kc_dtype_t dt, float *x, const void *emb,
+    kc_step_t st, int T, int dim);
+
+/*
+ * For r < n (dim <= KC_NORM_MAX_DIM): i = rows ? rows[r] : r; v = x[i] (+ y[i] when y); x[i] = v
+ * when write_x; out[r] = v / rms(v) * w in the storage dtype.  The
+ * residual add and the norm in one pass.
+ */
+#define KC_NORM_MAX_DIM  16384
+
+void kc_rmsnorm(cudaStream_t s, kc_dtype_t dt, void *out, float *x,
+    const float *y, const float *w, const int32_t *rows, int n, int dim,
+    float eps, int write_x);
+
+/*
+ * qkv is [T][q | k | v] in f32.  Rotate q and k in place (Hugging Face
+ * half-split RoPE, angle pos * inv_freq[i]) and store k and v of each
+ * token into its KV-cache row.
+ */
+void kc_rope_kv(cudaStream_t s, kc_dtype_t dt, float *qkv, void *kv_layer,
+    size_t block_stride, kc_step_t st, const float *inv_freq, int T,
+    int n_heads, int n_kv_heads, int head_dim, int block_size);
+
+/*
+ * out[t] = softmax(q k^T / sqrt(head_dim)) v for each query head of
+ * token t over positions 0 .. pos of its own sequence (causal), the K/V
+ * rows read through the block table.  head_dim: a multiple of 8, at
+ * most KC_ATT_MAX_HEAD_DIM.  out is [T][n_heads * head_dim], storage
+ * dtype.  n_split > 1 splits each context over that many blocks (for
+ * small batches, so that the GPU fills); part is then scratch of
+ * kc_attention_part_floats() floats.
+ */
+#define KC_ATT_MAX_HEAD_DIM  256
+#define KC_ATT_MAXG          8       /* query heads one block serves */
+#define KC_ATT_MAX_SPLIT     16
+
+static inline size_t
+kc_attention_part_floats(int n_tok, int n_heads, int head_dim, int n_split)
+{
+    return (size_t) n_tok * n_heads * n_split * (head_dim + 2);
+}
+
+void kc_attention(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
+    int n_split, const float *qkv, const void *kv_layer,
+    size_t block_stride, kc_step_t st, int T, int n_heads, int n_kv_heads,
+    int head_dim, int block_size);
+
+/* out[t][i] = silu(gu[t][i]) * gu[t][hidden + i], storage dtype */
+void kc_swiglu(cudaStream_t s, kc_dtype_t dt, void *out, const float *gu,
+    int T, int hidden);
+
+/*
+ * out[r] = the token sampled from logits row r (sampler.c's rules):
+ * temperature <= 0 greedy (ties to the lowest id); else softmax at that
+ * temperature, cut to the top_p nucleus, and the id where uniform[r]
+ * times the kept mass falls, counting in id order.
+ */
+void kc_sample(cudaStream_t s, int32_t *out, const float *logits, int R,
+    int vocab, kc_step_t st);
+
+/* cudaSuccess if this build has code the current device can run */
+cudaError_t kc_probe(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GPU_KERNELS_CUDA_H */
