@@ -2,13 +2,18 @@
  * generate.c - ngx-gpu-generate: run the engine alone, for a quick check
  * of a model and for decode throughput.
  *
- *   ngx-gpu-generate MODEL_DIR [--tokens 1,403,...] [-n N] [--batch B]
- *       [--threads T] [--device cpu] [--repeat R]
+ *   ngx-gpu-generate MODEL_DIR [--tokens 1,403,...] [--prefill N] [-n N]
+ *       [--batch B] [--threads T] [--device cpu] [--dtype T] [--repeat R]
  *
  * B identical sequences are prefilled with the prompt (BOS by default)
- * and decoded greedily for N steps, all B in every step.  Prints the
- * token ids of sequence 0 and the decode rate in tokens/s over all B;
- * with --repeat the whole run is done R times and the best rate counts.
+ * in one engine step and decoded greedily for N steps, all B in every
+ * step.  Prints the token ids of sequence 0, the prefill rate and the
+ * decode rate in tokens/s over all B; with --repeat the whole run is done
+ * R times and the best time of each phase counts.
+ *
+ * --prefill N makes the prompt N synthetic token ids (a fixed
+ * pseudo-random sequence below the vocabulary size, after BOS), for
+ * timing prefill: `--prefill 2048 -n 1` is one 2048-token prefill.
  */
 
 #include <stdio.h>
@@ -19,7 +24,7 @@
 #include "engine.h"
 #include "model.h"
 
-#define MAX_PROMPT  4096
+#define MAX_PROMPT  65536
 
 static double
 now(void)
@@ -34,18 +39,18 @@ static void
 usage(void)
 {
     fprintf(stderr, "usage: ngx-gpu-generate MODEL_DIR [--tokens 1,403,...] "
-            "[-n N] [--batch B] [--threads T] [--device cpu] "
-            "[--repeat R]\n");
+            "[--prefill N] [-n N] [--batch B] [--threads T] "
+            "[--device cpu] [--dtype T] [--repeat R]\n");
     exit(2);
 }
 
 int
 main(int argc, char **argv)
 {
-    const char *dir = NULL, *device = "cpu";
+    const char *dir = NULL, *device = "cpu", *dtype = NULL;
     static int32_t prompt[MAX_PROMPT];
     int n_prompt = 0, steps = 256, batch = 1, threads = 1, bs = 16, i, s;
-    int repeat = 1, rep;
+    int repeat = 1, rep, n_synth = 0;
     int32_t *out, *cur, *gen;
     engine_item_t *items;
     engine_opts_t o;
@@ -65,6 +70,11 @@ main(int argc, char **argv)
                 }
                 p = *end == ',' ? end + 1 : end;
             }
+        } else if (i + 1 < argc && strcmp(a, "--prefill") == 0) {
+            n_synth = atoi(argv[++i]);
+            if (n_synth < 1 || n_synth > MAX_PROMPT) {
+                usage();
+            }
         } else if (i + 1 < argc && strcmp(a, "-n") == 0) {
             steps = atoi(argv[++i]);
         } else if (i + 1 < argc && strcmp(a, "--batch") == 0) {
@@ -75,6 +85,8 @@ main(int argc, char **argv)
             repeat = atoi(argv[++i]);
         } else if (i + 1 < argc && strcmp(a, "--device") == 0) {
             device = argv[++i];
+        } else if (i + 1 < argc && strcmp(a, "--dtype") == 0) {
+            dtype = argv[++i];
         } else if (a[0] != '-' && dir == NULL) {
             dir = a;
         } else {
@@ -89,8 +101,24 @@ main(int argc, char **argv)
         fprintf(stderr, "ngx-gpu-generate: %s\n", err);
         return 1;
     }
+    if (n_synth > 0 && n_prompt > 0) {
+        fprintf(stderr, "ngx-gpu-generate: --tokens and --prefill exclude "
+                "each other\n");
+        return 2;
+    }
     if (n_prompt == 0) {
         prompt[n_prompt++] = m.cfg.bos_id >= 0 ? m.cfg.bos_id : 1;
+    }
+    if (n_synth > 0) {
+        /* a fixed LCG walk over [3, min(vocab, 32000)): real-looking ids
+         * (no run of one token), the same on every run */
+        uint32_t x = 12345, span = (uint32_t) m.cfg.vocab_size;
+
+        span = (span > 32000 ? 32000 : span) - 3;
+        while (n_prompt < n_synth) {
+            x = x * 1664525u + 1013904223u;
+            prompt[n_prompt++] = (int32_t) (3 + (x >> 8) % span);
+        }
     }
     if (n_prompt + steps > m.cfg.max_seq_len) {
         steps = m.cfg.max_seq_len - n_prompt;
@@ -103,6 +131,7 @@ main(int argc, char **argv)
 
     memset(&o, 0, sizeof(o));
     o.device = device;
+    o.dtype = dtype;            /* GPU: NULL is config.json's torch_dtype */
     o.threads = threads;
     o.max_seqs = batch;
     o.max_batch_tokens = n_prompt * batch > batch ? n_prompt * batch : batch;
@@ -169,8 +198,11 @@ main(int argc, char **argv)
     }
 
     printf("tokens:");
-    for (i = 0; i < n_prompt; i++) {
+    for (i = 0; i < n_prompt && i < 32; i++) {
         printf(" %d", prompt[i]);
+    }
+    if (n_prompt > 32) {
+        printf(" ... (%d prompt tokens)", n_prompt);
     }
     printf(" |");
     for (s = 0; s < steps; s++) {
@@ -178,9 +210,10 @@ main(int argc, char **argv)
     }
     printf("\n");
     printf("model %s, device %s, threads %d, batch %d: prefill %d tokens "
-           "in %.3f ms; decode %d steps in %.3f ms: %.1f tokens/s "
-           "(%.1f per sequence)\n", m.name, engine_name(e), threads, batch,
-           n_prompt * batch, t_prefill * 1e3, steps - 1, t_decode * 1e3,
+           "in %.3f ms: %.1f prefill tokens/s; decode %d steps in %.3f ms: "
+           "%.1f tokens/s (%.1f per sequence)\n", m.name, engine_name(e),
+           threads, batch, n_prompt * batch, t_prefill * 1e3,
+           (double) n_prompt * batch / t_prefill, steps - 1, t_decode * 1e3,
            steps > 1 ? (double) batch * (steps - 1) / t_decode : 0.0,
            steps > 1 ? (double) (steps - 1) / t_decode : 0.0);
 
