@@ -39,13 +39,18 @@
 #include <stddef.h>
 
 #define GPU_CHANNEL_MAGIC    0x4e475055u   /* "NGPU" */
-#define GPU_CHANNEL_VERSION  1u
+#define GPU_CHANNEL_VERSION  2u
 
 #define GPU_MODEL_NAME_LEN   128
 #define GPU_ENGINE_NAME_LEN  32
 #define GPU_ERROR_MSG_LEN    256
 #define GPU_ERROR_PARAM_LEN  32
 #define GPU_ERROR_CODE_LEN   48
+#define GPU_TEMPLATE_NAME_LEN 32
+
+/* stop strings: how many a request may give, and bytes each at most */
+#define GPU_STOP_MAX         4
+#define GPU_STOP_LEN         256
 
 /* sequences per forward step: histogram bucket upper bounds */
 #define GPU_BATCH_BUCKETS    10
@@ -64,13 +69,29 @@ typedef enum {
 
 typedef enum {
     GPU_PROMPT_TEXT = 0,            /* prompt area holds UTF-8 bytes */
-    GPU_PROMPT_TOKENS               /* prompt area holds int32 ids */
+    GPU_PROMPT_TOKENS,              /* prompt area holds int32 ids */
+    GPU_PROMPT_CHAT                 /* prompt area holds chat messages */
 } gpu_prompt_kind_e;
+
+/*
+ * A GPU_PROMPT_CHAT prompt is prompt_len bytes of message records, in
+ * order: one byte gpu_chat_role_e, a uint32 content length (host byte
+ * order, unaligned), then the content (UTF-8).  The backend renders them
+ * with the model's chat template and tokenizes the result.
+ */
+#define GPU_CHAT_RECORD_HEAD  5
+
+typedef enum {
+    GPU_ROLE_SYSTEM = 0,
+    GPU_ROLE_USER,
+    GPU_ROLE_ASSISTANT
+} gpu_chat_role_e;
 
 typedef enum {
     GPU_FINISH_NONE = 0,
     GPU_FINISH_LENGTH,              /* max_tokens reached */
-    GPU_FINISH_STOP,                /* end-of-sequence token */
+    GPU_FINISH_STOP,                /* end-of-sequence, stop token or
+                                       stop string */
     GPU_FINISH_ERROR,               /* see error_status / error_message */
     GPU_FINISH_ABORT                /* backend shutting down */
 } gpu_finish_e;
@@ -125,6 +146,9 @@ typedef struct {
     uint64_t  dequeue_pos __attribute__((aligned(64)));
 
     gpu_channel_stats_t  stats __attribute__((aligned(64)));
+
+    /* the chat template the backend renders with; "": chat refused */
+    char      chat_template[GPU_TEMPLATE_NAME_LEN];
 } gpu_channel_header_t;
 
 typedef struct {
@@ -161,6 +185,15 @@ typedef struct {
     char      error_code[GPU_ERROR_CODE_LEN];
     char      error_param[GPU_ERROR_PARAM_LEN];
     char      error_message[GPU_ERROR_MSG_LEN];
+
+    /*
+     * stop strings, written by the worker before SUBMITTED: generation
+     * ends before the first one the output text would contain, and none
+     * of it is ever published
+     */
+    uint32_t  n_stop;
+    uint32_t  stop_len[GPU_STOP_MAX];
+    char      stop[GPU_STOP_MAX][GPU_STOP_LEN];
 
     /*
      * followed at header->prompt_off by the prompt area, at

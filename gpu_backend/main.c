@@ -37,6 +37,7 @@ typedef struct {
     const char  *socket_path;
     const char  *pid_file;
     const char  *served_name;
+    const char  *chat_template;
     int          socket_mode;
     int          supervise;
     int          slots;
@@ -70,7 +71,12 @@ usage(FILE *f)
 "  --kv-cache-mb N       CPU KV-cache pool size (default 256)\n"
 "  --kv-fraction F       GPU: share of free memory for KV (default 0.9)\n"
 "  --kv-block-size N     tokens per KV-cache block (default 16)\n"
+"  --dtype T             GPU weights/KV: bfloat16, float16 or float32\n"
+"                        (default: config.json's torch_dtype)\n"
 "  --served-model-name S name reported to clients (default: DIR's name)\n"
+"  --chat-template NAME  chat template family: chatml, qwen3, llama2,\n"
+"                        llama3, llama3.1, glm4 (default: recognised\n"
+"                        from tokenizer_config.json)\n"
 "  --socket-mode OCTAL   socket file permissions (default 0666)\n"
 "  --step-delay-us N     throttle: sleep after every step (tests)\n"
 "  --pid-file PATH       write the supervisor's pid\n"
@@ -114,7 +120,9 @@ parse_options(int argc, char **argv, options_t *o)
         { "kv-cache-mb", required_argument, NULL, 'k' },
         { "kv-fraction", required_argument, NULL, 'f' },
         { "kv-block-size", required_argument, NULL, 'b' },
+        { "dtype", required_argument, NULL, 'T' },
         { "served-model-name", required_argument, NULL, 'N' },
+        { "chat-template", required_argument, NULL, 'C' },
         { "socket-mode", required_argument, NULL, 'M' },
         { "step-delay-us", required_argument, NULL, 'D' },
         { "pid-file", required_argument, NULL, 'p' },
@@ -177,7 +185,9 @@ parse_options(int argc, char **argv, options_t *o)
             o->engine.kv_block_size = parse_int(optarg, "--kv-block-size",
                                                 1, 4096);
             break;
+        case 'T': o->engine.dtype = optarg; break;
         case 'N': o->served_name = optarg; break;
+        case 'C': o->chat_template = optarg; break;
         case 'M':
             o->socket_mode = (int) strtol(optarg, NULL, 8);
             break;
@@ -236,6 +246,7 @@ serve(options_t *o, int listen_fd, int ready_fd)
     server_t              *srv;
     scheduler_t           *sched;
     tokenizer_t           *tok;
+    chat_template_t        chat;
     gpu_channel_header_t  *h;
 
     if (model_load(o->model_dir, &model, err, sizeof(err)) != 0) {
@@ -262,6 +273,16 @@ serve(options_t *o, int listen_fd, int ready_fd)
                   model.cfg.vocab_size);
         return EXIT_CONFIG;
     }
+
+    if (chat_template_load(o->model_dir, o->chat_template, &chat, err,
+                           sizeof(err)) != 0)
+    {
+        log_error("cannot load the chat template: %s", err);
+        return EXIT_CONFIG;
+    }
+    chat_template_default_tokens(&chat,
+                                 tokenizer_piece(tok, tokenizer_bos_id(tok)),
+                                 tokenizer_piece(tok, tokenizer_eos_id(tok)));
 
     engine = engine_create(&model, &o->engine, err, sizeof(err));
     if (engine == NULL) {
@@ -294,6 +315,13 @@ serve(options_t *o, int listen_fd, int ready_fd)
         return EXIT_CONFIG;
     }
 
+    /* page-locked for the device: a copy out of it needs no staging */
+    if (engine_register_host(engine, h, (size_t) h->region_size, err,
+                             sizeof(err)) != 0)
+    {
+        log_warn("shared region not page-locked: %s", err);
+    }
+
     h->backend_pid = (uint64_t) getpid();
     h->start_ns = (uint64_t) time(NULL) * 1000000000ull;
     h->vocab_size = (uint32_t) model.cfg.vocab_size;
@@ -312,9 +340,18 @@ serve(options_t *o, int listen_fd, int ready_fd)
         return EXIT_CONFIG;
     }
     server_set_scheduler(srv, sched);
+    scheduler_set_chat(sched, &chat);
+    snprintf(h->chat_template, sizeof(h->chat_template), "%s", chat.name);
 
     gpu_channel_init(h);
     h->ready = 1;
+
+    if (chat.family != CHAT_NONE) {
+        log_info("chat template: %s", chat.name);
+    } else {
+        log_info("no known chat template: /v1/chat/completions answers 400 "
+                 "(--chat-template NAME sets one)");
+    }
 
     log_info("serving %s (%s, %d layers, dim %d, vocab %d) on %s with the "
              "%s engine; context %d, %d KV blocks of %d tokens, %d slots",

@@ -10,6 +10,12 @@
  * first, then spends what is left of the token budget on prefill chunks,
  * so a long prompt never stalls running streams.  Sampled tokens become
  * text in the slot's output area at once, and the owning worker is told.
+ *
+ * Chat requests are rendered with the model's chat template first, and
+ * end at the template's stop tokens too.  With stop strings, the text
+ * that could still become one is written but not published (out_len
+ * stays before it) until it is clearly not one; a stop string found
+ * ends the sequence with the text before it.
  */
 
 #include <errno.h>
@@ -21,6 +27,7 @@
 
 #include "log.h"
 #include "scheduler.h"
+#include "stop.h"
 #include "utf8.h"
 
 
@@ -39,6 +46,10 @@ typedef struct {
     int32_t     prev;               /* last token, for detokenisation */
     unsigned char  pend[16];        /* incomplete UTF-8 held back */
     int         n_pend;
+    int         chat;               /* ends at the template's stops too */
+    stop_set_t  stops;              /* points into the slot */
+    uint32_t    out_w;              /* text written; out_len <= out_w */
+    int         stopped;            /* a stop string was found */
 } seq_t;
 
 
@@ -73,6 +84,11 @@ struct scheduler_s {
     unsigned char          *clean_buf;      /* its sanitized form */
     int                     text_cap;
     uint64_t                rng_counter;
+
+    const chat_template_t  *chat;
+    int32_t                 chat_stop_ids[CHAT_MAX_STOPS];
+    int                     n_chat_stops;
+    chat_buf_t              chat_buf;       /* rendered prompt, reused */
 };
 
 
@@ -196,7 +212,24 @@ scheduler_destroy(scheduler_t *s)
     free(s->sampled);
     free(s->text_buf);
     free(s->clean_buf);
+    free(s->chat_buf.p);
     free(s);
+}
+
+
+void
+scheduler_set_chat(scheduler_t *s, const chat_template_t *ct)
+{
+    int  i, id;
+
+    s->chat = ct;
+    s->n_chat_stops = 0;
+    for (i = 0; ct != NULL && i < ct->n_stops; i++) {
+        id = tokenizer_token_id(s->tok, ct->stops[i]);
+        if (id >= 0) {
+            s->chat_stop_ids[s->n_chat_stops++] = id;
+        }
+    }
 }
 
 
@@ -255,7 +288,7 @@ slot_error(scheduler_t *s, uint32_t idx, uint32_t from, uint32_t status,
 static int
 admit_check(scheduler_t *s, uint32_t idx)
 {
-    int          n, i, total;
+    int          n, i, total, rc;
     char         msg[GPU_ERROR_MSG_LEN];
     int32_t     *ids;
     gpu_slot_t  *slot;
@@ -280,6 +313,34 @@ admit_check(scheduler_t *s, uint32_t idx)
                            "prompt", msg);
                 return -1;
             }
+        }
+
+    } else if (slot->prompt_kind == GPU_PROMPT_CHAT) {
+        if (s->chat == NULL || s->chat->family == CHAT_NONE) {
+            slot_error(s, idx, GPU_SLOT_SUBMITTED, 400,
+                       "invalid_request_error", "chat_template_unknown",
+                       "messages", "this model has no chat template "
+                       "ngx-gpu knows; start the backend with "
+                       "--chat-template NAME");
+            return -1;
+        }
+        msg[0] = '\0';
+        rc = chat_render(s->chat, gpu_slot_prompt(s->h, slot),
+                         slot->prompt_len, &s->chat_buf, msg, sizeof(msg));
+        if (rc != 0) {
+            slot_error(s, idx, GPU_SLOT_SUBMITTED, rc == -1 ? 400 : 500,
+                       rc == -1 ? "invalid_request_error" : "server_error",
+                       rc == -1 ? "invalid_messages" : NULL, "messages",
+                       rc == -1 ? msg : "out of memory");
+            return -1;
+        }
+        /* the template writes its own BOS, as HF's apply_chat_template */
+        n = tokenizer_encode(s->tok, s->chat_buf.p, s->chat_buf.len, 0, ids,
+                             s->ctx_len);
+        if (n < 0) {
+            slot_error(s, idx, GPU_SLOT_SUBMITTED, 500, "server_error",
+                       NULL, NULL, "the prompt could not be tokenized");
+            return -1;
         }
 
     } else {
@@ -412,6 +473,10 @@ admit(scheduler_t *s)
          * first token lose its leading space */
         q->prev = q->tokens[q->n_prompt - 1];
         q->n_pend = 0;
+        q->chat = slot->prompt_kind == GPU_PROMPT_CHAT;
+        stop_init(&q->stops, slot);
+        q->out_w = 0;
+        q->stopped = 0;
         slot->n_prompt_tokens = (uint32_t) q->n_prompt;
         s->n_running++;
 
@@ -437,35 +502,61 @@ seq_drop(scheduler_t *s, int i)
 }
 
 
-/* append sanitized bytes to the slot's output; returns bytes written */
+/*
+ * Append sanitized bytes to the slot's output and publish what may be
+ * sent: all of it, or with stop strings what cannot be the start of one.
+ */
 static void
 seq_emit(scheduler_t *s, seq_t *q, int final)
 {
-    size_t       n, used;
+    long         at;
+    size_t       n, used, from, pub;
     gpu_slot_t  *slot = gpu_channel_slot(s->h, q->slot);
     char        *out = gpu_slot_out(s->h, slot);
 
     n = utf8_sanitize(q->pend, q->n_pend, final, s->clean_buf, &used);
 
-    if (slot->out_len + n > s->h->out_bytes_cap) {
-        n = s->h->out_bytes_cap - slot->out_len;    /* cannot happen */
+    if (q->out_w + n > s->h->out_bytes_cap) {
+        n = s->h->out_bytes_cap - q->out_w;         /* cannot happen */
     }
 
-    memcpy(out + slot->out_len, s->clean_buf, n);
+    memcpy(out + q->out_w, s->clean_buf, n);
     memmove(q->pend, q->pend + used, q->n_pend - used);
     q->n_pend -= (int) used;
+    from = q->out_w;
+    q->out_w += (uint32_t) n;
+    pub = q->out_w;
 
-    gpu_store_release(&slot->out_len, slot->out_len + (uint32_t) n);
+    if (q->stops.n > 0) {
+        at = stop_find(&q->stops, out, q->out_w, from);
+        if (at >= 0) {
+            q->stopped = 1;
+            q->out_w = (uint32_t) at;
+            q->n_pend = 0;
+            pub = (size_t) at;
+        } else if (!final) {
+            pub -= stop_hold(&q->stops, out, q->out_w);
+        }
+    }
+
+    if (pub > slot->out_len) {
+        gpu_store_release(&slot->out_len, (uint32_t) pub);
+    }
 }
 
 
 static int
-is_eos(scheduler_t *s, int32_t t)
+is_eos(scheduler_t *s, seq_t *q, int32_t t)
 {
     int  i;
 
     for (i = 0; i < s->model->cfg.n_eos; i++) {
         if (s->model->cfg.eos_ids[i] == t) {
+            return 1;
+        }
+    }
+    for (i = 0; q->chat && i < s->n_chat_stops; i++) {
+        if (s->chat_stop_ids[i] == t) {
             return 1;
         }
     }
@@ -479,7 +570,8 @@ seq_end(scheduler_t *s, int i, uint32_t reason)
     seq_t       *q = &s->seqs[i];
     gpu_slot_t  *slot = gpu_channel_slot(s->h, q->slot);
 
-    if (q->n_pend > 0) {
+    if (!q->stopped && (q->n_pend > 0 || q->out_w > slot->out_len)) {
+        /* held back bytes: never a whole character or stop string */
         seq_emit(s, q, 1);
         if (q->n_gen > 0) {
             gpu_slot_tok_end(s->h, slot)[q->n_gen - 1] = slot->out_len;
@@ -503,7 +595,7 @@ seq_token(scheduler_t *s, int i, int32_t t)
         slot->first_token_ns = (uint64_t) now_ns();
     }
 
-    if (is_eos(s, t)) {
+    if (is_eos(s, q, t)) {
         seq_end(s, i, GPU_FINISH_STOP);
         return;
     }
@@ -527,7 +619,11 @@ seq_token(scheduler_t *s, int i, int32_t t)
     gpu_store_release(&slot->n_tokens, (uint32_t) q->n_gen);
     s->notify(s->notify_data, q->owner);
 
-    if (q->n_gen >= q->max_tokens || q->n_prompt + q->n_gen >= s->ctx_len) {
+    if (q->stopped) {
+        seq_end(s, i, GPU_FINISH_STOP);
+    } else if (q->n_gen >= q->max_tokens
+               || q->n_prompt + q->n_gen >= s->ctx_len)
+    {
         seq_end(s, i, GPU_FINISH_LENGTH);
     }
 }

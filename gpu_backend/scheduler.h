@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "channel.h"
+#include "chat_template.h"
 #include "engine.h"
 #include "model.h"
 #include "tokenizer.h"
@@ -34,6 +35,13 @@ scheduler_t *scheduler_create(const scheduler_opts_t *o,
     gpu_channel_header_t *region, const model_t *m, tokenizer_t *tok,
     engine_t *e, scheduler_notify_pt notify, void *notify_data);
 void scheduler_destroy(scheduler_t *s);
+
+/*
+ * Chat requests (GPU_PROMPT_CHAT) are rendered with ct, which must live
+ * as long as the scheduler; its stop tokens end chat answers beside the
+ * model's end-of-sequence ids.  Without it chat requests get 400.
+ */
+void scheduler_set_chat(scheduler_t *s, const chat_template_t *ct);
 
 /* take new submissions off the ring (validating and tokenizing them) */
 void scheduler_poll_ring(scheduler_t *s);

@@ -1,7 +1,7 @@
 /*
- * tokenizer.c - see tokenizer.h.  SentencePiece-style BPE as Hugging Face
- * `tokenizers` runs it, checked against that library (scripts/
- * tokenizer-oracle, t/unit/test_tokenizer*.c).
+ * tokenizer.c - see tokenizer.h.  BPE as Hugging Face `tokenizers` runs
+ * it, SentencePiece-style and byte-level, checked against that library
+ * (scripts/tokenizer-oracle, t/unit/test_tokenizer*.c).
  *
  * Encoding, in HF's order:
  *   1. added tokens with normalized=false are split out of the raw text,
@@ -12,16 +12,25 @@
  *      text (their pattern is their content run through the normaliser,
  *      which is what HF matches too);
  *   4. a Metaspace pre-tokenizer, if any, replaces ' ' by "▁", prepends
- *      "▁" per its scheme and optionally splits before each "▁";
+ *      "▁" per its scheme and optionally splits before each "▁"; a
+ *      byte-level one (ByteLevel, Split) cuts the text into pieces with
+ *      its regex (pretok.c), each piece a word;
  *   5. each word is split into UTF-8 characters (vocab piece, else its
- *      bytes as <0xNN>, else unk), then merged by lowest merge rank,
- *      leftmost first, using a heap over a linked list: O(n log n);
+ *      bytes as <0xNN>, else unk) - byte-level: into bytes, each the
+ *      vocab piece of its stand-in character (bytelevel.h) - then merged
+ *      by lowest merge rank, leftmost first, using a heap over a linked
+ *      list: O(n log n);
  *   6. the post-processor's template adds BOS (and anything else it puts
  *      around the sequence).
  *
  * Input that is not valid UTF-8 (HF cannot see it: it takes a Python
  * str): every byte that does not belong to a valid character becomes its
- * own <0xNN> byte-fallback token (unk without byte fallback).
+ * own <0xNN> byte-fallback token (unk without byte fallback).  Byte-level
+ * BPE encodes such a byte as itself; the regex and NFC treat it as one
+ * character of its own, as they would U+FFFD.
+ *
+ * Decoding: a byte-level vocab piece maps back to its raw bytes; an added
+ * token outside the vocab decodes to its content as written, as in HF.
  */
 
 #include <errno.h>
@@ -33,7 +42,10 @@
 
 #include <yajl/yajl_tree.h>
 
+#include "bytelevel.h"
+#include "pretok.h"
 #include "tokenizer.h"
+#include "unicode.h"
 
 #define META_FIRST   0
 #define META_ALWAYS  1
@@ -41,6 +53,7 @@
 
 #define NORM_PREPEND 0
 #define NORM_REPLACE 1
+#define NORM_NFC     2
 
 typedef struct {
     int      kind;
@@ -101,6 +114,11 @@ struct tokenizer_s {
     size_t        meta_rep_len;
     int           meta_scheme;
     int           meta_split;
+
+    int           byte_level;   /* ByteLevel: GPT-2 byte <-> char pieces */
+    int           bl_prefix;    /* ByteLevel add_prefix_space */
+    pretok_t      split;        /* the Split regex, or ByteLevel's own */
+    int           has_split;
 
     added_tok_t  *added;
     int           n_added;
@@ -339,6 +357,32 @@ merge_find(const tokenizer_t *t, int32_t a, int32_t b)
 
 /* ---- normaliser ----------------------------------------------------- */
 
+/* NFC of out into tmp */
+static int
+nfc_step(tk_buf_t *out, tk_buf_t *tmp)
+{
+    uint32_t *cps;
+    size_t    need = 3 * out->len + 4;
+
+    cps = malloc((4 * out->len + 4) * sizeof(uint32_t));
+    if (cps == NULL) {
+        return -1;
+    }
+    if (tmp->cap < need) {
+        free(tmp->p);
+        tmp->p = malloc(need);
+        tmp->cap = tmp->p ? need : 0;
+        if (tmp->p == NULL) {
+            free(cps);
+            return -1;
+        }
+    }
+    tmp->len = uc_nfc(out->p, out->len, tmp->p, cps);
+    free(cps);
+    return 0;
+}
+
+
 /* run the normaliser over in[0..n) into out (replacing its contents) */
 static int
 normalize(const tokenizer_t *t, const char *in, size_t n, tk_buf_t *out,
@@ -356,7 +400,14 @@ normalize(const tokenizer_t *t, const char *in, size_t n, tk_buf_t *out,
     for (i = 0; i < t->n_norm; i++) {
         st = &t->norm[i];
         tmp->len = 0;
-        if (st->kind == NORM_PREPEND) {
+        if (st->kind == NORM_NFC) {
+            if (uc_nfc_quick(out->p, out->len)) {
+                continue;           /* most text is in NFC already */
+            }
+            if (nfc_step(out, tmp) != 0) {
+                return -1;
+            }
+        } else if (st->kind == NORM_PREPEND) {
             if (out->len == 0) {
                 continue;           /* HF prepends to non-empty text only */
             }
@@ -470,7 +521,7 @@ typedef struct {
     int32_t           *out;
     int                cap;
     int                n;
-    tk_buf_t           norm, tmp, pre;
+    tk_buf_t           norm, tmp, pre, lead;
     int32_t           *sym, *prev, *next;
     size_t             sym_cap;
     heap_ent_t        *heap;
@@ -588,6 +639,26 @@ reserve(enc_t *e, size_t n)
 }
 
 
+/* the vocab id of a whole word (byte-level: respelled), or -1 */
+static int
+word_find(enc_t *e, const char *w, size_t n)
+{
+    unsigned char  u[4];
+    size_t         p;
+
+    if (!e->t->byte_level) {
+        return vocab_find(e->t, w, n);
+    }
+    e->pre.len = 0;
+    for (p = 0; p < n; p++) {
+        if (buf_add(&e->pre, u, uc_utf8_put(bytelevel_char((unsigned char) w[p]), u)) != 0) {
+            return -1;
+        }
+    }
+    return vocab_find(e->t, e->pre.p, e->pre.len);
+}
+
+
 /* BPE over one word */
 static int
 bpe(enc_t *e, const char *w, size_t n)
@@ -604,7 +675,7 @@ bpe(enc_t *e, const char *w, size_t n)
     if (n == 0) {
         return 0;
     }
-    if (t->ignore_merges && (id = vocab_find(t, w, n)) >= 0) {
+    if (t->ignore_merges && (id = word_find(e, w, n)) >= 0) {
         emit(e, id);
         return 0;
     }
@@ -612,10 +683,17 @@ bpe(enc_t *e, const char *w, size_t n)
         return -1;
     }
 
-    /* characters -> symbols */
+    /* characters (byte-level: bytes) -> symbols */
     ns = 0;
     unk_open = 0;
-    for (p = 0; p < n; p += len) {
+    for (p = 0; t->byte_level && p < n; p++) {
+        if ((id = t->byte_id[s[p]]) >= 0) {
+            e->sym[ns++] = id;
+        } else if (t->unk_id >= 0) {
+            e->sym[ns++] = t->unk_id;
+        }
+    }
+    for (p = 0; !t->byte_level && p < n; p += len) {
         len = u8_len(s + p, n - p, &c);
         id = -1;
         if (len > 0) {
@@ -688,6 +766,36 @@ bpe(enc_t *e, const char *w, size_t n)
 }
 
 
+/* ByteLevel's prefix space, the split regex, then BPE per piece */
+static int
+pretok_bytelevel(enc_t *e, const char *s, size_t n)
+{
+    const tokenizer_t *t = e->t;
+    size_t             p, q;
+
+    if (t->bl_prefix && s[0] != ' ') {
+        e->lead.len = 0;
+        if (buf_add(&e->lead, " ", 1) != 0
+            || buf_add(&e->lead, s, n) != 0)
+        {
+            return -1;
+        }
+        s = e->lead.p;
+        n = e->lead.len;
+    }
+    if (!t->has_split) {
+        return bpe(e, s, n);
+    }
+    for (p = 0; p < n; p = q) {
+        q = pretok_next(&t->split, s, n, p);
+        if (bpe(e, s + p, q - p) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+
 /* Metaspace (if any) over one normalised piece, then BPE per word */
 static int
 pretok_bpe(enc_t *e, const char *s, size_t n, int at_start)
@@ -698,6 +806,9 @@ pretok_bpe(enc_t *e, const char *s, size_t n, int at_start)
 
     if (n == 0) {
         return 0;
+    }
+    if (t->byte_level) {
+        return pretok_bytelevel(e, s, n);
     }
     if (!t->meta) {
         return bpe(e, s, n);
@@ -807,6 +918,7 @@ tokenizer_encode(const tokenizer_t *t, const char *text, size_t len,
     free(e.norm.p);
     free(e.tmp.p);
     free(e.pre.p);
+    free(e.lead.p);
     free(e.sym);
     free(e.prev);
     free(e.next);
@@ -1282,8 +1394,11 @@ load_normalizer(tokenizer_t *t, yajl_val n, load_ctx_t *c)
         }
         return add_norm_step(t, NORM_REPLACE, s, r);
     }
+    if (strcmp(type, "NFC") == 0) {
+        return add_norm_step(t, NORM_NFC, "", NULL);
+    }
     tk_err(c->err, c->errlen, "%s: normalizer \"%s\" is not supported (only "
-           "Prepend, Replace and Sequence)", c->path, type);
+           "NFC, Prepend, Replace and Sequence)", c->path, type);
     return -1;
 }
 
@@ -1325,6 +1440,36 @@ load_metaspace(tokenizer_t *t, yajl_val p, load_ctx_t *c)
 }
 
 
+/* a Split by one of the regexes pretok.c knows, pieces kept on their own */
+static int
+load_split(tokenizer_t *t, yajl_val p, load_ctx_t *c)
+{
+    const char *re = jstr(jget(p, "pattern"), "Regex");
+    const char *beh = jstr(p, "behavior");
+
+    if (re == NULL) {
+        tk_err(c->err, c->errlen, "%s: Split pre_tokenizer: only a "
+               "{\"Regex\": ..} pattern is supported", c->path);
+        return -1;
+    }
+    if (beh == NULL || strcmp(beh, "Isolated") != 0
+        || jbool(p, "invert", 0))
+    {
+        tk_err(c->err, c->errlen, "%s: Split pre_tokenizer: only behavior "
+               "\"Isolated\" without invert is supported", c->path);
+        return -1;
+    }
+    if (pretok_parse(re, &t->split) != 0) {
+        tk_err(c->err, c->errlen, "%s: Split pre_tokenizer: the regex "
+               "\"%.120s\" is not one of the known GPT-2 / GPT-4 / Llama-3 "
+               "/ Qwen2 patterns", c->path, re);
+        return -1;
+    }
+    t->has_split = 1;
+    return 0;
+}
+
+
 static int
 load_pre_tokenizer(tokenizer_t *t, yajl_val p, load_ctx_t *c)
 {
@@ -1353,13 +1498,27 @@ load_pre_tokenizer(tokenizer_t *t, yajl_val p, load_ctx_t *c)
     if (type != NULL && strcmp(type, "Metaspace") == 0 && !t->meta) {
         return load_metaspace(t, p, c);
     }
-    if (type != NULL && strcmp(type, "ByteLevel") == 0) {
-        tk_err(c->err, c->errlen, "%s: byte-level BPE (ByteLevel "
-               "pre_tokenizer) is not supported yet", c->path);
-        return -1;
+    if (type != NULL && strcmp(type, "ByteLevel") == 0 && !t->byte_level) {
+        t->byte_level = 1;
+        t->bl_prefix = jbool(p, "add_prefix_space", 1);
+        if (jbool(p, "use_regex", 1)) {
+            if (t->has_split) {
+                tk_err(c->err, c->errlen, "%s: a Split pre_tokenizer and a "
+                       "ByteLevel one with use_regex are not supported "
+                       "together", c->path);
+                return -1;
+            }
+            pretok_gpt2(&t->split);
+            t->has_split = 1;
+        }
+        return 0;
+    }
+    if (type != NULL && strcmp(type, "Split") == 0 && !t->has_split) {
+        return load_split(t, p, c);
     }
     tk_err(c->err, c->errlen, "%s: pre_tokenizer \"%s\" is not supported "
-           "(only Metaspace)", c->path, type ? type : "?");
+           "(only Metaspace, ByteLevel and one Split)", c->path,
+           type ? type : "?");
     return -1;
 }
 
@@ -1679,6 +1838,34 @@ decode_piece(const char *p, size_t n, int drop_space, char *d)
 
 
 /*
+ * A byte-level piece back to raw bytes ("Ġthe" -> " the"); a character
+ * that stands for no byte is kept as it is.  d holds n.
+ */
+static int
+decode_bytelevel(const char *p, size_t n, char *d)
+{
+    const unsigned char *s = (const unsigned char *) p;
+    size_t               k;
+    uint32_t             c;
+    int                  len = 0, l, b;
+
+    for (k = 0; k < n; k += l) {
+        l = uc_utf8_len(s + k, n - k, &c);
+        if (l == 0) {
+            d[len++] = p[k];
+            l = 1;
+        } else if ((b = bytelevel_byte(c)) >= 0) {
+            d[len++] = (char) b;
+        } else {
+            memcpy(d + len, p + k, l);
+            len += l;
+        }
+    }
+    return len;
+}
+
+
+/*
  * Decoded bytes per id, and the longest.  An added token decodes from
  * what it matches (HF: a normalized=true token gives its normalised
  * content, even where the vocab spells the id otherwise).
@@ -1688,15 +1875,16 @@ build_decoded(tokenizer_t *t)
 {
     const char **src;
     size_t      *srclen, n;
-    char        *d;
-    int          i, len;
+    char        *d, *verbatim;
+    int          i, len, id;
 
     src = calloc(t->n_vocab, sizeof(char *));
     srclen = calloc(t->n_vocab, sizeof(size_t));
+    verbatim = calloc(t->n_vocab, 1);
     t->dec = calloc(t->n_vocab, sizeof(char *));
     t->dec_len = calloc(t->n_vocab, sizeof(uint32_t));
     t->meta_first = calloc(t->n_vocab, sizeof(char *));
-    if (src == NULL || srclen == NULL || t->dec == NULL
+    if (src == NULL || srclen == NULL || verbatim == NULL || t->dec == NULL
         || t->dec_len == NULL || t->meta_first == NULL)
     {
         goto oom;
@@ -1706,8 +1894,15 @@ build_decoded(tokenizer_t *t)
         srclen[i] = t->piece[i] ? t->piece_len[i] : 0;
     }
     for (i = 0; i < t->n_added; i++) {
-        src[t->added[i].id] = t->added[i].pat;
-        srclen[t->added[i].id] = t->added[i].plen;
+        id = t->added[i].id;
+        if (t->byte_level && src[id] != NULL
+            && vocab_find(t, src[id], srclen[id]) == id)
+        {
+            continue;               /* a vocab piece: decoded as such */
+        }
+        src[id] = t->byte_level ? t->added[i].content : t->added[i].pat;
+        srclen[id] = strlen(src[id]);
+        verbatim[id] = 1;
     }
 
     t->max_bytes = 0;
@@ -1716,7 +1911,12 @@ build_decoded(tokenizer_t *t)
         if ((t->dec[i] = d = malloc(n + 1)) == NULL) {
             goto oom;
         }
-        len = decode_piece(src[i], n, 0, d);
+        len = !t->byte_level ? decode_piece(src[i], n, 0, d)
+              : verbatim[i] ? (int) n
+              : decode_bytelevel(src[i], n, d);
+        if (t->byte_level && verbatim[i]) {
+            memcpy(d, src[i], n);
+        }
         t->dec_len[i] = (uint32_t) len;
         if (len > t->max_bytes) {
             t->max_bytes = len;
@@ -1736,11 +1936,13 @@ build_decoded(tokenizer_t *t)
     }
     free(src);
     free(srclen);
+    free(verbatim);
     return 0;
 
 oom:
     free(src);
     free(srclen);
+    free(verbatim);
     return -1;
 }
 
@@ -1827,15 +2029,8 @@ tokenizer_load(const char *path, char *err, size_t errlen)
     }
     if (strcmp(type, "BPE") != 0) {
         tk_err(err, errlen, "%s: model type \"%s\" is not supported: "
-               "SentencePiece-style BPE only (byte-level BPE / Unigram not "
+               "BPE only, SentencePiece-style or byte-level (Unigram not "
                "supported yet)", path, type);
-        goto fail;
-    }
-    if (has_type(jget(root, "pre_tokenizer"), "ByteLevel")
-        || has_type(jget(root, "decoder"), "ByteLevel"))
-    {
-        tk_err(err, errlen, "%s: byte-level BPE (GPT-2 style, ByteLevel "
-               "pre_tokenizer / decoder) is not supported yet", path);
         goto fail;
     }
     v = jget(model, "vocab");
@@ -1881,15 +2076,30 @@ tokenizer_load(const char *path, char *err, size_t errlen)
     t->byte_fallback = jbool(model, "byte_fallback", 0);
     t->fuse_unk = jbool(model, "fuse_unk", 0);
     t->ignore_merges = jbool(model, "ignore_merges", 0);
-    for (b = 0; b < 256; b++) {
-        snprintf(name, sizeof(name), "<0x%02X>", b);
-        t->byte_id[b] = vocab_find(t, name, 6);
-    }
-
     if (load_normalizer(t, jget(root, "normalizer"), &c) != 0
         || load_pre_tokenizer(t, jget(root, "pre_tokenizer"), &c) != 0)
     {
         goto fail;
+    }
+    if (t->byte_level != has_type(jget(root, "decoder"), "ByteLevel")) {
+        tk_err(err, errlen, "%s: a ByteLevel pre_tokenizer needs a ByteLevel "
+               "decoder and the other way round", path);
+        goto fail;
+    }
+    for (b = 0; b < 256; b++) {
+        if (t->byte_level) {
+            /* the vocab piece of the byte's stand-in character */
+            i = uc_utf8_put(bytelevel_char((unsigned char) b),
+                            (unsigned char *) name);
+        } else {
+            i = snprintf(name, sizeof(name), "<0x%02X>", b);
+        }
+        t->byte_id[b] = vocab_find(t, name, (size_t) i);
+        if (t->byte_level && t->byte_id[b] < 0) {
+            tk_err(err, errlen, "%s: byte-level vocab lacks the piece for "
+                   "byte 0x%02x", path, b);
+            goto fail;
+        }
     }
     v = jget(root, "added_tokens");
     if (load_added(t, YAJL_IS_ARRAY(v) ? v : NULL, &c) != 0) {

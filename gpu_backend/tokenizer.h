@@ -1,11 +1,12 @@
 /*
  * tokenizer.h - text <-> token ids from a Hugging Face tokenizer.json.
  *
- * Supported now: BPE with SentencePiece conventions (the Llama-2 family):
- * "▁" for spaces, a dummy-prefix space, merges by rank, byte fallback to
- * <0xNN> tokens, added/special tokens matched before BPE, and the
- * post-processor's BOS.  Byte-level BPE (GPT-2 style) comes later behind
- * the same calls.
+ * BPE in two flavours behind the same calls: SentencePiece conventions
+ * (the Llama-2 family: "▁" for spaces, a dummy-prefix space, byte
+ * fallback to <0xNN> tokens) and byte-level (GPT-2, Llama-3, Qwen2/3,
+ * GLM-4: a Split / ByteLevel regex pre-tokenizer, pieces spelled in
+ * GPT-2's byte characters, NFC).  Both: merges by rank, added/special
+ * tokens matched before BPE, and the post-processor's BOS.
  */
 
 #ifndef GPU_TOKENIZER_H
@@ -40,7 +41,8 @@ int tokenizer_encode(const tokenizer_t *t, const char *text, size_t len,
 /*
  * Bytes that token `tok` appends to a text whose previous token is `prev`
  * (-1 at the start of the output).  A byte-fallback token yields its raw
- * byte, which may be part of a multi-byte character.  Special tokens
+ * byte, a byte-level token its raw bytes: either may end or start inside
+ * a multi-byte character.  Special tokens
  * (BOS, EOS) yield nothing.  Returns the byte count (<= cap).  After -1
  * or BOS the leading space of "▁word" is dropped, as HF's decoder does
  * at the start of a text.

@@ -616,10 +616,21 @@ test_errors(void)
                  "[[\"a\", -1.0]]}}", "Unigram not supported yet");
     expect_error("wordpiece", "{\"model\": {\"type\": \"WordPiece\", "
                  "\"vocab\": {\"a\": 0}}}", "\"WordPiece\" is not supported");
-    expect_error("bytelevel", "{\"pre_tokenizer\": {\"type\": \"Sequence\", "
-                 "\"pretokenizers\": [{\"type\": \"Split\"}, {\"type\": "
-                 "\"ByteLevel\"}]}, \"model\": {\"type\": \"BPE\", "
-                 "\"vocab\": {\"a\": 0}, \"merges\": []}}", "byte-level");
+    expect_error("splitre", "{\"pre_tokenizer\": {\"type\": \"Sequence\", "
+                 "\"pretokenizers\": [{\"type\": \"Split\", \"pattern\": "
+                 "{\"Regex\": \"\\\\w+\"}, \"behavior\": \"Isolated\"}, "
+                 "{\"type\": \"ByteLevel\"}]}, \"model\": {\"type\": "
+                 "\"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}",
+                 "is not one of the known");
+    expect_error("splitstr", "{\"pre_tokenizer\": {\"type\": \"Split\", "
+                 "\"pattern\": {\"String\": \" \"}, \"behavior\": "
+                 "\"Isolated\"}, \"model\": {\"type\": \"BPE\", "
+                 "\"vocab\": {\"a\": 0}, \"merges\": []}}",
+                 "only a {\"Regex\"");
+    expect_error("bytelevel_nodec", "{\"pre_tokenizer\": {\"type\": "
+                 "\"ByteLevel\"}, \"model\": {\"type\": \"BPE\", "
+                 "\"vocab\": {\"a\": 0}, \"merges\": []}}",
+                 "needs a ByteLevel decoder");
     expect_error("novocab", "{\"model\": {\"type\": \"BPE\", \"merges\": []}}",
                  "no \"vocab\"");
     expect_error("badmerge", "{\"model\": {\"type\": \"BPE\", \"vocab\": "

@@ -12,7 +12,9 @@
  * the decoded text against HF's decode (special tokens skipped) where
  * the ids hold no special token but a leading BOS: we strip the leading
  * space after -1 or BOS (llama2.c's rule, for streaming), HF at the
- * start of what is left once the specials are gone.
+ * start of what is left once the specials are gone.  A record with "hex"
+ * instead of "text" is a line that is not valid UTF-8 (see the oracle);
+ * with "roundtrip" our decoding of the ids must give its bytes back.
  */
 
 #include <stdint.h>
@@ -45,6 +47,33 @@ jget(yajl_val obj, const char *key)
 }
 
 
+/* the bytes of a "hex" record into a NUL-terminated string, or NULL */
+static char *
+unhex(const char *h, size_t *len)
+{
+    static char  *buf;
+    static size_t cap;
+    size_t        n = strlen(h) / 2, i;
+    unsigned      b;
+
+    if (n + 1 > cap) {
+        cap = n + 1;
+        if ((buf = realloc(buf, cap)) == NULL) {
+            return NULL;
+        }
+    }
+    for (i = 0; i < n; i++) {
+        if (sscanf(h + 2 * i, "%2x", &b) != 1) {
+            return NULL;
+        }
+        buf[i] = (char) b;
+    }
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
+
 /* compare one oracle record; returns 0 if it could not be read */
 static int
 check_record(const tokenizer_t *t, yajl_val rec, int lineno)
@@ -55,16 +84,24 @@ check_record(const tokenizer_t *t, yajl_val rec, int lineno)
     size_t          need;
     yajl_val        text = jget(rec, "text"), ids = jget(rec, "ids");
     yajl_val        sp = jget(rec, "add_special"), hdec = jget(rec, "decoded");
+    yajl_val        hex = jget(rec, "hex");
     const char     *s, *h = YAJL_GET_STRING(hdec);
     size_t          i, len;
-    int             n, m, k, same, special_inside;
+    int             n, m, k, same, special_inside, roundtrip;
     int32_t         prev;
 
-    if (!YAJL_IS_STRING(text) || !YAJL_IS_ARRAY(ids)) {
+    roundtrip = YAJL_IS_TRUE(jget(rec, "roundtrip"));
+    if (YAJL_IS_STRING(hex) && YAJL_IS_ARRAY(ids)) {
+        s = unhex(YAJL_GET_STRING(hex), &len);
+        if (s == NULL) {
+            return 0;
+        }
+    } else if (YAJL_IS_STRING(text) && YAJL_IS_ARRAY(ids)) {
+        s = YAJL_GET_STRING(text);
+        len = strlen(s);
+    } else {
         return 0;
     }
-    s = YAJL_GET_STRING(text);
-    len = strlen(s);
     m = (int) ids->u.array.len;
 
     /* ours can be longer than theirs only by mistake: room for both */
@@ -85,14 +122,27 @@ check_record(const tokenizer_t *t, yajl_val rec, int lineno)
 
     n = tokenizer_encode(t, s, len, !YAJL_IS_FALSE(sp), ours, (int) cap);
     same = n == m && memcmp(ours, theirs, (size_t) n * sizeof(int32_t)) == 0;
-    CHECK(same, "line %d: ids differ for \"%.80s%s\"", lineno, s,
-          len > 80 ? "..." : "");
+    CHECK(same, "line %d: ids differ for \"%.80s%s\"", lineno,
+          hex ? YAJL_GET_STRING(hex) : s, len > 80 ? "..." : "");
     if (!same) {
         print_ids("ours  ", ours, n);
         print_ids("theirs", theirs, m);
         return 1;
     }
 
+    if (roundtrip) {
+        size_t  dl = 0;
+
+        prev = -1;
+        for (k = 0; k < n; k++) {
+            dl += tokenizer_decode_token(t, prev, ours[k], dec + dl,
+                                         tokenizer_max_token_bytes(t));
+            prev = ours[k];
+        }
+        CHECK(dl == len && memcmp(dec, s, len) == 0, "line %d: the decoded "
+              "bytes of %s differ", lineno, YAJL_GET_STRING(hex));
+        return 1;
+    }
     if (h == NULL) {
         return 1;
     }

@@ -1,0 +1,89 @@
+# The official openai Python client, unchanged, against ngx-gpu:
+# completions and chat, streaming and not, stop, errors
+# (t/openai_client_test.py).  On the scripted byte-level model when
+# ../shared is there (answers checked word for word), else on the random
+# tiny model with the ChatML template forced (shapes only).
+use lib 't/lib';
+use Test::More;
+use File::Path qw(make_path remove_tree);
+use IO::Socket::INET;
+use NgxGpuTest;
+
+my $py = 'build/venv/bin/python';
+if (!-x $py || system("$py -c 'import openai' 2>/dev/null") != 0) {
+    plan skip_all => 'the openai client is not in build/venv '
+        . '(scripts/install-deps --test)';
+}
+
+my ($model, $name, @expect);
+my $qwen = ($ENV{NGX_GPU_SHARED} // '../shared')
+           . '/models/qwen3-tokenizer/tokenizer.json';
+if (-f $qwen && system("$py -c 'import tokenizers, jinja2' 2>/dev/null") == 0)
+{
+    require NgxGpuScripted;
+    $model = NgxGpuScripted::scripted_model_or_skip();
+    $name = 'scripted-qwen3';
+    @expect = ("$model/script.json");
+    start_backend(model => $model, args => ['--device', 'cpu']);
+} else {
+    diag("../shared absent: the random tiny model, shapes only");
+    $model = $ENV{TEST_NGINX_GPU_RANDOM_MODEL};
+    plan skip_all => "no model: $model (make models)"
+        unless -f "$model/config.json";
+    $name = 'ngx-gpu-random-tiny';
+    start_backend(model => $model,
+                  args => ['--device', 'cpu', '--chat-template', 'chatml']);
+}
+
+# nginx on a free port, in a directory of its own
+my $l = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+                              LocalPort => 0) or die "no free port: $!";
+my $port = $l->sockport;
+close $l;
+my $dir = "/tmp/ngx-gpu-openai-$$";
+make_path("$dir/logs");
+open my $c, '>', "$dir/nginx.conf" or die "$dir/nginx.conf: $!";
+print $c <<"CONF";
+load_module $ENV{TEST_NGINX_GPU_MODULE};
+daemon off;
+master_process off;
+error_log $dir/logs/error.log info;
+pid $dir/logs/nginx.pid;
+events { worker_connections 64; }
+http {
+    access_log off;
+    server {
+        listen 127.0.0.1:$port;
+        location /v1/ { gpu_pass unix:$ENV{TEST_NGINX_GPU_SOCKET}; }
+    }
+}
+CONF
+close $c;
+
+my $nginx = fork() // die "fork: $!";
+if ($nginx == 0) {
+    exec $ENV{TEST_NGINX_BINARY} // 'nginx', '-p', $dir, '-c',
+         "$dir/nginx.conf" or die "exec nginx: $!";
+}
+for (1 .. 100) {
+    last if IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port");
+    select(undef, undef, undef, 0.05);
+}
+
+my $out = qx{$py t/openai_client_test.py http://127.0.0.1:$port/v1 $name @expect 2>&1};
+my $ran = 0;
+for my $line (split /\n/, $out) {
+    if ($line =~ /^(not )?ok - (.*)/) {
+        ok(!$1, "openai client: $2");
+        $ran++;
+    }
+}
+ok($out =~ /^(\d+) passed, 0 failed$/m, "the client script ran to its end")
+    or diag($out);
+ok($ran >= 10, "all the client checks ran ($ran)");
+diag($out) if $out =~ /not ok/;
+
+kill 'TERM', $nginx;
+waitpid($nginx, 0);
+remove_tree($dir);
+done_testing();
