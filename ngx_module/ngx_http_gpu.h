@@ -19,8 +19,12 @@
 #define NGX_HTTP_GPU_METRICS            2
 #define NGX_HTTP_GPU_HEALTH             3
 
-/* "cmpl-" and 24 hex digits */
-#define NGX_HTTP_GPU_ID_LEN             29
+/* "cmpl-" or "chatcmpl-", and 24 hex digits */
+#define NGX_HTTP_GPU_ID_LEN             33
+
+/* the two OpenAI endpoints gpu_pass serves */
+#define NGX_HTTP_GPU_COMPLETIONS        0
+#define NGX_HTTP_GPU_CHAT               1
 
 #define NGX_HTTP_GPU_STATUS_MIN         100
 #define NGX_HTTP_GPU_STATUS_MAX         599
@@ -65,6 +69,8 @@ struct ngx_http_gpu_backend_s {
 typedef struct {
     ngx_array_t                 backends;      /* ngx_http_gpu_backend_t * */
     ngx_shm_zone_t             *shm_zone;
+    ngx_shm_zone_t             *load_zone;     /* ngx_http_gpu_load.c */
+    void                       *load;
     ngx_uint_t                  enabled;
 } ngx_http_gpu_main_conf_t;
 
@@ -90,12 +96,28 @@ typedef struct {
 } ngx_http_gpu_error_t;
 
 
-/* a parsed POST /v1/completions body */
+/* one chat message of a /v1/chat/completions body */
 typedef struct {
+    ngx_uint_t                  role;          /* gpu_chat_role_e */
+    ngx_str_t                   content;       /* text parts joined */
+    ngx_uint_t                  parts;         /* content parts seen */
+
+    unsigned                    has_role:1;
+    unsigned                    has_content:1;
+} ngx_http_gpu_message_t;
+
+
+/* a parsed POST /v1/completions or /v1/chat/completions body */
+typedef struct {
+    ngx_uint_t                  endpoint;      /* NGX_HTTP_GPU_COMPLETIONS */
     ngx_str_t                   model;
     ngx_str_t                   prompt;        /* GPU_PROMPT_TEXT */
     ngx_array_t                *ids;           /* GPU_PROMPT_TOKENS, int32_t */
+    ngx_array_t                *messages;      /* GPU_PROMPT_CHAT */
+    size_t                      messages_size; /* serialized, see channel.h */
     ngx_uint_t                  prompt_kind;
+    ngx_str_t                   stop[GPU_STOP_MAX];
+    ngx_uint_t                  n_stop;
     ngx_int_t                   max_tokens;    /* NGX_CONF_UNSET: default */
     double                      temperature;
     double                      top_p;
@@ -103,6 +125,7 @@ typedef struct {
 
     unsigned                    has_model:1;
     unsigned                    has_prompt:1;
+    unsigned                    has_messages:1;
     unsigned                    has_seed:1;
     unsigned                    stream:1;
     unsigned                    stream_options:1;
@@ -134,11 +157,14 @@ typedef struct {
 
     ngx_str_t                   model;         /* the served name */
     u_char                      id[NGX_HTTP_GPU_ID_LEN];
+    size_t                      id_len;
     time_t                      created;
     ngx_str_t                   head;          /* {"id":..,"model":"..", */
 
     ngx_uint_t                  status;        /* outcome after 200 */
-    ngx_uint_t                  n_sent;        /* tokens streamed */
+    ngx_uint_t                  n_sent;        /* tokens sent */
+    uint64_t                    start_usec;    /* monotonic, arrival */
+    uint64_t                    first_usec;    /* the first token seen */
     size_t                      out_sent;      /* text bytes streamed */
 
     ngx_chain_t                *free;
@@ -147,12 +173,14 @@ typedef struct {
     unsigned                    submitted:1;
     unsigned                    inflight:1;
     unsigned                    header_sent:1;
+    unsigned                    role_sent:1;   /* chat: the first delta */
 } ngx_http_gpu_ctx_t;
 
 
 /* ngx_http_gpu_request.c */
 ngx_int_t ngx_http_gpu_parse_request(ngx_http_request_t *r,
-    ngx_http_gpu_params_t *params, ngx_http_gpu_error_t *err);
+    ngx_uint_t endpoint, ngx_http_gpu_params_t *params,
+    ngx_http_gpu_error_t *err);
 ngx_int_t ngx_http_gpu_check_request(ngx_http_request_t *r,
     ngx_http_gpu_params_t *params, ngx_http_gpu_error_t *err);
 ngx_int_t ngx_http_gpu_check_model(ngx_http_request_t *r,
@@ -186,6 +214,13 @@ ngx_int_t ngx_http_gpu_metrics_add_zone(ngx_conf_t *cf,
 ngx_int_t ngx_http_gpu_metrics_log_handler(ngx_http_request_t *r);
 void ngx_http_gpu_metrics_ttft(ngx_http_request_t *r);
 ngx_int_t ngx_http_gpu_metrics_send(ngx_http_request_t *r);
+
+/* ngx_http_gpu_load.c */
+ngx_int_t ngx_http_gpu_load_init(ngx_conf_t *cf,
+    ngx_http_gpu_main_conf_t *gmcf);
+u_char *ngx_http_gpu_load_metrics(u_char *p, u_char *last,
+    ngx_http_request_t *r);
+uint64_t ngx_http_gpu_load_usec(void);
 
 
 extern ngx_module_t  ngx_http_gpu_module;

@@ -40,6 +40,8 @@ static void ngx_http_gpu_slot_error(ngx_http_gpu_progress_t *p,
     gpu_slot_t *s);
 static void ngx_http_gpu_slot_string(ngx_str_t *str, char *data, size_t max);
 static void ngx_http_gpu_protocol_error(ngx_http_gpu_progress_t *p);
+static uint32_t ngx_http_gpu_channel_messages(ngx_http_gpu_params_t *params,
+    char *dst);
 
 
 ngx_int_t
@@ -139,6 +141,30 @@ ngx_http_gpu_served_model(ngx_http_gpu_loc_conf_t *glcf,
 }
 
 
+/* GPU_PROMPT_CHAT records (see channel.h); returns their size */
+
+static uint32_t
+ngx_http_gpu_channel_messages(ngx_http_gpu_params_t *params, char *dst)
+{
+    u_char                  *p;
+    uint32_t                 len;
+    ngx_uint_t               i;
+    ngx_http_gpu_message_t  *m;
+
+    p = (u_char *) dst;
+    m = params->messages->elts;
+
+    for (i = 0; i < params->messages->nelts; i++) {
+        *p++ = (u_char) m[i].role;
+        len = (uint32_t) m[i].content.len;
+        p = ngx_cpymem(p, &len, sizeof(uint32_t));
+        p = ngx_cpymem(p, m[i].content.data, m[i].content.len);
+    }
+
+    return (uint32_t) (p - (u_char *) dst);
+}
+
+
 ngx_int_t
 ngx_http_gpu_channel_submit(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
     gpu_channel_header_t *h)
@@ -146,6 +172,7 @@ ngx_http_gpu_channel_submit(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
     int64_t                  idx;
     uint32_t                 slot;
     gpu_slot_t              *s;
+    ngx_uint_t               i;
     struct timespec          ts;
     ngx_http_gpu_params_t   *params;
     ngx_http_gpu_backend_t  *b;
@@ -169,7 +196,11 @@ ngx_http_gpu_channel_submit(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
 
     s->request_id = ((uint64_t) b->worker_id << 32) | ++b->claims;
 
-    if (params->prompt_kind == GPU_PROMPT_TEXT) {
+    if (params->prompt_kind == GPU_PROMPT_CHAT) {
+        s->prompt_len = ngx_http_gpu_channel_messages(params,
+                                                      gpu_slot_prompt(h, s));
+
+    } else if (params->prompt_kind == GPU_PROMPT_TEXT) {
         ngx_memcpy(gpu_slot_prompt(h, s), params->prompt.data,
                    params->prompt.len);
         s->prompt_len = (uint32_t) params->prompt.len;
@@ -187,6 +218,13 @@ ngx_http_gpu_channel_submit(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
     s->top_p = (float) params->top_p;
     s->seed = (uint64_t) params->seed;
     s->has_seed = params->has_seed;
+
+    s->n_stop = (uint32_t) params->n_stop;
+
+    for (i = 0; i < params->n_stop; i++) {
+        s->stop_len[i] = (uint32_t) params->stop[i].len;
+        ngx_memcpy(s->stop[i], params->stop[i].data, params->stop[i].len);
+    }
 
     (void) clock_gettime(CLOCK_REALTIME, &ts);
     s->submit_ns = (uint64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
@@ -769,6 +807,15 @@ ngx_http_gpu_backend_progress(ngx_http_gpu_backend_t *b,
     s = gpu_channel_slot(h, ctx->slot);
 
     state = gpu_load_acquire(&s->state);
+
+    /* for the node's time per output token (ngx_http_gpu_load.c) */
+
+    if (ctx->first_usec == 0
+        && state == GPU_SLOT_RUNNING
+        && gpu_load_acquire(&s->n_tokens))
+    {
+        ctx->first_usec = ngx_http_gpu_load_usec();
+    }
 
     if (state == GPU_SLOT_SUBMITTED
         || (state == GPU_SLOT_RUNNING && !ctx->params.stream))

@@ -496,6 +496,10 @@ ngx_http_gpu_metrics_send(ngx_http_request_t *r)
         }
     }
 
+    /* the same gauges under the names inference gateways read */
+
+    p = ngx_http_gpu_load_metrics(p, last, r);
+
     b->last = p;
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;

@@ -17,7 +17,8 @@
  *
  *     The location serves the OpenAI API from the backend listening on
  *     that Unix socket.  Requests are routed by the end of the URI:
- *     ".../v1/completions" (POST) and ".../v1/models" (GET, HEAD); other
+ *     ".../v1/completions" and ".../v1/chat/completions" (POST), and
+ *     ".../v1/models" (GET, HEAD); other
  *     URIs get a 404 JSON error, a wrong method a 405 JSON error with an
  *     Allow header.  Every worker process keeps one connection to every
  *     backend and reconnects every 100-200 ms while it is down.
@@ -200,6 +201,7 @@ ngx_module_t  ngx_http_gpu_module = {
 
 
 static ngx_str_t  ngx_http_gpu_completions_uri = ngx_string("/v1/completions");
+static ngx_str_t  ngx_http_gpu_chat_uri = ngx_string("/v1/chat/completions");
 static ngx_str_t  ngx_http_gpu_models_uri = ngx_string("/v1/models");
 
 
@@ -214,8 +216,9 @@ ngx_http_gpu_pass_handler(ngx_http_request_t *r)
                    "gpu pass handler: \"%V\" \"%V\"", &r->method_name,
                    &r->uri);
 
-    if (ngx_http_gpu_uri_is(r, &ngx_http_gpu_completions_uri)) {
-
+    if (ngx_http_gpu_uri_is(r, &ngx_http_gpu_completions_uri)
+        || ngx_http_gpu_uri_is(r, &ngx_http_gpu_chat_uri))
+    {
         if (r->method != NGX_HTTP_POST) {
             return ngx_http_gpu_not_allowed(r, "POST");
         }
@@ -268,6 +271,9 @@ ngx_http_gpu_completions(ngx_http_request_t *r,
 
     ctx->request = r;
     ctx->backend = glcf->backend;
+    ctx->params.endpoint = ngx_http_gpu_uri_is(r, &ngx_http_gpu_chat_uri)
+                           ? NGX_HTTP_GPU_CHAT : NGX_HTTP_GPU_COMPLETIONS;
+    ctx->start_usec = ngx_http_gpu_load_usec();
     ngx_queue_init(&ctx->queue);
 
     ngx_http_set_ctx(r, ctx, ngx_http_gpu_module);
@@ -335,7 +341,8 @@ ngx_http_gpu_start(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx)
         return ngx_http_gpu_too_large(r, glcf, 0);
     }
 
-    rc = ngx_http_gpu_parse_request(r, &ctx->params, &err);
+    rc = ngx_http_gpu_parse_request(r, ctx->params.endpoint, &ctx->params,
+                                    &err);
 
     if (rc == NGX_ERROR) {
         return ngx_http_gpu_internal_error(r);
@@ -711,6 +718,10 @@ ngx_http_gpu_init(ngx_conf_t *cf)
     }
 
     if (ngx_http_gpu_metrics_add_zone(cf, gmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_gpu_load_init(cf, gmcf) != NGX_OK) {
         return NGX_ERROR;
     }
 

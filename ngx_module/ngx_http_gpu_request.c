@@ -5,11 +5,15 @@
 
 
 /*
- * POST /v1/completions bodies: yajl's streaming parser is fed the body
- * buffer by buffer (memory or temporary file), the callbacks check every
- * field as it comes and keep the first error; malformed JSON wins over
- * it.  Checks that need the backend's limits are done once the backend
- * is known to be ready.
+ * POST /v1/completions and /v1/chat/completions bodies: yajl's streaming
+ * parser is fed the body buffer by buffer (memory or temporary file),
+ * the callbacks check every field as it comes and keep the first error;
+ * malformed JSON wins over it.  Checks that need the backend's limits
+ * are done once the backend is known to be ready.
+ *
+ * The nesting of a chat body, by the parser's depth when a value starts:
+ * 1 a field ("messages": [...]), 2 a message {...}, 3 a message's field
+ * ("content": [...]), 4 a content part {...}, 5 a part's field.
  */
 
 
@@ -42,6 +46,20 @@
 #define NGX_HTTP_GPU_F_USER            10
 #define NGX_HTTP_GPU_F_STREAM_OPTIONS  11
 #define NGX_HTTP_GPU_F_UNSUPPORTED     12
+#define NGX_HTTP_GPU_F_MESSAGES        13
+#define NGX_HTTP_GPU_F_STOP            14
+
+/* which endpoints a field belongs to */
+#define NGX_HTTP_GPU_E_COMPLETIONS     1
+#define NGX_HTTP_GPU_E_CHAT            2
+#define NGX_HTTP_GPU_E_BOTH            3
+
+/* keys of a chat message and of a content part */
+#define NGX_HTTP_GPU_K_OTHER           0
+#define NGX_HTTP_GPU_K_ROLE            1
+#define NGX_HTTP_GPU_K_CONTENT         2
+#define NGX_HTTP_GPU_K_TYPE            3
+#define NGX_HTTP_GPU_K_TEXT            4
 
 /* what the elements of a prompt array are */
 #define NGX_HTTP_GPU_PROMPT_ANY        0
@@ -64,6 +82,8 @@ typedef struct {
     ngx_uint_t                  type;
     double                      value;
     double                      value2;
+
+    ngx_uint_t                  endpoints;   /* NGX_HTTP_GPU_E_* */
 } ngx_http_gpu_field_t;
 
 
@@ -76,6 +96,14 @@ typedef struct {
     ngx_uint_t                  kind;        /* of prompt array elements */
     ngx_uint_t                  count;       /* prompt array elements */
     ngx_uint_t                  option;      /* key in stream_options */
+    ngx_uint_t                  endpoint;    /* NGX_HTTP_GPU_CHAT, .. */
+
+    ngx_http_gpu_message_t     *msg;         /* the message being read */
+    ngx_uint_t                  key;         /* NGX_HTTP_GPU_K_* */
+    ngx_str_t                   part_text;   /* of the part being read */
+    unsigned                    part_text_set:1;
+    unsigned                    part_type_set:1;
+
     unsigned                    object:1;
     unsigned                    failed:1;
     unsigned                    nomem:1;
@@ -107,7 +135,17 @@ static int ngx_http_gpu_prompt_text(ngx_http_gpu_parser_t *p, u_char *data,
 static int ngx_http_gpu_prompt_id(ngx_http_gpu_parser_t *p, u_char *data,
     size_t len);
 static int ngx_http_gpu_unsupported(ngx_http_gpu_parser_t *p,
+    ngx_uint_t type, u_char *data, size_t len, ngx_uint_t flag);
+static int ngx_http_gpu_stop_value(ngx_http_gpu_parser_t *p,
     ngx_uint_t type, u_char *data, size_t len);
+static int ngx_http_gpu_message_value(ngx_http_gpu_parser_t *p,
+    ngx_uint_t level, ngx_uint_t type, u_char *data, size_t len);
+static int ngx_http_gpu_message_key(ngx_http_gpu_parser_t *p, u_char *key,
+    size_t len);
+static int ngx_http_gpu_message_end(ngx_http_gpu_parser_t *p);
+static int ngx_http_gpu_part_end(ngx_http_gpu_parser_t *p);
+static int ngx_http_gpu_append(ngx_http_gpu_parser_t *p, ngx_str_t *dst,
+    char *sep, u_char *data, size_t len);
 static int ngx_http_gpu_not_supported(ngx_http_gpu_parser_t *p);
 static int ngx_http_gpu_type_error(ngx_http_gpu_parser_t *p, char *param,
     char *expected);
@@ -127,45 +165,74 @@ static void *ngx_http_gpu_json_realloc(void *ctx, void *ptr, size_t size);
 static void ngx_http_gpu_json_free(void *ctx, void *ptr);
 
 
+#define B  NGX_HTTP_GPU_E_BOTH
+#define C  NGX_HTTP_GPU_E_COMPLETIONS
+#define H  NGX_HTTP_GPU_E_CHAT
+
 static ngx_http_gpu_field_t  ngx_http_gpu_fields[] = {
 
-    { ngx_string("model"), NGX_HTTP_GPU_F_MODEL, 0, 0, 0 },
-    { ngx_string("prompt"), NGX_HTTP_GPU_F_PROMPT, 0, 0, 0 },
-    { ngx_string("max_tokens"), NGX_HTTP_GPU_F_MAX_TOKENS, 0, 0, 0 },
-    { ngx_string("temperature"), NGX_HTTP_GPU_F_TEMPERATURE, 0, 0, 0 },
-    { ngx_string("top_p"), NGX_HTTP_GPU_F_TOP_P, 0, 0, 0 },
-    { ngx_string("seed"), NGX_HTTP_GPU_F_SEED, 0, 0, 0 },
-    { ngx_string("stream"), NGX_HTTP_GPU_F_STREAM, 0, 0, 0 },
-    { ngx_string("n"), NGX_HTTP_GPU_F_N, 0, 0, 0 },
-    { ngx_string("echo"), NGX_HTTP_GPU_F_ECHO, 0, 0, 0 },
-    { ngx_string("user"), NGX_HTTP_GPU_F_USER, 0, 0, 0 },
-    { ngx_string("stream_options"), NGX_HTTP_GPU_F_STREAM_OPTIONS, 0, 0, 0 },
+    { ngx_string("model"), NGX_HTTP_GPU_F_MODEL, 0, 0, 0, B },
+    { ngx_string("prompt"), NGX_HTTP_GPU_F_PROMPT, 0, 0, 0, C },
+    { ngx_string("messages"), NGX_HTTP_GPU_F_MESSAGES, 0, 0, 0, H },
+    { ngx_string("max_tokens"), NGX_HTTP_GPU_F_MAX_TOKENS, 0, 0, 0, B },
+    { ngx_string("max_completion_tokens"), NGX_HTTP_GPU_F_MAX_TOKENS,
+      0, 0, 0, H },
+    { ngx_string("temperature"), NGX_HTTP_GPU_F_TEMPERATURE, 0, 0, 0, B },
+    { ngx_string("top_p"), NGX_HTTP_GPU_F_TOP_P, 0, 0, 0, B },
+    { ngx_string("seed"), NGX_HTTP_GPU_F_SEED, 0, 0, 0, B },
+    { ngx_string("stream"), NGX_HTTP_GPU_F_STREAM, 0, 0, 0, B },
+    { ngx_string("n"), NGX_HTTP_GPU_F_N, 0, 0, 0, B },
+    { ngx_string("echo"), NGX_HTTP_GPU_F_ECHO, 0, 0, 0, C },
+    { ngx_string("user"), NGX_HTTP_GPU_F_USER, 0, 0, 0, B },
+    { ngx_string("stream_options"), NGX_HTTP_GPU_F_STREAM_OPTIONS,
+      0, 0, 0, B },
+    { ngx_string("stop"), NGX_HTTP_GPU_F_STOP, 0, 0, 0, B },
 
-    { ngx_string("stop"), NGX_HTTP_GPU_F_UNSUPPORTED,
-      NGX_HTTP_GPU_JSON_ARRAY, 0, 0 },
     { ngx_string("logprobs"), NGX_HTTP_GPU_F_UNSUPPORTED,
-      NGX_HTTP_GPU_JSON_NULL, 0, 0 },
+      NGX_HTTP_GPU_JSON_NULL, 0, 0, C },
+    { ngx_string("logprobs"), NGX_HTTP_GPU_F_UNSUPPORTED,
+      NGX_HTTP_GPU_JSON_BOOL, 0, 0, H },
+    { ngx_string("top_logprobs"), NGX_HTTP_GPU_F_UNSUPPORTED,
+      NGX_HTTP_GPU_JSON_NUMBER, 0, 0, H },
     { ngx_string("best_of"), NGX_HTTP_GPU_F_UNSUPPORTED,
-      NGX_HTTP_GPU_JSON_NUMBER, 1, 1 },
+      NGX_HTTP_GPU_JSON_NUMBER, 1, 1, C },
     { ngx_string("presence_penalty"), NGX_HTTP_GPU_F_UNSUPPORTED,
-      NGX_HTTP_GPU_JSON_NUMBER, 0, 0 },
+      NGX_HTTP_GPU_JSON_NUMBER, 0, 0, B },
     { ngx_string("frequency_penalty"), NGX_HTTP_GPU_F_UNSUPPORTED,
-      NGX_HTTP_GPU_JSON_NUMBER, 0, 0 },
+      NGX_HTTP_GPU_JSON_NUMBER, 0, 0, B },
     { ngx_string("logit_bias"), NGX_HTTP_GPU_F_UNSUPPORTED,
-      NGX_HTTP_GPU_JSON_OBJECT, 0, 0 },
+      NGX_HTTP_GPU_JSON_OBJECT, 0, 0, B },
     { ngx_string("suffix"), NGX_HTTP_GPU_F_UNSUPPORTED,
-      NGX_HTTP_GPU_JSON_STRING, 0, 0 },
+      NGX_HTTP_GPU_JSON_STRING, 0, 0, C },
     { ngx_string("top_k"), NGX_HTTP_GPU_F_UNSUPPORTED,
-      NGX_HTTP_GPU_JSON_NUMBER, -1, 0 },
+      NGX_HTTP_GPU_JSON_NUMBER, -1, 0, B },
     { ngx_string("min_p"), NGX_HTTP_GPU_F_UNSUPPORTED,
-      NGX_HTTP_GPU_JSON_NUMBER, 0, 0 },
+      NGX_HTTP_GPU_JSON_NUMBER, 0, 0, B },
     { ngx_string("repetition_penalty"), NGX_HTTP_GPU_F_UNSUPPORTED,
-      NGX_HTTP_GPU_JSON_NUMBER, 1, 1 },
+      NGX_HTTP_GPU_JSON_NUMBER, 1, 1, B },
     { ngx_string("min_tokens"), NGX_HTTP_GPU_F_UNSUPPORTED,
-      NGX_HTTP_GPU_JSON_NUMBER, 0, 0 },
+      NGX_HTTP_GPU_JSON_NUMBER, 0, 0, B },
+    { ngx_string("tools"), NGX_HTTP_GPU_F_UNSUPPORTED,
+      NGX_HTTP_GPU_JSON_ARRAY, 0, 0, H },
+    { ngx_string("tool_choice"), NGX_HTTP_GPU_F_UNSUPPORTED,
+      NGX_HTTP_GPU_JSON_NULL, 0, 0, H },
+    { ngx_string("parallel_tool_calls"), NGX_HTTP_GPU_F_UNSUPPORTED,
+      NGX_HTTP_GPU_JSON_BOOL, 1, 1, H },
+    { ngx_string("functions"), NGX_HTTP_GPU_F_UNSUPPORTED,
+      NGX_HTTP_GPU_JSON_ARRAY, 0, 0, H },
+    { ngx_string("function_call"), NGX_HTTP_GPU_F_UNSUPPORTED,
+      NGX_HTTP_GPU_JSON_NULL, 0, 0, H },
+    { ngx_string("response_format"), NGX_HTTP_GPU_F_UNSUPPORTED,
+      NGX_HTTP_GPU_JSON_NULL, 0, 0, H },
+    { ngx_string("store"), NGX_HTTP_GPU_F_UNSUPPORTED,
+      NGX_HTTP_GPU_JSON_BOOL, 0, 0, H },
 
-    { ngx_null_string, 0, 0, 0, 0 }
+    { ngx_null_string, 0, 0, 0, 0, 0 }
 };
+
+#undef B
+#undef C
+#undef H
 
 
 static ngx_str_t  ngx_http_gpu_param_model = ngx_string("model");
@@ -173,6 +240,8 @@ static ngx_str_t  ngx_http_gpu_param_prompt = ngx_string("prompt");
 static ngx_str_t  ngx_http_gpu_param_max_tokens = ngx_string("max_tokens");
 static ngx_str_t  ngx_http_gpu_param_stream_options =
     ngx_string("stream_options");
+static ngx_str_t  ngx_http_gpu_param_messages = ngx_string("messages");
+static ngx_str_t  ngx_http_gpu_param_stop = ngx_string("stop");
 
 
 static yajl_callbacks  ngx_http_gpu_json_callbacks = {
@@ -191,7 +260,7 @@ static yajl_callbacks  ngx_http_gpu_json_callbacks = {
 
 
 ngx_int_t
-ngx_http_gpu_parse_request(ngx_http_request_t *r,
+ngx_http_gpu_parse_request(ngx_http_request_t *r, ngx_uint_t endpoint,
     ngx_http_gpu_params_t *params, ngx_http_gpu_error_t *err)
 {
     off_t                   offset;
@@ -207,7 +276,9 @@ ngx_http_gpu_parse_request(ngx_http_request_t *r,
 
     ngx_memzero(params, sizeof(ngx_http_gpu_params_t));
 
-    params->prompt_kind = GPU_PROMPT_TEXT;
+    params->endpoint = endpoint;
+    params->prompt_kind = (endpoint == NGX_HTTP_GPU_CHAT) ? GPU_PROMPT_CHAT
+                                                          : GPU_PROMPT_TEXT;
     params->max_tokens = NGX_CONF_UNSET;
     params->temperature = 1.0;
     params->top_p = 1.0;
@@ -217,6 +288,8 @@ ngx_http_gpu_parse_request(ngx_http_request_t *r,
     p.request = r;
     p.params = params;
     p.err = err;
+    p.endpoint = (endpoint == NGX_HTTP_GPU_CHAT) ? NGX_HTTP_GPU_E_CHAT
+                                                 : NGX_HTTP_GPU_E_COMPLETIONS;
 
     afs.malloc = ngx_http_gpu_json_malloc;
     afs.realloc = ngx_http_gpu_json_realloc;
@@ -338,6 +411,42 @@ ngx_int_t
 ngx_http_gpu_check_request(ngx_http_request_t *r,
     ngx_http_gpu_params_t *params, ngx_http_gpu_error_t *err)
 {
+    ngx_uint_t               i;
+    ngx_http_gpu_message_t  *m;
+
+    if (params->endpoint == NGX_HTTP_GPU_CHAT) {
+
+        if (!params->has_messages) {
+            ngx_http_gpu_request_error(r, err, NGX_HTTP_BAD_REQUEST,
+                                       &ngx_http_gpu_param_messages,
+                                       "missing_required_parameter",
+                                       "Missing required parameter: "
+                                       "`messages`");
+            return NGX_DECLINED;
+        }
+
+        if (params->messages == NULL || params->messages->nelts == 0) {
+            ngx_http_gpu_request_error(r, err, NGX_HTTP_BAD_REQUEST,
+                                       &ngx_http_gpu_param_messages,
+                                       "empty_array",
+                                       "`messages` must hold at least one "
+                                       "message");
+            return NGX_DECLINED;
+        }
+
+        /* the records the backend gets, see GPU_PROMPT_CHAT */
+
+        m = params->messages->elts;
+        params->messages_size = 0;
+
+        for (i = 0; i < params->messages->nelts; i++) {
+            params->messages_size += GPU_CHAT_RECORD_HEAD
+                                     + m[i].content.len;
+        }
+
+        goto stream;
+    }
+
     if (!params->has_prompt) {
         ngx_http_gpu_request_error(r, err, NGX_HTTP_BAD_REQUEST,
                                    &ngx_http_gpu_param_prompt,
@@ -355,6 +464,8 @@ ngx_http_gpu_check_request(ngx_http_request_t *r,
                                    "empty_prompt", "The prompt is empty");
         return NGX_DECLINED;
     }
+
+stream:
 
     if (params->stream_options && !params->stream) {
         ngx_http_gpu_request_error(r, err, NGX_HTTP_BAD_REQUEST,
@@ -409,6 +520,35 @@ ngx_http_gpu_check_limits(ngx_http_request_t *r,
                                    "tokens", params->max_tokens,
                                    h->max_new_tokens);
         return NGX_DECLINED;
+    }
+
+    if (params->prompt_kind == GPU_PROMPT_CHAT) {
+
+        if (h->chat_template[0] == '\0') {
+            ngx_http_gpu_request_error(r, err, NGX_HTTP_BAD_REQUEST,
+                                       &ngx_http_gpu_param_messages,
+                                       "chat_template_unknown",
+                                       "This model has no chat template "
+                                       "ngx-gpu knows, so it cannot serve "
+                                       "chat completions; start its "
+                                       "backend with --chat-template NAME");
+            return NGX_DECLINED;
+        }
+
+        if (params->messages_size > h->prompt_bytes_cap) {
+            ngx_http_gpu_request_error(r, err, NGX_HTTP_BAD_REQUEST,
+                                       &ngx_http_gpu_param_messages,
+                                       "context_length_exceeded",
+                                       "The messages are too long: %uz "
+                                       "bytes, the maximum is %uD",
+                                       params->messages_size,
+                                       h->prompt_bytes_cap);
+            return NGX_DECLINED;
+        }
+
+        /* the backend renders, tokenizes and checks the context length */
+
+        return NGX_OK;
     }
 
     if (params->prompt_kind == GPU_PROMPT_TEXT) {
@@ -548,7 +688,8 @@ ngx_http_gpu_json_map_key(void *ctx, const unsigned char *key, size_t len)
 
         for (f = ngx_http_gpu_fields; f->name.len; f++) {
             if (f->name.len == len
-                && ngx_strncmp(f->name.data, key, len) == 0)
+                && ngx_strncmp(f->name.data, key, len) == 0
+                && (f->endpoints & p->endpoint))
             {
                 p->field = f;
                 return 1;
@@ -595,6 +736,9 @@ ngx_http_gpu_json_map_key(void *ctx, const unsigned char *key, size_t len)
                                  "stream_options.%*s",
                                  ngx_min(len, NGX_HTTP_GPU_NAME_LEN), key);
 
+    case NGX_HTTP_GPU_F_MESSAGES:
+        return ngx_http_gpu_message_key(p, (u_char *) key, len);
+
     case NGX_HTTP_GPU_F_UNSUPPORTED:
         /* a key in logit_bias and the like: not the default */
         return ngx_http_gpu_not_supported(p);
@@ -610,7 +754,22 @@ ngx_http_gpu_json_end(ngx_http_gpu_parser_t *p)
 {
     p->depth--;
 
-    if (p->failed || p->field == NULL || p->depth != 1) {
+    if (p->failed || p->field == NULL) {
+        return 1;
+    }
+
+    if (p->field->field == NGX_HTTP_GPU_F_MESSAGES) {
+
+        if (p->depth == 2) {
+            return ngx_http_gpu_message_end(p);
+        }
+
+        if (p->depth == 4) {
+            return ngx_http_gpu_part_end(p);
+        }
+    }
+
+    if (p->depth != 1) {
         return 1;
     }
 
@@ -914,8 +1073,47 @@ ngx_http_gpu_field_value(ngx_http_gpu_parser_t *p, ngx_uint_t type,
 
         return 1;
 
+    case NGX_HTTP_GPU_F_MESSAGES:
+
+        /* a repeated key replaces the messages */
+
+        params->has_messages = 0;
+
+        if (params->messages) {
+            params->messages->nelts = 0;
+        }
+
+        if (type != NGX_HTTP_GPU_JSON_ARRAY) {
+            return ngx_http_gpu_type_error(p, "messages", "an array");
+        }
+
+        params->has_messages = 1;
+
+        if (params->messages == NULL) {
+            params->messages = ngx_array_create(p->request->pool, 8,
+                                               sizeof(ngx_http_gpu_message_t));
+            if (params->messages == NULL) {
+                p->nomem = 1;
+                return 0;
+            }
+        }
+
+        return 1;
+
+    case NGX_HTTP_GPU_F_STOP:
+
+        params->n_stop = 0;
+
+        if (type == NGX_HTTP_GPU_JSON_NULL
+            || type == NGX_HTTP_GPU_JSON_ARRAY)
+        {
+            return 1;
+        }
+
+        return ngx_http_gpu_stop_value(p, type, data, len);
+
     default: /* NGX_HTTP_GPU_F_UNSUPPORTED */
-        return ngx_http_gpu_unsupported(p, type, data, len);
+        return ngx_http_gpu_unsupported(p, type, data, len, flag);
     }
 }
 
@@ -1003,8 +1201,20 @@ ngx_http_gpu_nested_value(ngx_http_gpu_parser_t *p, ngx_uint_t level,
         return ngx_http_gpu_type_error(p, "stream_options.include_usage",
                                        "a boolean");
 
+    case NGX_HTTP_GPU_F_MESSAGES:
+        return ngx_http_gpu_message_value(p, level, type, data, len);
+
+    case NGX_HTTP_GPU_F_STOP:
+
+        if (level == 2) {
+            return ngx_http_gpu_stop_value(p, type, data, len);
+        }
+
+        /* inside a wrong element, reported already */
+        return 1;
+
     case NGX_HTTP_GPU_F_UNSUPPORTED:
-        /* an element of stop and the like: not the default */
+        /* an element of tools and the like: not the default */
         return ngx_http_gpu_not_supported(p);
 
     default:
@@ -1085,9 +1295,372 @@ ngx_http_gpu_prompt_id(ngx_http_gpu_parser_t *p, u_char *data, size_t len)
 }
 
 
+/* "stop": a string, or one element of an array of at most 4 */
+
+static int
+ngx_http_gpu_stop_value(ngx_http_gpu_parser_t *p, ngx_uint_t type,
+    u_char *data, size_t len)
+{
+    ngx_str_t              *stop;
+    ngx_http_gpu_params_t  *params;
+
+    params = p->params;
+
+    if (type != NGX_HTTP_GPU_JSON_STRING) {
+        return ngx_http_gpu_type_error(p, "stop",
+                                       "a string or an array of strings");
+    }
+
+    if (params->n_stop == GPU_STOP_MAX) {
+        return ngx_http_gpu_fail(p, &ngx_http_gpu_param_stop,
+                                 "invalid_value",
+                                 "`stop` may hold at most %d sequences",
+                                 GPU_STOP_MAX);
+    }
+
+    if (len == 0 || len > GPU_STOP_LEN) {
+        return ngx_http_gpu_fail(p, &ngx_http_gpu_param_stop,
+                                 "invalid_value",
+                                 "each `stop` sequence must be 1 to %d "
+                                 "bytes long", GPU_STOP_LEN);
+    }
+
+    stop = &params->stop[params->n_stop++];
+
+    stop->data = ngx_pnalloc(p->request->pool, len);
+    if (stop->data == NULL) {
+        p->nomem = 1;
+        return 0;
+    }
+
+    ngx_memcpy(stop->data, data, len);
+    stop->len = len;
+
+    return 1;
+}
+
+
+/* keys of a message (depth 3) and of a content part (depth 5) */
+
+static int
+ngx_http_gpu_message_key(ngx_http_gpu_parser_t *p, u_char *key, size_t len)
+{
+    ngx_uint_t  n;
+
+    n = p->params->messages->nelts;
+
+    p->key = NGX_HTTP_GPU_K_OTHER;
+
+    if (p->depth == 3) {
+
+        if (len == 4 && ngx_strncmp(key, "role", 4) == 0) {
+            p->key = NGX_HTTP_GPU_K_ROLE;
+            return 1;
+        }
+
+        if (len == 7 && ngx_strncmp(key, "content", 7) == 0) {
+            p->key = NGX_HTTP_GPU_K_CONTENT;
+            return 1;
+        }
+
+        if ((len == 4 && ngx_strncmp(key, "name", 4) == 0)
+            || (len == 10 && ngx_strncmp(key, "tool_calls", 10) == 0)
+            || (len == 12 && ngx_strncmp(key, "tool_call_id", 12) == 0)
+            || (len == 13 && ngx_strncmp(key, "function_call", 13) == 0))
+        {
+            return ngx_http_gpu_fail(p, &ngx_http_gpu_param_messages,
+                                     "unsupported_parameter",
+                                     "`messages[%ui].%*s` is not supported "
+                                     "yet", n - 1, len, key);
+        }
+
+        return ngx_http_gpu_fail(p, &ngx_http_gpu_param_messages,
+                                 "unknown_parameter",
+                                 "Unrecognized request argument supplied: "
+                                 "messages[%ui].%*s", n - 1,
+                                 ngx_min(len, NGX_HTTP_GPU_NAME_LEN), key);
+    }
+
+    if (p->depth == 5) {
+
+        if (len == 4 && ngx_strncmp(key, "type", 4) == 0) {
+            p->key = NGX_HTTP_GPU_K_TYPE;
+            return 1;
+        }
+
+        if (len == 4 && ngx_strncmp(key, "text", 4) == 0) {
+            p->key = NGX_HTTP_GPU_K_TEXT;
+            return 1;
+        }
+
+        return ngx_http_gpu_fail(p, &ngx_http_gpu_param_messages,
+                                 "unsupported_parameter",
+                                 "content parts of type text only are "
+                                 "supported: `messages[%ui].content[].%*s` "
+                                 "is not", n - 1,
+                                 ngx_min(len, NGX_HTTP_GPU_NAME_LEN), key);
+    }
+
+    return 1;
+}
+
+
+static int
+ngx_http_gpu_message_value(ngx_http_gpu_parser_t *p, ngx_uint_t level,
+    ngx_uint_t type, u_char *data, size_t len)
+{
+    ngx_uint_t               n;
+    ngx_http_gpu_message_t  *m;
+
+    n = p->params->messages->nelts;
+
+    switch (level) {
+
+    case 2:
+
+        if (type != NGX_HTTP_GPU_JSON_OBJECT) {
+            return ngx_http_gpu_fail(p, &ngx_http_gpu_param_messages,
+                                     "invalid_type",
+                                     "Invalid type for `messages[%ui]`: "
+                                     "expected an object", n);
+        }
+
+        m = ngx_array_push(p->params->messages);
+        if (m == NULL) {
+            p->nomem = 1;
+            return 0;
+        }
+
+        ngx_memzero(m, sizeof(ngx_http_gpu_message_t));
+        p->msg = m;
+
+        return 1;
+
+    case 3:
+
+        m = p->msg;
+
+        if (p->key == NGX_HTTP_GPU_K_ROLE) {
+
+            if (type != NGX_HTTP_GPU_JSON_STRING) {
+                return ngx_http_gpu_fail(p, &ngx_http_gpu_param_messages,
+                                         "invalid_type",
+                                         "Invalid type for "
+                                         "`messages[%ui].role`: expected a "
+                                         "string", n - 1);
+            }
+
+            m->has_role = 1;
+
+            if ((len == 6 && ngx_strncmp(data, "system", 6) == 0)
+                || (len == 9 && ngx_strncmp(data, "developer", 9) == 0))
+            {
+                m->role = GPU_ROLE_SYSTEM;
+                return 1;
+            }
+
+            if (len == 4 && ngx_strncmp(data, "user", 4) == 0) {
+                m->role = GPU_ROLE_USER;
+                return 1;
+            }
+
+            if (len == 9 && ngx_strncmp(data, "assistant", 9) == 0) {
+                m->role = GPU_ROLE_ASSISTANT;
+                return 1;
+            }
+
+            if ((len == 4 && ngx_strncmp(data, "tool", 4) == 0)
+                || (len == 8 && ngx_strncmp(data, "function", 8) == 0))
+            {
+                return ngx_http_gpu_fail(p, &ngx_http_gpu_param_messages,
+                                         "unsupported_value",
+                                         "messages of role `%*s` are not "
+                                         "supported yet", len, data);
+            }
+
+            return ngx_http_gpu_fail(p, &ngx_http_gpu_param_messages,
+                                     "invalid_value",
+                                     "Invalid value for "
+                                     "`messages[%ui].role`: `%*s` is not "
+                                     "one of system, developer, user, "
+                                     "assistant", n - 1,
+                                     ngx_min(len, NGX_HTTP_GPU_NAME_LEN),
+                                     data);
+        }
+
+        if (p->key != NGX_HTTP_GPU_K_CONTENT) {
+            return 1;
+        }
+
+        /* a repeated key replaces the content */
+
+        ngx_str_null(&m->content);
+        m->parts = 0;
+        m->has_content = 0;
+
+        if (type == NGX_HTTP_GPU_JSON_STRING) {
+            m->has_content = 1;
+            return ngx_http_gpu_append(p, &m->content, NULL, data, len);
+        }
+
+        if (type == NGX_HTTP_GPU_JSON_ARRAY) {
+            m->has_content = 1;
+            return 1;
+        }
+
+        if (type == NGX_HTTP_GPU_JSON_NULL) {
+            return 1;
+        }
+
+        return ngx_http_gpu_fail(p, &ngx_http_gpu_param_messages,
+                                 "invalid_type",
+                                 "Invalid type for `messages[%ui].content`: "
+                                 "expected a string or an array of content "
+                                 "parts", n - 1);
+
+    case 4:
+
+        if (type != NGX_HTTP_GPU_JSON_OBJECT) {
+            return ngx_http_gpu_fail(p, &ngx_http_gpu_param_messages,
+                                     "invalid_type",
+                                     "Invalid type for "
+                                     "`messages[%ui].content[]`: expected "
+                                     "an object", n - 1);
+        }
+
+        ngx_str_null(&p->part_text);
+        p->part_text_set = 0;
+        p->part_type_set = 0;
+
+        return 1;
+
+    case 5:
+
+        if (type != NGX_HTTP_GPU_JSON_STRING) {
+            return ngx_http_gpu_fail(p, &ngx_http_gpu_param_messages,
+                                     "invalid_type",
+                                     "Invalid type in "
+                                     "`messages[%ui].content[]`: expected "
+                                     "a string", n - 1);
+        }
+
+        if (p->key == NGX_HTTP_GPU_K_TYPE) {
+
+            if (len != 4 || ngx_strncmp(data, "text", 4) != 0) {
+                return ngx_http_gpu_fail(p, &ngx_http_gpu_param_messages,
+                                         "unsupported_value",
+                                         "content parts of type `%*s` are "
+                                         "not supported: text only",
+                                         ngx_min(len, NGX_HTTP_GPU_NAME_LEN),
+                                         data);
+            }
+
+            p->part_type_set = 1;
+            return 1;
+        }
+
+        p->part_text_set = 1;
+        ngx_str_null(&p->part_text);
+
+        return ngx_http_gpu_append(p, &p->part_text, NULL, data, len);
+
+    default:
+        /* inside a part's value: a wrong type, reported already */
+        return 1;
+    }
+}
+
+
+static int
+ngx_http_gpu_message_end(ngx_http_gpu_parser_t *p)
+{
+    ngx_uint_t               n;
+    ngx_http_gpu_message_t  *m;
+
+    m = p->msg;
+    n = p->params->messages->nelts;
+
+    if (m == NULL) {
+        return 1;
+    }
+
+    p->msg = NULL;
+
+    if (!m->has_role) {
+        return ngx_http_gpu_fail(p, &ngx_http_gpu_param_messages,
+                                 "missing_required_parameter",
+                                 "Missing required parameter: "
+                                 "`messages[%ui].role`", n - 1);
+    }
+
+    if (!m->has_content) {
+        return ngx_http_gpu_fail(p, &ngx_http_gpu_param_messages,
+                                 "missing_required_parameter",
+                                 "Missing required parameter: "
+                                 "`messages[%ui].content`", n - 1);
+    }
+
+    return 1;
+}
+
+
+/* a text part ends: its text joins the content, after a newline */
+
+static int
+ngx_http_gpu_part_end(ngx_http_gpu_parser_t *p)
+{
+    ngx_http_gpu_message_t  *m;
+
+    m = p->msg;
+
+    if (!p->part_type_set || !p->part_text_set) {
+        return ngx_http_gpu_fail(p, &ngx_http_gpu_param_messages,
+                                 "missing_required_parameter",
+                                 "a content part needs `type` \"text\" "
+                                 "and `text`");
+    }
+
+    return ngx_http_gpu_append(p, &m->content, m->parts++ ? "\n" : NULL,
+                               p->part_text.data, p->part_text.len);
+}
+
+
+static int
+ngx_http_gpu_append(ngx_http_gpu_parser_t *p, ngx_str_t *dst, char *sep,
+    u_char *data, size_t len)
+{
+    u_char  *q;
+    size_t   n, slen;
+
+    slen = sep ? ngx_strlen(sep) : 0;
+    n = dst->len + slen + len;
+
+    q = ngx_pnalloc(p->request->pool, n ? n : 1);
+    if (q == NULL) {
+        p->nomem = 1;
+        return 0;
+    }
+
+    if (dst->len) {
+        ngx_memcpy(q, dst->data, dst->len);
+    }
+
+    if (slen) {
+        ngx_memcpy(q + dst->len, sep, slen);
+    }
+
+    ngx_memcpy(q + dst->len + slen, data, len);
+
+    dst->data = q;
+    dst->len = n;
+
+    return 1;
+}
+
+
 static int
 ngx_http_gpu_unsupported(ngx_http_gpu_parser_t *p, ngx_uint_t type,
-    u_char *data, size_t len)
+    u_char *data, size_t len, ngx_uint_t flag)
 {
     double                 d;
     ngx_http_gpu_field_t  *f;
@@ -1112,6 +1685,14 @@ ngx_http_gpu_unsupported(ngx_http_gpu_parser_t *p, ngx_uint_t type,
     case NGX_HTTP_GPU_JSON_STRING:
 
         if (len == 0) {
+            return 1;
+        }
+
+        break;
+
+    case NGX_HTTP_GPU_JSON_BOOL:
+
+        if (flag == (ngx_uint_t) f->value) {
             return 1;
         }
 

@@ -7,7 +7,10 @@
 /*
  * Answers: JSON bodies, error objects, the server-sent events of streamed
  * completions, and the event handlers of a request in flight (client
- * went away, output blocked).
+ * went away, output blocked).  Completions and chat completions differ
+ * only in the strings around the text (ngx_http_gpu_shapes[]); a chat
+ * stream also starts with a delta that carries the role, and leaves out
+ * empty deltas.
  */
 
 
@@ -42,16 +45,84 @@ static size_t ngx_http_gpu_json_escape(u_char *dst, u_char *src, size_t size);
 static uint32_t  ngx_http_gpu_seq;
 
 
-/* pieces of the completion objects; head is {"id":...,"model":"...", */
+/*
+ * pieces of the answer objects; head is {"id":...,"model":"...", and
+ * "choice" + the escaped text + one of the tails completes a choice
+ */
+
+typedef struct {
+    ngx_str_t                   id_prefix;
+    ngx_str_t                   object;
+    ngx_str_t                   choice;
+    ngx_str_t                   tail;          /* finish null, event end */
+    ngx_str_t                   tail_length;
+    ngx_str_t                   tail_stop;
+    ngx_str_t                   last_length;   /* a last choice, no text */
+    ngx_str_t                   last_stop;
+    ngx_str_t                   role;          /* a first event, or "" */
+    ngx_uint_t                  skip_empty;    /* no events without text */
+} ngx_http_gpu_shape_t;
+
+
+#define NGX_HTTP_GPU_SHAPE_TEXT        0
+#define NGX_HTTP_GPU_SHAPE_CHAT        1
+#define NGX_HTTP_GPU_SHAPE_CHAT_CHUNK  2
+
+#define ngx_http_gpu_tail_text(finish)                                       \
+    "\",\"index\":0,\"logprobs\":null,\"finish_reason\":" finish "}]"
+#define ngx_http_gpu_tail_chat(finish)                                       \
+    "\"},\"logprobs\":null,\"finish_reason\":" finish "}]"
+
+static ngx_http_gpu_shape_t  ngx_http_gpu_shapes[] = {
+
+    { ngx_string("cmpl-"),
+      ngx_string("text_completion"),
+      ngx_string("\"choices\":[{\"text\":\""),
+      ngx_string(ngx_http_gpu_tail_text("null") "}\n\n"),
+      ngx_string(ngx_http_gpu_tail_text("\"length\"")),
+      ngx_string(ngx_http_gpu_tail_text("\"stop\"")),
+      ngx_string("\"choices\":[{\"text\":\""
+                 ngx_http_gpu_tail_text("\"length\"")),
+      ngx_string("\"choices\":[{\"text\":\""
+                 ngx_http_gpu_tail_text("\"stop\"")),
+      ngx_null_string,
+      0 },
+
+    { ngx_string("chatcmpl-"),
+      ngx_string("chat.completion"),
+      ngx_string("\"choices\":[{\"index\":0,\"message\":{\"role\":"
+                 "\"assistant\",\"content\":\""),
+      ngx_null_string,
+      ngx_string(ngx_http_gpu_tail_chat("\"length\"")),
+      ngx_string(ngx_http_gpu_tail_chat("\"stop\"")),
+      ngx_null_string,
+      ngx_null_string,
+      ngx_null_string,
+      0 },
+
+    { ngx_string("chatcmpl-"),
+      ngx_string("chat.completion.chunk"),
+      ngx_string("\"choices\":[{\"index\":0,\"delta\":{\"content\":\""),
+      ngx_string(ngx_http_gpu_tail_chat("null") "}\n\n"),
+      ngx_string(ngx_http_gpu_tail_chat("\"length\"")),
+      ngx_string(ngx_http_gpu_tail_chat("\"stop\"")),
+      ngx_string("\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,"
+                 "\"finish_reason\":\"length\"}]"),
+      ngx_string("\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,"
+                 "\"finish_reason\":\"stop\"}]"),
+      ngx_string("\"choices\":[{\"index\":0,\"delta\":{\"role\":"
+                 "\"assistant\",\"content\":\"\"},\"logprobs\":null,"
+                 "\"finish_reason\":null}]}\n\n"),
+      1 }
+};
+
+
+static ngx_http_gpu_shape_t *ngx_http_gpu_shape(ngx_http_gpu_ctx_t *ctx);
+static u_char *ngx_http_gpu_event(u_char *p, ngx_http_gpu_ctx_t *ctx,
+    ngx_http_gpu_shape_t *shape, u_char *text, size_t len, ngx_str_t *tail);
+
 
 static ngx_str_t  ngx_http_gpu_data = ngx_string("data: ");
-static ngx_str_t  ngx_http_gpu_choice = ngx_string("\"choices\":[{\"text\":\"");
-static ngx_str_t  ngx_http_gpu_tail = ngx_string(
-    "\",\"index\":0,\"logprobs\":null,\"finish_reason\":null}]}\n\n");
-static ngx_str_t  ngx_http_gpu_tail_length = ngx_string(
-    "\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"length\"}]");
-static ngx_str_t  ngx_http_gpu_tail_stop = ngx_string(
-    "\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"stop\"}]");
 static ngx_str_t  ngx_http_gpu_no_choices = ngx_string("\"choices\":[],");
 static ngx_str_t  ngx_http_gpu_done = ngx_string("data: [DONE]\n\n");
 
@@ -197,7 +268,8 @@ ngx_http_gpu_send_json(ngx_http_request_t *r, ngx_uint_t status,
 ngx_int_t
 ngx_http_gpu_init_ctx(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx)
 {
-    u_char  *p;
+    u_char                *p;
+    ngx_http_gpu_shape_t  *shape;
 
     if (ngx_http_gpu_seq == 0) {
         ngx_http_gpu_seq = (uint32_t) ngx_random();
@@ -205,14 +277,18 @@ ngx_http_gpu_init_ctx(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx)
 
     /* unique across workers and restarts: pid, time, counter */
 
-    ngx_sprintf(ctx->id, "cmpl-%08xD%08xD%08xD", (uint32_t) ngx_pid,
-                (uint32_t) ngx_time(), ngx_http_gpu_seq++);
+    shape = ngx_http_gpu_shape(ctx);
+
+    ctx->id_len = ngx_sprintf(ctx->id, "%V%08xD%08xD%08xD", &shape->id_prefix,
+                              (uint32_t) ngx_pid, (uint32_t) ngx_time(),
+                              ngx_http_gpu_seq++)
+                  - ctx->id;
 
     ctx->created = ngx_time();
 
-    ctx->head.len = sizeof("{\"id\":\"\",\"object\":\"text_completion\","
+    ctx->head.len = sizeof("{\"id\":\"\",\"object\":\"\","
                            "\"created\":,\"model\":\"\",") - 1
-                    + NGX_HTTP_GPU_ID_LEN + NGX_TIME_T_LEN
+                    + ctx->id_len + shape->object.len + NGX_TIME_T_LEN
                     + ngx_http_gpu_escape_json_len(ctx->model.data,
                                                    ctx->model.len);
 
@@ -221,10 +297,9 @@ ngx_http_gpu_init_ctx(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx)
         return NGX_ERROR;
     }
 
-    p = ngx_sprintf(ctx->head.data, "{\"id\":\"%*s\","
-                    "\"object\":\"text_completion\",\"created\":%T,"
-                    "\"model\":\"", (size_t) NGX_HTTP_GPU_ID_LEN, ctx->id,
-                    ctx->created);
+    p = ngx_sprintf(ctx->head.data, "{\"id\":\"%*s\",\"object\":\"%V\","
+                    "\"created\":%T,\"model\":\"", ctx->id_len, ctx->id,
+                    &shape->object, ctx->created);
     p = ngx_http_gpu_escape_json(p, ctx->model.data, ctx->model.len);
     *p++ = '"';
     *p++ = ',';
@@ -311,13 +386,16 @@ static ngx_int_t
 ngx_http_gpu_send_completion(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
     ngx_http_gpu_progress_t *p)
 {
-    u_char     *last;
-    ngx_str_t   json, *tail;
+    u_char                *last;
+    ngx_str_t              json, *tail;
+    ngx_http_gpu_shape_t  *shape;
 
-    tail = (p->finish == GPU_FINISH_STOP) ? &ngx_http_gpu_tail_stop
-                                           : &ngx_http_gpu_tail_length;
+    shape = ngx_http_gpu_shape(ctx);
 
-    json.len = ctx->head.len + ngx_http_gpu_choice.len
+    tail = (p->finish == GPU_FINISH_STOP) ? &shape->tail_stop
+                                           : &shape->tail_length;
+
+    json.len = ctx->head.len + shape->choice.len
                + ngx_http_gpu_escape_json_len(p->out, p->out_len)
                + tail->len + sizeof(",}\n") - 1 + NGX_HTTP_GPU_USAGE_LEN;
 
@@ -327,8 +405,7 @@ ngx_http_gpu_send_completion(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
     }
 
     last = ngx_cpymem(json.data, ctx->head.data, ctx->head.len);
-    last = ngx_cpymem(last, ngx_http_gpu_choice.data,
-                      ngx_http_gpu_choice.len);
+    last = ngx_cpymem(last, shape->choice.data, shape->choice.len);
     last = ngx_http_gpu_escape_json(last, p->out, p->out_len);
     last = ngx_cpymem(last, tail->data, tail->len);
     *last++ = ',';
@@ -341,6 +418,8 @@ ngx_http_gpu_send_completion(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "gpu completion: prompt:%ui tokens:%ui bytes:%uz",
                    p->n_prompt_tokens, p->n_tokens, p->out_len);
+
+    ctx->n_sent = p->n_tokens;
 
     return ngx_http_gpu_send_json(r, NGX_HTTP_OK, &json);
 }
@@ -391,12 +470,15 @@ static ngx_int_t
 ngx_http_gpu_stream_body(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
     ngx_http_gpu_progress_t *p)
 {
-    size_t        size, limit, prev, end;
-    ngx_int_t     rc;
-    ngx_str_t    *tail;
-    ngx_buf_t    *b;
-    ngx_uint_t    i, first, events;
-    ngx_chain_t  *out;
+    size_t                 size, limit, prev, end;
+    ngx_int_t              rc;
+    ngx_str_t             *tail;
+    ngx_buf_t             *b;
+    ngx_uint_t             i, first, events;
+    ngx_chain_t           *out;
+    ngx_http_gpu_shape_t  *shape;
+
+    shape = ngx_http_gpu_shape(ctx);
 
     if (p->n_tokens < ctx->n_sent) {
         /* a snapshot without tokens: the backend failed */
@@ -433,13 +515,15 @@ ngx_http_gpu_stream_body(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
     events = p->n_tokens - ctx->n_sent;
 
     size = events * (ngx_http_gpu_data.len + ctx->head.len
-                     + ngx_http_gpu_choice.len + ngx_http_gpu_tail.len)
-           + 6 * (limit - ctx->out_sent);
+                     + shape->choice.len + shape->tail.len)
+           + 6 * (limit - ctx->out_sent)
+           + ngx_http_gpu_data.len + ctx->head.len + shape->role.len;
 
     if (p->done) {
-        size += ngx_http_gpu_data.len + ctx->head.len
-                + ngx_http_gpu_choice.len + ngx_http_gpu_tail_length.len
-                + sizeof("}\n\n") - 1
+        size += 2 * (ngx_http_gpu_data.len + ctx->head.len
+                     + shape->choice.len + shape->tail_length.len
+                     + sizeof("}\n\n") - 1)
+                + shape->last_length.len
                 + ngx_http_gpu_data.len + ctx->head.len
                 + ngx_http_gpu_no_choices.len + NGX_HTTP_GPU_USAGE_LEN
                 + sizeof("}\n\n") - 1
@@ -455,6 +539,14 @@ ngx_http_gpu_stream_body(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
 
     prev = ctx->out_sent;
 
+    if (shape->role.len && !ctx->role_sent) {
+        b->last = ngx_cpymem(b->last, ngx_http_gpu_data.data,
+                             ngx_http_gpu_data.len);
+        b->last = ngx_cpymem(b->last, ctx->head.data, ctx->head.len);
+        b->last = ngx_cpymem(b->last, shape->role.data, shape->role.len);
+        ctx->role_sent = 1;
+    }
+
     for (i = ctx->n_sent; i < p->n_tokens; i++) {
         end = p->tok_end[i];
 
@@ -465,15 +557,12 @@ ngx_http_gpu_stream_body(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
             end = limit;
         }
 
-        b->last = ngx_cpymem(b->last, ngx_http_gpu_data.data,
-                             ngx_http_gpu_data.len);
-        b->last = ngx_cpymem(b->last, ctx->head.data, ctx->head.len);
-        b->last = ngx_cpymem(b->last, ngx_http_gpu_choice.data,
-                             ngx_http_gpu_choice.len);
-        b->last = ngx_http_gpu_escape_json(b->last, p->out + prev,
-                                           end - prev);
-        b->last = ngx_cpymem(b->last, ngx_http_gpu_tail.data,
-                             ngx_http_gpu_tail.len);
+        if (end == prev && shape->skip_empty) {
+            continue;
+        }
+
+        b->last = ngx_http_gpu_event(b->last, ctx, shape, p->out + prev,
+                                     end - prev, &shape->tail);
         prev = end;
     }
 
@@ -486,18 +575,33 @@ ngx_http_gpu_stream_body(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
 
             /* the rest of the text, if any, and the finish reason */
 
-            tail = (p->finish == GPU_FINISH_STOP) ? &ngx_http_gpu_tail_stop
-                                                   : &ngx_http_gpu_tail_length;
+            if (limit > prev && shape->skip_empty) {
+                /* chat: the rest in a delta of its own, then delta {} */
+                b->last = ngx_http_gpu_event(b->last, ctx, shape,
+                                             p->out + prev, limit - prev,
+                                             &shape->tail);
+                prev = limit;
+            }
 
-            b->last = ngx_cpymem(b->last, ngx_http_gpu_data.data,
-                                 ngx_http_gpu_data.len);
-            b->last = ngx_cpymem(b->last, ctx->head.data, ctx->head.len);
-            b->last = ngx_cpymem(b->last, ngx_http_gpu_choice.data,
-                                 ngx_http_gpu_choice.len);
-            b->last = ngx_http_gpu_escape_json(b->last, p->out + prev,
-                                               limit - prev);
-            b->last = ngx_cpymem(b->last, tail->data, tail->len);
-            b->last = ngx_cpymem(b->last, "}\n\n", sizeof("}\n\n") - 1);
+            if (limit > prev) {
+                tail = (p->finish == GPU_FINISH_STOP) ? &shape->tail_stop
+                                                       : &shape->tail_length;
+
+                b->last = ngx_http_gpu_event(b->last, ctx, shape,
+                                             p->out + prev, limit - prev,
+                                             tail);
+                b->last = ngx_cpymem(b->last, "}\n\n", sizeof("}\n\n") - 1);
+
+            } else {
+                tail = (p->finish == GPU_FINISH_STOP) ? &shape->last_stop
+                                                       : &shape->last_length;
+
+                b->last = ngx_cpymem(b->last, ngx_http_gpu_data.data,
+                                     ngx_http_gpu_data.len);
+                b->last = ngx_cpymem(b->last, ctx->head.data, ctx->head.len);
+                b->last = ngx_cpymem(b->last, tail->data, tail->len);
+                b->last = ngx_cpymem(b->last, "}\n\n", sizeof("}\n\n") - 1);
+            }
 
             if (ctx->params.include_usage) {
                 b->last = ngx_cpymem(b->last, ngx_http_gpu_data.data,
@@ -536,6 +640,13 @@ ngx_http_gpu_stream_body(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
         ngx_http_gpu_metrics_ttft(r);
     }
 
+    if (b->last == b->pos && !b->last_buf) {
+        /* chat: tokens whose text is all held back make no event */
+        out->next = ctx->free;
+        ctx->free = out;
+        return NGX_DECLINED;
+    }
+
     rc = ngx_http_gpu_output(r, ctx, out);
 
     if (rc == NGX_ERROR) {
@@ -547,6 +658,34 @@ ngx_http_gpu_stream_body(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
     }
 
     return rc;
+}
+
+
+/* data: head choice text tail */
+
+static u_char *
+ngx_http_gpu_event(u_char *p, ngx_http_gpu_ctx_t *ctx,
+    ngx_http_gpu_shape_t *shape, u_char *text, size_t len, ngx_str_t *tail)
+{
+    p = ngx_cpymem(p, ngx_http_gpu_data.data, ngx_http_gpu_data.len);
+    p = ngx_cpymem(p, ctx->head.data, ctx->head.len);
+    p = ngx_cpymem(p, shape->choice.data, shape->choice.len);
+    p = ngx_http_gpu_escape_json(p, text, len);
+
+    return ngx_cpymem(p, tail->data, tail->len);
+}
+
+
+static ngx_http_gpu_shape_t *
+ngx_http_gpu_shape(ngx_http_gpu_ctx_t *ctx)
+{
+    if (ctx->params.endpoint != NGX_HTTP_GPU_CHAT) {
+        return &ngx_http_gpu_shapes[NGX_HTTP_GPU_SHAPE_TEXT];
+    }
+
+    return &ngx_http_gpu_shapes[ctx->params.stream
+                                ? NGX_HTTP_GPU_SHAPE_CHAT_CHUNK
+                                : NGX_HTTP_GPU_SHAPE_CHAT];
 }
 
 

@@ -1,9 +1,10 @@
 package NgxGpuTest;
 
 # NgxGpuTest - what ngx-gpu's Test::Nginx suites need beyond Test::Nginx:
-# a real gpu_backend process (started before nginx, stopped at exit),
-# killing its server process on cue, and concurrent HTTP clients.  Works
-# the same under the installed Test::Nginx and under t/harness.
+# real gpu_backend processes (started before nginx, stopped at exit),
+# killing a server process on cue, concurrent HTTP clients, free ports and
+# fake upstream peers that fail on cue.  Works the same under the
+# installed Test::Nginx and under t/harness.
 #
 # Environment (set by t/run):
 #   TEST_NGINX_GPU_BACKEND  the gpu_backend binary
@@ -11,6 +12,8 @@ package NgxGpuTest;
 #   TEST_NGINX_GPU_MODULE   the module .so, for load_module in main_config
 # Set here:
 #   TEST_NGINX_GPU_SOCKET   the backend's Unix socket, for gpu_pass
+#   TEST_NGINX_GPU_SOCKET_B the socket of start_backend(name => 'b', ...),
+#                           and so on for every name
 
 use strict;
 use warnings;
@@ -24,12 +27,13 @@ use Time::HiRes qw(sleep time);
 
 our @EXPORT = qw(start_backend stop_backend backend_log backend_server_pid
                  kill_backend_in wait_backend_restart http_request http_abort
-                 http_concurrent model_dir_or_skip);
+                 http_concurrent model_dir_or_skip free_port fake_peer);
 
 my $dir = "/tmp/ngx-gpu-t-$$";
 our $last_killed;                   # pid kill_backend_in() aimed at
-my $sup_pid;
-my $log;
+my %sup_pid;                        # backend name ('' by default) => pid
+my %log;
+my @fakes;                          # fake_peer() processes
 
 
 # the model directory, or skip the whole file (visibly) without it
@@ -43,22 +47,28 @@ sub model_dir_or_skip {
 }
 
 
-# start gpu_backend (with its supervisor) and wait until it serves
+# start gpu_backend (with its supervisor) and wait until it serves; with
+# name => 'b' another one, on its own socket ($TEST_NGINX_GPU_SOCKET_B)
 sub start_backend {
     my (%o) = @_;
     my $bin = $ENV{TEST_NGINX_GPU_BACKEND}
         or die "TEST_NGINX_GPU_BACKEND is not set (run through t/run)\n";
     my $model = $o{model} // model_dir_or_skip();
     my @args = @{ $o{args} // [] };
+    my $name = $o{name} // '';
+    die "backend name \"$name\": letters and digits only\n"
+        if $name =~ /\W/;
 
     make_path($dir);
     chmod 0755, $dir;
-    my $sock = "$dir/backend.sock";
-    $log = "$dir/backend.log";
-    $ENV{TEST_NGINX_GPU_SOCKET} = $sock;
+    my $sfx = $name eq '' ? '' : "-$name";
+    my $sock = "$dir/backend$sfx.sock";
+    my $log = $log{$name} = "$dir/backend$sfx.log";
+    $ENV{'TEST_NGINX_GPU_SOCKET' . ($name eq '' ? '' : '_' . uc $name)}
+        = $sock;
 
-    $sup_pid = fork() // die "fork: $!";
-    if ($sup_pid == 0) {
+    my $pid = $sup_pid{$name} = fork() // die "fork: $!";
+    if ($pid == 0) {
         open STDOUT, '>>', $log or die;
         open STDERR, '>>', $log or die;
         POSIX::setsid();
@@ -68,30 +78,33 @@ sub start_backend {
 
     my $deadline = time + 60;
     while (time < $deadline) {
-        return $sock if backend_log() =~ /\bserving\b/ && -S $sock;
-        if (waitpid($sup_pid, POSIX::WNOHANG()) == $sup_pid) {
-            die "gpu_backend exited at start:\n" . backend_log();
+        return $sock if backend_log($name) =~ /\bserving\b/ && -S $sock;
+        if (waitpid($pid, POSIX::WNOHANG()) == $pid) {
+            die "gpu_backend exited at start:\n" . backend_log($name);
         }
         sleep 0.05;
     }
-    die "gpu_backend did not start within 60 s:\n" . backend_log();
+    die "gpu_backend did not start within 60 s:\n" . backend_log($name);
 }
 
 
 sub stop_backend {
-    return unless $sup_pid;
-    kill 'TERM', $sup_pid;
+    my ($name) = @_;
+    $name //= '';
+    my $pid = delete $sup_pid{$name} or return;
+    kill 'TERM', $pid;
     for (1 .. 100) {
-        last if waitpid($sup_pid, POSIX::WNOHANG()) == $sup_pid;
+        last if waitpid($pid, POSIX::WNOHANG()) == $pid;
         sleep 0.05;
     }
-    kill 'KILL', -$sup_pid;
-    waitpid($sup_pid, 0);
-    undef $sup_pid;
+    kill 'KILL', -$pid;
+    waitpid($pid, 0);
 }
 
 
 sub backend_log {
+    my ($name) = @_;
+    my $log = $log{$name // ''};
     return '' unless $log && -f $log;
     open my $fh, '<', $log or return '';
     local $/;
@@ -101,15 +114,17 @@ sub backend_log {
 
 # pid of the serving process: the last "serving" line names it
 sub backend_server_pid {
-    my @pids = backend_log() =~ /gpu_backend\[(\d+)\] info: serving/g;
+    my ($name) = @_;
+    my @pids = backend_log($name) =~ /gpu_backend\[(\d+)\] info: serving/g;
     return $pids[-1];
 }
 
 
 # SIGKILL the serving process after $delay seconds, from a side process
 sub kill_backend_in {
-    my ($delay) = @_;
-    my $pid = backend_server_pid() or die "no serving backend process\n";
+    my ($delay, $name) = @_;
+    my $pid = backend_server_pid($name)
+        or die "no serving backend process\n";
     $last_killed = $pid;
     my $k = fork() // die "fork: $!";
     if ($k == 0) {
@@ -123,18 +138,19 @@ sub kill_backend_in {
 
 # wait until a new serving process has replaced $old; returns its pid
 sub wait_backend_restart {
-    my ($old, $timeout) = @_;
+    my ($old, $timeout, $name) = @_;
     my $deadline = time + ($timeout // 30);
     while (time < $deadline) {
-        my $p = backend_server_pid();
+        my $p = backend_server_pid($name);
         return $p if $p && $p != $old && !kill(0, $old);
         sleep 0.05;
     }
-    die "the backend was not restarted:\n" . backend_log();
+    die "the backend was not restarted:\n" . backend_log($name);
 }
 
 
-# one HTTP/1.1 request; returns (status, headers, body, seconds)
+# one HTTP/1.1 request; returns (status, headers, body, seconds);
+# headers => { Name => value } adds request headers
 sub http_request {
     my ($method, $path, $body, %o) = @_;
     my $port = $o{port} // $ENV{TEST_NGINX_SERVER_PORT}
@@ -145,8 +161,10 @@ sub http_request {
                                   Timeout => 5)
         or return (0, '', "connect: $!", 0);
     $body //= '';
+    my $more = join '', map { "$_: $o{headers}{$_}\r\n" }
+                        sort keys %{ $o{headers} // {} };
     print $s "$method $path HTTP/1.1\r\nHost: localhost\r\n"
-        . "Connection: close\r\nContent-Type: application/json\r\n"
+        . "Connection: close\r\nContent-Type: application/json\r\n$more"
         . "Content-Length: " . length($body) . "\r\n\r\n$body";
     my $resp = '';
     my $timeout = $o{timeout} // 60;
@@ -232,9 +250,86 @@ sub http_concurrent {
 }
 
 
+# a TCP port nothing listens on (now)
+sub free_port {
+    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                  Proto => 'tcp', Listen => 1, ReuseAddr => 1)
+        or die "free port: $!";
+    my $port = $s->sockport;
+    close $s;
+    return $port;
+}
+
+
+# a fake upstream peer on a free port, in a side process; returns the
+# port.  Every connection gets, after the request head and body:
+#   close     - nothing: the connection is closed (dead before answering)
+#   midstream - a 200 event stream with `events` events (2), then the
+#               connection is closed without the last chunk
+#   sse       - a complete 200 event stream ending with data: [DONE]
+# `tag` goes into the events' text, so a client sees which peer answered.
+sub fake_peer {
+    my (%o) = @_;
+    my $mode = $o{mode} // 'close';
+    my $tag = $o{tag} // $mode;
+    my $events = $o{events} // 2;
+    my $l = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
+                                  LocalPort => $o{port} // 0, Proto => 'tcp',
+                                  Listen => 64, ReuseAddr => 1)
+        or die "fake peer: $!";
+    my $port = $l->sockport;
+    my $pid = fork() // die "fork: $!";
+    if ($pid == 0) {
+        $SIG{PIPE} = 'IGNORE';
+        while (my $c = $l->accept) {
+            my $req = '';
+            while ($req !~ /\r\n\r\n/) {
+                my $n = sysread($c, my $buf, 65536);
+                last unless $n;
+                $req .= $buf;
+            }
+            my ($len) = $req =~ /^Content-Length:\s*(\d+)/mi;
+            my ($head, $got) = split /\r\n\r\n/, $req, 2;
+            $got //= '';
+            while (length($got) < ($len // 0)) {
+                my $n = sysread($c, my $buf, 65536);
+                last unless $n;
+                $got .= $buf;
+            }
+            if ($mode ne 'close') {
+                syswrite $c, "HTTP/1.1 200 OK\r\n"
+                    . "Content-Type: text/event-stream\r\n"
+                    . "X-Accel-Buffering: no\r\n"
+                    . "X-GPU-Load: queue=0,running=1,kv=0.010\r\n"
+                    . "Transfer-Encoding: chunked\r\n\r\n";
+                for my $i (1 .. $events) {
+                    my $ev = "data: {\"text\":\"$tag $i\"}\n\n";
+                    syswrite $c, sprintf("%x\r\n%s\r\n", length $ev, $ev);
+                    sleep 0.05;
+                }
+                if ($mode eq 'sse') {
+                    my $ev = "data: [DONE]\n\n";
+                    syswrite $c, sprintf("%x\r\n%s\r\n0\r\n\r\n",
+                                         length $ev, $ev);
+                }
+            }
+            close $c;
+        }
+        POSIX::_exit(0);
+    }
+    close $l;
+    push @fakes, $pid;
+    return $port;
+}
+
+
 END {
     local $?;                       # keep the test's exit status
-    stop_backend();
+    stop_backend($_) for keys %sup_pid;
+    for my $pid (@fakes) {
+        kill 'KILL', $pid;
+        waitpid($pid, 0);
+    }
     remove_tree($dir) if -d $dir && !$ENV{TEST_NGINX_NO_CLEAN};
 }
 
