@@ -19,6 +19,7 @@ RANDOM_MODEL := $(B)/models/ngx-gpu-random-tiny
 MODULE_SRCS  := config $(wildcard ngx_module/*.c ngx_module/*.h) \
                 gpu_backend/channel.c gpu_backend/channel.h
 BACKEND_SRCS := $(wildcard gpu_backend/*.c gpu_backend/*.h gpu_backend/*.cu \
+                  gpu_backend/*.cuh gpu_backend/tools/*.c \
                   t/unit/*.c t/unit/*.h)
 
 .PHONY: all deps build module backend models run stop test test-unit \
