@@ -41,6 +41,7 @@ struct server_s {
     scheduler_t            *sched;
     uint32_t                next_worker_id;
     int                     any_dirty;
+    int                     conns_hi;       /* entries in use are below */
     conn_t                  conns[SERVER_MAX_CONNS];
 };
 
@@ -187,7 +188,8 @@ server_notify(void *data, uint32_t owner)
     int        i;
     server_t  *srv = data;
 
-    for (i = 0; i < SERVER_MAX_CONNS; i++) {
+    /* called for every generated token: scan only the entries in use */
+    for (i = 0; i < srv->conns_hi; i++) {
         if (srv->conns[i].fd >= 0 && srv->conns[i].worker_id == owner) {
             srv->conns[i].dirty = 1;
             srv->any_dirty = 1;
@@ -206,7 +208,7 @@ server_flush_wakeups(server_t *srv)
         return;
     }
 
-    for (i = 0; i < SERVER_MAX_CONNS; i++) {
+    for (i = 0; i < srv->conns_hi; i++) {
         if (srv->conns[i].fd >= 0 && srv->conns[i].dirty) {
             /* EAGAIN: the worker has unread wake-ups already */
             (void) !write(srv->conns[i].fd, "w", 1);
@@ -294,6 +296,9 @@ server_accept(server_t *srv)
 
         srv->conns[i].fd = fd;
         srv->conns[i].worker_id = srv->next_worker_id++;
+        if (i >= srv->conns_hi) {
+            srv->conns_hi = i + 1;
+        }
         srv->conns[i].dirty = 0;
 
         log_info("nginx worker connected (id %u)", srv->conns[i].worker_id);
