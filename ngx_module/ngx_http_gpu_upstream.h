@@ -27,6 +27,8 @@
 /* what the balancer measured itself */
 #define NGX_HTTP_GPU_MEASURED_RT         0x01
 #define NGX_HTTP_GPU_MEASURED_TTFB       0x02
+#define NGX_HTTP_GPU_MEASURED_QUEUE      0x04
+#define NGX_HTTP_GPU_MEASURED_KV         0x08
 
 
 /* a node's load report, "X-GPU-Load: queue=3,running=12,kv=0.42,..." */
@@ -56,6 +58,8 @@ typedef struct {
     ngx_http_gpu_upstream_load_t    load;         /* the last report */
     ngx_msec_t                      load_time;
     ngx_uint_t                      reports;
+    ngx_uint_t                      queue;        /* EWMA, 1/1000 */
+    ngx_uint_t                      kv;           /* EWMA, 1/1000 */
 
     ngx_uint_t                      measured;
     ngx_uint_t                      rt;           /* EWMA, microseconds */

@@ -12,31 +12,33 @@
  * Every interval one worker computes, for every peer of a tier (the
  * primary servers, then the backup ones):
  *
- *     ratio   = ((its latency + noise) / (the tier's best + noise)) ^ conf
- *               / 1.1, at least 1
- *
- * where the latency is the node's time per output token, or its request
- * latency where no node of the tier reports that; for nodes that report
- * neither, the geometric mean of the balancer's EWMAs of the time to the
- * response header and of the response time.  noise is 20us for the time
- * per token and 5ms for the others: jitter is no signal.  The balancer's
- * measurements and the queue grow with the load a peer gets, which the
- * requests in flight account for already when picking; where the node
- * reports its speed, they stay out of the ratio, or the weights would
- * chase their own load and herd.
+ *     ratio   = max(1, ((latency + noise) / (best + noise)) ^ conf / 1.1)
  *     factor  = ratio ^ -latency_weight
  *               / (1 + conf * (queue_weight * queue + kv_weight * kv))
- *     weight  = static weight * factor * backoff
+ *     weight  = static weight * factor * backoff, at least 1% of the
+ *               static weight
  *
- * with a floor of 1% of the static weight.  conf, from 0 to 1, is the
- * confidence in a peer's figures: a quarter more with each of its first
- * four answers, a quarter less every interval once ten intervals passed
- * without an answer.  So a peer starts from the average, a peer that was
- * not picked for a while (too slow, or failed) is probed back in from the
- * average, and one outlying answer moves little.  A peer that failed,
- * timed out, answered 429 or 503, or reported itself overloaded has its
- * backoff multiplied by the backoff parameter at once; it doubles back to
- * 1 every interval.
+ * The latency is the node's time per output token, or its request latency
+ * where no node of the tier reports that; for nodes that report neither,
+ * the geometric mean of the balancer's EWMAs of the time to the response
+ * header and of the response time.  best is the tier's lowest.  noise is
+ * 20us for the time per token and 5ms for the others, and within 10% of
+ * the best is as good as the best: jitter is no signal.  The balancer's
+ * measurements grow with the load it sends a peer, which the requests in
+ * flight account for already when picking; where the nodes report their
+ * speed, the measurements stay out of the ratio, or the weights would
+ * chase their own load and herd.  queue and kv are EWMAs (alpha 1/4) of
+ * the reported ones.
+ *
+ * conf, from 0 to 1, is the confidence in a peer's figures: a quarter
+ * more with each of its first four answers, a quarter less every interval
+ * once ten intervals passed without an answer.  So a peer starts from the
+ * average, a peer that was not picked for a while (too slow, or failed) is
+ * probed back in from the average, and one outlying answer moves little.
+ *
+ * A peer that failed, timed out, answered 429 or 503, or reported itself
+ * overloaded has its backoff (and its weight, at once) multiplied by the
+ * backoff parameter; the backoff doubles back to 1 every interval.
  */
 
 
@@ -319,6 +321,20 @@ ngx_http_gpu_upstream_report(ngx_http_gpu_upstream_srv_conf_t *gucf,
     ngx_shmtx_lock(&gucf->shpool->mutex);
 
     if (h) {
+
+        /* snapshots of a moving queue: averaged for the weights */
+
+        if (load.fields & NGX_HTTP_GPU_LOAD_QUEUE) {
+            ngx_http_gpu_upstream_ewma(&peer->queue, &peer->measured,
+                                       NGX_HTTP_GPU_MEASURED_QUEUE,
+                                       load.queue * 1000);
+        }
+
+        if (load.fields & NGX_HTTP_GPU_LOAD_KV) {
+            ngx_http_gpu_upstream_ewma(&peer->kv, &peer->measured,
+                                       NGX_HTTP_GPU_MEASURED_KV, load.kv);
+        }
+
         peer->load = load;
         peer->load_time = now;
         peer->reports++;
@@ -614,14 +630,10 @@ ngx_http_gpu_upstream_tier(ngx_http_gpu_upstream_srv_conf_t *gucf,
         factor = pow(ratio, -(double) gucf->latency_weight
                             / NGX_HTTP_GPU_UPSTREAM_ONE);
 
-        if (st->load.fields) {
-            factor /= 1.0
-                      + conf * ((double) gucf->queue_weight * st->load.queue
-                                / NGX_HTTP_GPU_UPSTREAM_ONE
-                                + (double) gucf->kv_weight * st->load.kv
-                                  / NGX_HTTP_GPU_UPSTREAM_ONE
-                                  / NGX_HTTP_GPU_UPSTREAM_ONE);
-        }
+        factor /= 1.0
+                  + conf * ((double) gucf->queue_weight * st->queue
+                            + (double) gucf->kv_weight * st->kv)
+                    / NGX_HTTP_GPU_UPSTREAM_ONE / NGX_HTTP_GPU_UPSTREAM_ONE;
 
         w = (double) peer->weight * factor * st->backoff;
         floor = (double) peer->weight * NGX_HTTP_GPU_UPSTREAM_ONE / 100;
