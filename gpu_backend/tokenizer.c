@@ -154,51 +154,7 @@ tk_err(char *err, size_t errlen, const char *fmt, ...)
 }
 
 
-/* ---- UTF-8 ---------------------------------------------------------- */
-
-/* byte length of the valid character at s (RFC 3629), or 0 if invalid */
-static int
-u8_len(const unsigned char *s, size_t n, uint32_t *cp)
-{
-    unsigned char b = s[0];
-    int           len, i;
-    uint32_t      c;
-
-    if (b < 0x80) {
-        *cp = b;
-        return 1;
-    }
-    if (b >= 0xc2 && b <= 0xdf) {
-        len = 2;
-        c = b & 0x1f;
-    } else if (b >= 0xe0 && b <= 0xef) {
-        len = 3;
-        c = b & 0x0f;
-    } else if (b >= 0xf0 && b <= 0xf4) {
-        len = 4;
-        c = b & 0x07;
-    } else {
-        return 0;
-    }
-    if ((size_t) len > n) {
-        return 0;
-    }
-    for (i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80) {
-            return 0;
-        }
-        c = (c << 6) | (s[i] & 0x3f);
-    }
-    /* overlong, surrogate, above U+10FFFF */
-    if ((len == 3 && c < 0x800) || (len == 4 && c < 0x10000)
-        || (c >= 0xd800 && c <= 0xdfff) || c > 0x10ffff)
-    {
-        return 0;
-    }
-    *cp = c;
-    return len;
-}
-
+/* ---- UTF-8: characters are read with uc_utf8_len() (unicode.h) ---- */
 
 /* Rust's char::is_whitespace (Unicode White_Space), as HF's strip uses */
 static int
@@ -244,7 +200,7 @@ u8_before(const unsigned char *s, size_t from, size_t end, uint32_t *cp)
     while (p > from && end - p < 4) {
         p--;
         if ((s[p] & 0xc0) != 0x80) {
-            k = u8_len(s + p, end - p, cp);
+            k = uc_utf8_len(s + p, end - p, cp);
             return (k > 0 && p + (size_t) k == end) ? k : 0;
         }
     }
@@ -481,7 +437,7 @@ find_added(const tokenizer_t *t, int normd, const char *str, size_t n,
         stop = p + a->plen;
         if (a->single_word
             && ((start > 0 && u8_before(s, 0, start, &c) && u8_is_word(c))
-                || (stop < n && u8_len(s + stop, n - stop, &c)
+                || (stop < n && uc_utf8_len(s + stop, n - stop, &c)
                     && u8_is_word(c))))
         {
             p = stop;
@@ -493,7 +449,7 @@ find_added(const tokenizer_t *t, int normd, const char *str, size_t n,
             }
         }
         if (a->rstrip) {
-            while (stop < n && (len = u8_len(s + stop, n - stop, &c))
+            while (stop < n && (len = uc_utf8_len(s + stop, n - stop, &c))
                    && u8_is_space(c))
             {
                 stop += len;
@@ -694,7 +650,7 @@ bpe(enc_t *e, const char *w, size_t n)
         }
     }
     for (p = 0; !t->byte_level && p < n; p += len) {
-        len = u8_len(s + p, n - p, &c);
+        len = uc_utf8_len(s + p, n - p, &c);
         id = -1;
         if (len > 0) {
             id = vocab_find(t, w + p, len);
