@@ -883,11 +883,11 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
     e->started = 1;
     *kv_blocks = e->n_kv_blocks;
     {
-        int improved, tuned = gemm_tuned(e->gemm, &improved);
+        int improved, gemv, tuned = gemm_tuned(e->gemm, &improved, &gemv);
         if (tuned > 0) {
             log_info("cuda engine: %d decode matrix-product shapes tuned, "
-                     "%d with another kernel than cuBLAS's first pick",
-                     tuned, improved);
+                     "%d with another kernel than cuBLAS's first pick, %d "
+                     "with gemv_cuda's", tuned, improved, gemv);
         }
     }
     log_info("cuda engine on %s: %s (sm_%d%d, %zu MiB); weights %s %zu MiB, "

@@ -9,6 +9,7 @@
 #include <cublasLt.h>
 
 #include "gemm_cuda.h"
+#include "gemv_cuda.h"
 
 #define MAX_SHAPES  128
 #define CANDIDATES  8
@@ -19,6 +20,7 @@ typedef struct {
     cublasLtMatmulDesc_t     op;
     cublasLtMatrixLayout_t   a, b, c;   /* w, in, out */
     cublasLtMatmulAlgo_t     algo;
+    int                      gemv;      /* gemv_cuda.cu's kernel won */
 } shape_t;
 
 struct gemm_s {
@@ -29,7 +31,8 @@ struct gemm_s {
     size_t              ws_bytes;
     cudaDataType_t      in_type;
     cudaEvent_t         ev0, ev1;
-    int                 n_shapes, improved;
+    int                 n_shapes, improved, n_gemv;
+    int                 use_gemv;       /* NGX_GPU_GEMV=0: cuBLAS only */
     shape_t             shapes[MAX_SHAPES];
 };
 
@@ -47,6 +50,8 @@ gemm_create(cudaStream_t s, cublasHandle_t blas, void *ws, size_t ws_bytes,
     g->ws = ws;
     g->ws_bytes = ws_bytes;
     g->in_type = in_type;
+    g->use_gemv = getenv("NGX_GPU_GEMV") == NULL
+                  || strcmp(getenv("NGX_GPU_GEMV"), "0") != 0;
     if (cublasLtCreate(&g->lt) != CUBLAS_STATUS_SUCCESS
         || cudaEventCreate(&g->ev0) != cudaSuccess
         || cudaEventCreate(&g->ev1) != cudaSuccess)
@@ -104,12 +109,18 @@ lt_run(gemm_t *g, const shape_t *sh, const cublasLtMatmulAlgo_t *algo,
 {
     const float one = 1.0f, zero = 0.0f;
 
+    if (algo == NULL) {
+        return gemv_run(g->stream, g->in_type, out, in, w, sh->M, sh->K,
+                        sh->N) == cudaSuccess
+               ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
+    }
     return cublasLtMatmul(g->lt, sh->op, &one, w, sh->a, in, sh->b, &zero,
                           out, sh->c, out, sh->c, algo, g->ws, g->ws_bytes,
                           g->stream);
 }
 
-/* mean time of TUNE_RUNS runs in ms, after one warm-up; -1 if it fails */
+/* mean time of TUNE_RUNS runs in ms, after one warm-up; -1 if it fails;
+ * algo NULL times gemv_cuda.cu's kernel */
 static float
 timed(gemm_t *g, const shape_t *sh, const cublasLtMatmulAlgo_t *algo,
     float *out, const void *in, const void *w)
@@ -200,6 +211,15 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
     }
     g->improved += best != 0;
     sh.algo = res[best].algo;
+
+    /* our own kernel for few rows, kept only where it is faster */
+    if (g->use_gemv && gemv_supported(g->in_type, M, K)) {
+        float ms = timed(g, &sh, NULL, out, in, w);
+        if (ms > 0.0f && ms < best_ms) {
+            sh.gemv = 1;
+            g->n_gemv++;
+        }
+    }
     g->shapes[g->n_shapes++] = sh;
     cublasLtMatmulPreferenceDestroy(pref);
     return 0;
@@ -219,7 +239,7 @@ gemm_run(gemm_t *g, float *out, const void *in, const void *w, int M,
     const shape_t *sh = find(g, M, K, N);
 
     if (sh != NULL) {
-        return lt_run(g, sh, &sh->algo, out, in, w);
+        return lt_run(g, sh, sh->gemv ? NULL : &sh->algo, out, in, w);
     }
     return cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one,
                         w, g->in_type, K, in, g->in_type, K, &zero,
@@ -228,8 +248,9 @@ gemm_run(gemm_t *g, float *out, const void *in, const void *w, int M,
 }
 
 int
-gemm_tuned(const gemm_t *g, int *improved)
+gemm_tuned(const gemm_t *g, int *improved, int *gemv)
 {
     *improved = g->improved;
+    *gemv = g->n_gemv;
     return g->n_shapes;
 }

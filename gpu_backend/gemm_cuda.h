@@ -7,7 +7,8 @@
  * of kernel (tile, split-K) decides how much of the memory bandwidth is
  * used.  So the shapes of the decode graphs are tuned once, at start:
  * cuBLASLt's heuristic candidates for each are timed on the engine's own
- * buffers and the fastest is kept.  Every other shape (prefill, mixed
+ * buffers, with gemv_cuda.cu's kernel for M <= GEMV_MAX_M beside them,
+ * and the fastest is kept.  Every other shape (prefill, mixed
  * steps) goes through cublasGemmEx.  Nothing here allocates device
  * memory: the workspace is the caller's.
  */
@@ -22,6 +23,10 @@
 
 typedef struct gemm_s  gemm_t;
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 gemm_t *gemm_create(cudaStream_t s, cublasHandle_t blas, void *ws,
     size_t ws_bytes, cudaDataType_t in_type);
 void gemm_destroy(gemm_t *g);
@@ -35,7 +40,12 @@ int gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
 cublasStatus_t gemm_run(gemm_t *g, float *out, const void *in,
     const void *w, int M, int K, int N);
 
-/* tuned shapes so far, and how many of them beat cuBLAS's first pick */
-int gemm_tuned(const gemm_t *g, int *improved);
+/* tuned shapes so far, how many of them beat cuBLAS's first pick, and
+ * how many run gemv_cuda.cu's kernel */
+int gemm_tuned(const gemm_t *g, int *improved, int *gemv);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* GPU_GEMM_CUDA_H */

@@ -1,0 +1,38 @@
+/*
+ * gemv_cuda.h - matrix products of few rows: out[M,N] (f32) = in[M,K] @
+ * w[N,K]^T for M <= GEMV_MAX_M, in and w in the storage dtype.
+ *
+ * A decode step of a few sequences reads every weight once and does two
+ * FLOPs per weight and row: the time is the weight bytes over the memory
+ * bandwidth.  cuBLAS's kernels for M = 1..8 leave a third of the
+ * bandwidth unused at these shapes (too few tiles, or a split-K reduce),
+ * so this is a kernel whose only job is to stream the weights: one warp
+ * per output row, 16-byte loads, several in flight per thread, the few
+ * input rows read through the L1 cache.  gemm_cuda.c times it against
+ * cuBLASLt's candidates at start and keeps whichever is faster.
+ */
+
+#ifndef GPU_GEMV_CUDA_H
+#define GPU_GEMV_CUDA_H
+
+#include <cuda_runtime.h>
+#include <library_types.h>
+
+#define GEMV_MAX_M  8
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* whether the kernel takes this shape and dtype */
+int gemv_supported(cudaDataType_t dt, int M, int K);
+
+/* queue the product on the stream (capturable) */
+cudaError_t gemv_run(cudaStream_t s, cudaDataType_t dt, float *out,
+    const void *in, const void *w, int M, int K, int N);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GPU_GEMV_CUDA_H */

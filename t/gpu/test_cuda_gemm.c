@@ -1,0 +1,280 @@
+/*
+ * test_cuda_gemm.c - the matrix products of the CUDA engine against a
+ * plain CPU reference (double sums over the same rounded inputs):
+ * gemv_cuda's kernel for every M it takes, every storage dtype and odd
+ * shapes; gemm_cuda's tuned path (which picks gemv or cuBLASLt per
+ * shape) and its cuBLAS fallback.  The inputs are rounded to the storage
+ * dtype before the reference sees them, so the only difference left is
+ * the order of f32 sums.  Also prints, for the decode shapes of a 1B
+ * Llama, the time and bandwidth of gemv against cuBLAS (information for
+ * docs/GPU-NOTES.md; nothing is checked on time).
+ */
+
+#include <stdint.h>
+#include <cuda_runtime_api.h>
+#include <cublas_v2.h>
+
+#include "unit.h"
+#include "kernels_cuda.h"
+#include "gemm_cuda.h"
+#include "gemv_cuda.h"
+#include "sampler.h"
+
+static uint64_t rng_state = 0x6a09e667f3bcc908ull;
+
+static float
+frand(void)                     /* uniform in [-1, 1) */
+{
+    return (float) (sampler_next(&rng_state) >> 40) / 8388608.0f - 1.0f;
+}
+
+static void *
+dalloc(size_t n)
+{
+    void *d = NULL;
+
+    if (cudaMalloc(&d, n) != cudaSuccess) {
+        fprintf(stderr, "cudaMalloc %zu failed\n", n);
+        exit(1);
+    }
+    cudaMemset(d, 0xff, n);                 /* NaN in every float type */
+    return d;
+}
+
+/* n random values, rounded in place to dt, copied to the device in dt */
+static void *
+drand_dt(kc_dtype_t dt, float *h, size_t n)
+{
+    void *tmp = malloc(n * 4), *d;
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        h[i] = frand();
+    }
+    kc_from_f32(dt, tmp, h, n);
+    kc_to_f32(dt, h, tmp, n);
+    d = dalloc(n * kc_dtype_size(dt));
+    cudaMemcpy(d, tmp, n * kc_dtype_size(dt), cudaMemcpyHostToDevice);
+    free(tmp);
+    return d;
+}
+
+static cudaDataType_t
+cuda_dt(kc_dtype_t dt)
+{
+    return dt == KC_F32 ? CUDA_R_32F : dt == KC_BF16 ? CUDA_R_16BF
+                                                     : CUDA_R_16F;
+}
+
+/* ||got - ref|| / ||ref|| over out[M,N] = in[M,K] w[N,K]^T */
+static double
+product_err(const float *got, const float *in, const float *w, int M,
+    int K, int N)
+{
+    double num = 0, den = 0;
+    int m, n, k;
+
+    for (m = 0; m < M; m++) {
+        for (n = 0; n < N; n++) {
+            double ref = 0, d;
+            for (k = 0; k < K; k++) {
+                ref += (double) in[(size_t) m * K + k] * w[(size_t) n * K + k];
+            }
+            if (isnan(got[(size_t) m * N + n])) {
+                return INFINITY;
+            }
+            d = got[(size_t) m * N + n] - ref;
+            num += d * d;
+            den += ref * ref;
+        }
+    }
+    return sqrt(num / den);
+}
+
+typedef struct {
+    cudaStream_t     s;
+    cublasHandle_t   blas;
+    void            *ws;
+    gemm_t          *g;
+} ctx_t;
+
+#define WS_BYTES  ((size_t) 32 << 20)
+
+static int
+ctx_open(ctx_t *c, kc_dtype_t dt)
+{
+    memset(c, 0, sizeof(*c));
+    if (cudaStreamCreate(&c->s) != cudaSuccess
+        || cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS
+        || cublasSetStream(c->blas, c->s) != CUBLAS_STATUS_SUCCESS)
+    {
+        return -1;
+    }
+    c->ws = dalloc(WS_BYTES);
+    cublasSetWorkspace(c->blas, c->ws, WS_BYTES);
+    c->g = gemm_create(c->s, c->blas, c->ws, WS_BYTES, cuda_dt(dt));
+    return c->g != NULL ? 0 : -1;
+}
+
+static void
+ctx_close(ctx_t *c)
+{
+    gemm_destroy(c->g);
+    cublasDestroy(c->blas);
+    cudaStreamDestroy(c->s);
+    cudaFree(c->ws);
+}
+
+/* gemv directly, and gemm_cuda's tuned path, for one shape */
+static void
+test_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
+{
+    double tol = 1e-5;
+    float *in = malloc((size_t) M * K * 4), *w = malloc((size_t) N * K * 4);
+    float *got = malloc((size_t) M * N * 4);
+    void *d_in = drand_dt(dt, in, (size_t) M * K);
+    void *d_w = drand_dt(dt, w, (size_t) N * K);
+    float *d_out = dalloc((size_t) M * N * 4);
+    double e;
+    cudaError_t r;
+
+    if (gemv_supported(cuda_dt(dt), M, K)) {
+        r = gemv_run(c->s, cuda_dt(dt), d_out, d_in, d_w, M, K, N);
+        cudaStreamSynchronize(c->s);
+        cudaMemcpy(got, d_out, (size_t) M * N * 4, cudaMemcpyDeviceToHost);
+        e = product_err(got, in, w, M, K, N);
+        CHECK(r == cudaSuccess && e < tol, "gemv %s M=%d K=%d N=%d: %s, "
+              "rel err %.2e", kc_dtype_name(dt), M, K, N,
+              cudaGetErrorString(r), e);
+        cudaMemset(d_out, 0xff, (size_t) M * N * 4);
+    } else {
+        CHECK(gemv_run(c->s, cuda_dt(dt), d_out, d_in, d_w, M, K, N)
+              == cudaErrorInvalidValue, "gemv refuses M=%d K=%d", M, K);
+    }
+
+    gemm_tune(c->g, d_out, d_in, d_w, M, K, N);
+    cudaMemset(d_out, 0xff, (size_t) M * N * 4);
+    CHECK(gemm_run(c->g, d_out, d_in, d_w, M, K, N) == CUBLAS_STATUS_SUCCESS,
+          "gemm_run %s M=%d K=%d N=%d", kc_dtype_name(dt), M, K, N);
+    cudaStreamSynchronize(c->s);
+    cudaMemcpy(got, d_out, (size_t) M * N * 4, cudaMemcpyDeviceToHost);
+    e = product_err(got, in, w, M, K, N);
+    CHECK(e < tol, "tuned gemm %s M=%d K=%d N=%d: rel err %.2e",
+          kc_dtype_name(dt), M, K, N, e);
+
+    cudaFree(d_in);
+    cudaFree(d_w);
+    cudaFree(d_out);
+    free(in);
+    free(w);
+    free(got);
+}
+
+/* mean µs of 50 runs, after 5 warm-ups; gemv when use_gemv, else cuBLAS */
+static double
+time_us(ctx_t *c, int use_gemv, void *out, void *in, void *w, int M, int K,
+    int N)
+{
+    cudaEvent_t a, b;
+    float ms = 0;
+    int i;
+    const float one = 1.0f, zero = 0.0f;
+
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    for (i = -5; i < 50; i++) {
+        if (i == 0) {
+            cudaEventRecord(a, c->s);
+        }
+        if (use_gemv) {
+            gemv_run(c->s, CUDA_R_16BF, out, in, w, M, K, N);
+        } else {
+            cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one,
+                         w, CUDA_R_16BF, K, in, CUDA_R_16BF, K, &zero, out,
+                         CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT);
+        }
+    }
+    cudaEventRecord(b, c->s);
+    cudaEventSynchronize(b);
+    cudaEventElapsedTime(&ms, a, b);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    return ms * 1000.0 / 50;
+}
+
+static void
+report_bandwidth(void)
+{
+    static const int shapes[][2] = {    /* K, N: Llama-3.2-1B's products */
+        { 2048, 3072 }, { 2048, 2048 }, { 2048, 16384 }, { 8192, 2048 },
+        { 2048, 128256 },
+    };
+    ctx_t c;
+    size_t i;
+    int M;
+
+    if (ctx_open(&c, KC_BF16) != 0) {
+        return;
+    }
+    for (i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
+        int K = shapes[i][0], N = shapes[i][1];
+        void *w = dalloc((size_t) N * K * 2), *in = dalloc((size_t) 8 * K * 2);
+        void *out = dalloc((size_t) 8 * N * 4);
+
+        cudaMemset(w, 0, (size_t) N * K * 2);
+        cudaMemset(in, 0, (size_t) 8 * K * 2);
+        for (M = 1; M <= 8; M *= 2) {
+            double tg = time_us(&c, 1, out, in, w, M, K, N);
+            double tb = time_us(&c, 0, out, in, w, M, K, N);
+            double gb = (double) N * K * 2 / 1e3;      /* bytes / µs / 1e3 */
+            printf("bf16 M=%d K=%5d N=%6d: gemv %7.1f us %6.0f GB/s, "
+                   "cublas %7.1f us %6.0f GB/s\n", M, K, N, tg, gb / tg,
+                   tb, gb / tb);
+        }
+        cudaFree(w);
+        cudaFree(in);
+        cudaFree(out);
+    }
+    ctx_close(&c);
+}
+
+int
+main(void)
+{
+    int n = 0, d, M;
+    static const int shapes[][2] = {    /* K, N */
+        { 8, 5 }, { 64, 1 }, { 896, 1152 }, { 2048, 333 }, { 8200, 37 },
+        { 2056, 4099 },
+    };
+
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        SKIP("no CUDA device");
+        return unit_report("test_cuda_gemm");
+    }
+    for (d = KC_F32; d <= KC_F16; d++) {
+        kc_dtype_t dt = (kc_dtype_t) d;
+        ctx_t c;
+        size_t i;
+        int tuned, improved, gemv;
+
+        if (ctx_open(&c, dt) != 0) {
+            CHECK(0, "cuBLAS / stream set-up failed");
+            continue;
+        }
+        for (i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
+            for (M = 1; M <= GEMV_MAX_M; M++) {
+                test_shape(&c, dt, M, shapes[i][0], shapes[i][1]);
+            }
+        }
+        /* beyond what gemv takes: cuBLAS only */
+        test_shape(&c, dt, 9, 896, 100);
+        test_shape(&c, dt, 2, 12, 7);
+        tuned = gemm_tuned(c.g, &improved, &gemv);
+        printf("%s: %d shapes tuned, %d beat cuBLAS's first pick, %d run "
+               "gemv\n", kc_dtype_name(dt), tuned, improved, gemv);
+        ctx_close(&c);
+    }
+    report_bandwidth();
+    return unit_report("test_cuda_gemm");
+}
