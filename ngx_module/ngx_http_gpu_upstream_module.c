@@ -13,8 +13,9 @@
  * (EWMA of the response time and of the time to the response header,
  * requests in flight).  One worker per interval turns those signals into
  * effective weights in a shared zone (ngx_http_gpu_upstream_weights.c);
- * every worker picks with two random choices over the effective weights
- * and takes the one with fewer requests in flight per weight.
+ * every worker picks with two random choices, drawn by the effective
+ * weights halved for every request a peer has in flight beyond the least
+ * busy peer, and takes the one with fewer requests in flight per weight.
  *
  *
  * Syntax:  gpu_adaptive [zone=name[:size]] [interval=time]
@@ -41,6 +42,8 @@
  *     ?format=prometheus as Prometheus text.
  */
 
+
+#include <math.h>
 
 #include "ngx_http_gpu_upstream.h"
 
@@ -76,8 +79,11 @@ static ngx_int_t ngx_http_upstream_get_gpu_adaptive_peer(
     ngx_peer_connection_t *pc, void *data);
 static ngx_http_upstream_rr_peer_t *ngx_http_gpu_upstream_peek(
     ngx_http_gpu_upstream_peer_data_t *pd, ngx_http_upstream_rr_peers_t *peers,
-    ngx_uint_t base, time_t now, ngx_uint_t x,
+    ngx_uint_t base, time_t now, double x, ngx_uint_t least,
     ngx_http_upstream_rr_peer_t *skip, ngx_uint_t *index);
+static double ngx_http_gpu_upstream_share(
+    ngx_http_gpu_upstream_srv_conf_t *gucf, ngx_uint_t i, ngx_uint_t least);
+static double ngx_http_gpu_upstream_random(void);
 static ngx_uint_t ngx_http_gpu_upstream_usable(
     ngx_http_upstream_rr_peer_data_t *rrp, ngx_http_upstream_rr_peer_t *peer,
     ngx_uint_t i, time_t now);
@@ -428,11 +434,12 @@ ngx_http_upstream_get_gpu_adaptive_peer(ngx_peer_connection_t *pc,
 {
     ngx_http_gpu_upstream_peer_data_t  *pd = data;
 
+    double                             total, rest;
     time_t                             now;
     uint64_t                           a, b;
     uintptr_t                          m;
     ngx_int_t                          rc;
-    ngx_uint_t                         i, n, p, q, base, total, w;
+    ngx_uint_t                         i, n, p, q, base, least, w;
     ngx_http_upstream_rr_peer_t       *peer, *best, *other;
     ngx_http_upstream_rr_peers_t      *peers, *primary;
     ngx_http_gpu_upstream_shctx_t     *sh;
@@ -467,15 +474,32 @@ ngx_http_upstream_get_gpu_adaptive_peer(ngx_peer_connection_t *pc,
 
     ngx_http_upstream_rr_peers_wlock(peers);
 
+    /* the fewest requests in flight of the usable peers */
+
+    least = (ngx_uint_t) -1;
+
+    for (peer = peers->peer, i = 0; peer; peer = peer->next, i++) {
+        if (ngx_http_gpu_upstream_usable(rrp, peer, i, now)
+            && base + i < sh->number
+            && sh->peer[base + i].inflight < least)
+        {
+            least = sh->peer[base + i].inflight;
+        }
+    }
+
+    if (least == (ngx_uint_t) -1) {
+        least = 0;
+    }
+
     total = 0;
 
     for (peer = peers->peer, i = 0; peer; peer = peer->next, i++) {
         if (ngx_http_gpu_upstream_usable(rrp, peer, i, now)) {
-            total += ngx_http_gpu_upstream_weight(sh, base + i);
+            total += ngx_http_gpu_upstream_share(gucf, base + i, least);
         }
     }
 
-    if (total == 0) {
+    if (total <= 0) {
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, pc->log, 0,
                        "get gpu adaptive peer, no peer found");
 
@@ -483,45 +507,53 @@ ngx_http_upstream_get_gpu_adaptive_peer(ngx_peer_connection_t *pc,
     }
 
     /*
-     * two random choices over the effective weights; of the two, the one
-     * with fewer requests in flight per effective weight
+     * two random choices, each drawn by its effective weight halved for
+     * every request in flight more than the least busy peer has (the
+     * counts are live and shared, so this herds no worker); of the two,
+     * the one with fewer requests in flight per effective weight
      */
 
     best = ngx_http_gpu_upstream_peek(pd, peers, base, now,
-                                      ngx_random() % total, NULL, &p);
+                                      total * ngx_http_gpu_upstream_random(),
+                                      least, NULL, &p);
 
     if (best == NULL) {
         goto failed;
     }
 
-    w = ngx_http_gpu_upstream_weight(sh, base + p);
+    rest = total - ngx_http_gpu_upstream_share(gucf, base + p, least);
 
-    if (total > w) {
+    other = NULL;
+
+    if (rest > 0) {
         other = ngx_http_gpu_upstream_peek(pd, peers, base, now,
-                                           ngx_random() % (total - w), best,
-                                           &q);
+                                           rest
+                                           * ngx_http_gpu_upstream_random(),
+                                           least, best, &q);
+    }
 
-        if (other) {
-            a = ((uint64_t) NGX_HTTP_GPU_UPSTREAM_ONE
-                 + (uint64_t) gucf->inflight_weight
-                   * sh->peer[base + q].inflight)
-                * w;
+    if (other) {
+        w = ngx_http_gpu_upstream_weight(sh, base + p);
 
-            b = ((uint64_t) NGX_HTTP_GPU_UPSTREAM_ONE
-                 + (uint64_t) gucf->inflight_weight
-                   * sh->peer[base + p].inflight)
-                * ngx_http_gpu_upstream_weight(sh, base + q);
+        a = ((uint64_t) NGX_HTTP_GPU_UPSTREAM_ONE
+             + (uint64_t) gucf->inflight_weight
+               * sh->peer[base + q].inflight)
+            * w;
 
-            ngx_log_debug4(NGX_LOG_DEBUG_HTTP, pc->log, 0,
-                           "get gpu adaptive peer, choices: %ui %ui, "
-                           "scores: %uL %uL", p, q, b, a);
+        b = ((uint64_t) NGX_HTTP_GPU_UPSTREAM_ONE
+             + (uint64_t) gucf->inflight_weight
+               * sh->peer[base + p].inflight)
+            * ngx_http_gpu_upstream_weight(sh, base + q);
 
-            /* within 10% the first choice stays: a random pick by weight */
+        ngx_log_debug4(NGX_LOG_DEBUG_HTTP, pc->log, 0,
+                       "get gpu adaptive peer, choices: %ui %ui, "
+                       "scores: %uL %uL", p, q, b, a);
 
-            if (a * 10 < b * 9) {
-                best = other;
-                p = q;
-            }
+        /* within 10% the first choice stays: a random pick by weight */
+
+        if (a * 10 < b * 9) {
+            best = other;
+            p = q;
         }
     }
 
@@ -589,14 +621,16 @@ failed:
 }
 
 
-/* the usable peer where the cumulative effective weight passes x */
+/* the usable peer where the cumulative share passes x */
 
 static ngx_http_upstream_rr_peer_t *
 ngx_http_gpu_upstream_peek(ngx_http_gpu_upstream_peer_data_t *pd,
     ngx_http_upstream_rr_peers_t *peers, ngx_uint_t base, time_t now,
-    ngx_uint_t x, ngx_http_upstream_rr_peer_t *skip, ngx_uint_t *index)
+    double x, ngx_uint_t least, ngx_http_upstream_rr_peer_t *skip,
+    ngx_uint_t *index)
 {
-    ngx_uint_t                    i, sum;
+    double                        sum;
+    ngx_uint_t                    i;
     ngx_http_upstream_rr_peer_t  *peer, *last;
 
     sum = 0;
@@ -610,7 +644,7 @@ ngx_http_gpu_upstream_peek(ngx_http_gpu_upstream_peer_data_t *pd,
             continue;
         }
 
-        sum += ngx_http_gpu_upstream_weight(pd->conf->sh, base + i);
+        sum += ngx_http_gpu_upstream_share(pd->conf, base + i, least);
 
         last = peer;
         *index = i;
@@ -620,9 +654,47 @@ ngx_http_gpu_upstream_peek(ngx_http_gpu_upstream_peer_data_t *pd,
         }
     }
 
-    /* weights recomputed meanwhile by another worker */
+    /* weights or counts changed meanwhile in another worker */
 
     return last;
+}
+
+
+/*
+ * a peer's chance to be drawn: its effective weight, halved for every
+ * request it has in flight more than the least busy usable peer (times
+ * inflight_weight); 0 draws by the effective weight only
+ */
+
+static double
+ngx_http_gpu_upstream_share(ngx_http_gpu_upstream_srv_conf_t *gucf,
+    ngx_uint_t i, ngx_uint_t least)
+{
+    double      d;
+    ngx_uint_t  x;
+
+    x = (i < gucf->sh->number) ? gucf->sh->peer[i].inflight : 0;
+
+    d = (x > least) ? (double) (x - least) * gucf->inflight_weight
+                      / NGX_HTTP_GPU_UPSTREAM_ONE
+                    : 0;
+
+    /* far behind the others: rare, not never */
+
+    if (d > 30) {
+        d = 30;
+    }
+
+    return (double) ngx_http_gpu_upstream_weight(gucf->sh, i) * exp2(-d);
+}
+
+
+/* uniform in [0, 1) */
+
+static double
+ngx_http_gpu_upstream_random(void)
+{
+    return (double) (ngx_random() & 0x7fffffff) / 2147483648.0;
 }
 
 
