@@ -28,7 +28,8 @@ gpu_ring_cells(gpu_channel_header_t *h)
 uint64_t
 gpu_channel_layout(gpu_channel_header_t *h, uint32_t n_slots,
     uint32_t prompt_bytes_cap, uint32_t prompt_tokens_cap,
-    uint32_t max_new_tokens, uint32_t out_bytes_cap)
+    uint32_t max_new_tokens, uint32_t out_bytes_cap, uint32_t max_logprobs,
+    uint32_t lp_tokens, uint32_t vocab_size, uint64_t vocab_bytes)
 {
     uint32_t  cap;
     uint64_t  prompt_area, off;
@@ -43,6 +44,10 @@ gpu_channel_layout(gpu_channel_header_t *h, uint32_t n_slots,
     h->prompt_tokens_cap = prompt_tokens_cap;
     h->max_new_tokens = max_new_tokens;
     h->out_bytes_cap = out_bytes_cap;
+    h->max_logprobs = max_logprobs;
+    h->lp_tokens = lp_tokens;
+    h->vocab_size = vocab_size;
+    h->lp_stride = (uint32_t) GPU_ALIGN(GPU_TOKEN_LP_SIZE(max_logprobs), 8);
 
     h->ring_off = GPU_ALIGN(sizeof(gpu_channel_header_t), 64);
     h->ring_mask = cap - 1;
@@ -61,10 +66,17 @@ gpu_channel_layout(gpu_channel_header_t *h, uint32_t n_slots,
     h->tok_end_off = off;
     off = GPU_ALIGN(off + (uint64_t) max_new_tokens * 4, 64);
     h->out_off = off;
-    off = GPU_ALIGN(off + out_bytes_cap, 4096);
+    off = GPU_ALIGN(off + out_bytes_cap, 64);
+    h->lp_off = off;
+    off = GPU_ALIGN(off + (uint64_t) lp_tokens * h->lp_stride, 4096);
     h->slot_stride = off;
 
-    h->region_size = h->slots_off + (uint64_t) n_slots * h->slot_stride;
+    off = h->slots_off + (uint64_t) n_slots * h->slot_stride;
+    h->vocab_off = off;
+    h->vocab_bytes_off = GPU_ALIGN(off + (uint64_t) vocab_size * 4, 64);
+    h->vocab_bytes = vocab_bytes;
+
+    h->region_size = GPU_ALIGN(h->vocab_bytes_off + vocab_bytes, 4096);
 
     return h->region_size;
 }
@@ -114,9 +126,16 @@ gpu_channel_check(gpu_channel_header_t *h, uint64_t mapped_size)
 
     if ((cap & h->ring_mask) != 0 || cap < h->n_slots
         || h->ring_off + cap * sizeof(gpu_ring_cell_t) > h->slots_off
-        || h->out_off + h->out_bytes_cap > h->slot_stride
+        || h->out_off + h->out_bytes_cap > h->lp_off
+        || h->max_logprobs > GPU_LOGPROBS_MAX
+        || h->lp_stride < GPU_TOKEN_LP_SIZE(h->max_logprobs)
+        || h->lp_tokens > h->max_new_tokens
+        || h->lp_off + (uint64_t) h->lp_tokens * h->lp_stride
+           > h->slot_stride
         || h->slots_off + (uint64_t) h->n_slots * h->slot_stride
-           > h->region_size)
+           > h->vocab_off
+        || h->vocab_off + (uint64_t) h->vocab_size * 4 > h->vocab_bytes_off
+        || h->vocab_bytes_off + h->vocab_bytes > h->region_size)
     {
         return -1;
     }

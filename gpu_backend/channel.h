@@ -39,7 +39,7 @@
 #include <stddef.h>
 
 #define GPU_CHANNEL_MAGIC    0x4e475055u   /* "NGPU" */
-#define GPU_CHANNEL_VERSION  2u
+#define GPU_CHANNEL_VERSION  3u
 
 #define GPU_MODEL_NAME_LEN   128
 #define GPU_ENGINE_NAME_LEN  32
@@ -51,6 +51,9 @@
 /* stop strings: how many a request may give, and bytes each at most */
 #define GPU_STOP_MAX         4
 #define GPU_STOP_LEN         256
+
+/* alternatives per token a request may ask for at most (OpenAI: 20) */
+#define GPU_LOGPROBS_MAX     20
 
 /* sequences per forward step: histogram bucket upper bounds */
 #define GPU_BATCH_BUCKETS    10
@@ -149,6 +152,29 @@ typedef struct {
 
     /* the chat template the backend renders with; "": chat refused */
     char      chat_template[GPU_TEMPLATE_NAME_LEN];
+
+    /*
+     * logprobs: each slot has lp_tokens gpu_token_lp_t records of
+     * lp_stride bytes at lp_off, one per generated token, with room for
+     * max_logprobs alternatives (the backend's --max-logprobs and
+     * --logprobs-tokens); a request with logprobs may ask for at most
+     * lp_tokens tokens
+     */
+    uint32_t  max_logprobs;
+    uint32_t  lp_stride;
+    uint32_t  lp_tokens;
+    uint32_t  pad1;
+    uint64_t  lp_off;                       /* within a slot */
+
+    /*
+     * every token's text, for logprobs: at vocab_off, uint32
+     * vocab_end[vocab_size] (the end of token i's bytes, from
+     * vocab_bytes_off), then the bytes; written by the backend before
+     * ready.  A special token's text is its piece ("</s>").
+     */
+    uint64_t  vocab_off;
+    uint64_t  vocab_bytes_off;
+    uint64_t  vocab_bytes;
 } gpu_channel_header_t;
 
 typedef struct {
@@ -170,6 +196,12 @@ typedef struct {
     float     top_p;                        /* 1: off */
     uint64_t  seed;
     uint32_t  has_seed;
+    int32_t   top_k;                        /* <= 0: off */
+    float     presence_penalty;             /* -2 .. 2 */
+    float     frequency_penalty;            /* -2 .. 2 */
+    int32_t   logprobs;                     /* -1: none; else the number
+                                               of alternatives, at most
+                                               header->max_logprobs */
     uint32_t  pad0;
     uint64_t  submit_ns;                    /* CLOCK_REALTIME */
 
@@ -199,9 +231,29 @@ typedef struct {
      * followed at header->prompt_off by the prompt area, at
      * header->tok_end_off by uint32 tok_end[max_new_tokens] (the output
      * text offset after each generated token, for per-token streaming),
-     * and at header->out_off by the output text.
+     * at header->out_off by the output text, and at header->lp_off by
+     * lp_tokens logprobs records (when the request asked for them,
+     * record i is written before n_tokens becomes i + 1).
      */
 } gpu_slot_t;
+
+typedef struct {
+    int32_t   token;
+    float     logprob;
+} gpu_logprob_t;
+
+/* one generated token's logprobs: lp_stride bytes */
+typedef struct {
+    int32_t        token;
+    float          logprob;
+    uint32_t       text_offset;             /* output bytes before it */
+    uint32_t       n_top;
+    gpu_logprob_t  top[];                   /* n_top of them, most likely
+                                               first */
+} gpu_token_lp_t;
+
+#define GPU_TOKEN_LP_SIZE(n)                                              \
+    (offsetof(gpu_token_lp_t, top) + (size_t) (n) * sizeof(gpu_logprob_t))
 
 /* the hello message the backend sends with the memfd */
 typedef struct {
@@ -238,6 +290,25 @@ gpu_slot_out(gpu_channel_header_t *h, gpu_slot_t *s)
     return (char *) s + h->out_off;
 }
 
+static inline gpu_token_lp_t *
+gpu_slot_lp(gpu_channel_header_t *h, gpu_slot_t *s, uint32_t i)
+{
+    return (gpu_token_lp_t *) ((char *) s + h->lp_off
+                               + (uint64_t) i * h->lp_stride);
+}
+
+static inline uint32_t *
+gpu_vocab_end(gpu_channel_header_t *h)
+{
+    return (uint32_t *) ((char *) h + h->vocab_off);
+}
+
+static inline char *
+gpu_vocab_bytes(gpu_channel_header_t *h)
+{
+    return (char *) h + h->vocab_bytes_off;
+}
+
 static inline uint32_t
 gpu_load_acquire(uint32_t *p)
 {
@@ -258,10 +329,14 @@ gpu_slot_cas(gpu_slot_t *s, uint32_t expect, uint32_t desired)
 }
 
 
-/* region layout for given limits; fills the layout fields of h */
+/*
+ * region layout for given limits; fills the layout fields of h.
+ * vocab_size and vocab_bytes size the token text table.
+ */
 uint64_t gpu_channel_layout(gpu_channel_header_t *h, uint32_t n_slots,
     uint32_t prompt_bytes_cap, uint32_t prompt_tokens_cap,
-    uint32_t max_new_tokens, uint32_t out_bytes_cap);
+    uint32_t max_new_tokens, uint32_t out_bytes_cap, uint32_t max_logprobs,
+    uint32_t lp_tokens, uint32_t vocab_size, uint64_t vocab_bytes);
 
 /* initialise ring cells and slots in a zeroed region */
 void gpu_channel_init(gpu_channel_header_t *h);

@@ -232,6 +232,20 @@ check_items(engine_t *e, const engine_item_t *items, int n)
                 return -1;
             }
         }
+        if (it->n_logprobs < 0 || it->n_logprobs > ENGINE_MAX_LOGPROBS
+            || it->n_gen < 0 || (it->n_gen > 0 && it->gen == NULL))
+        {
+            e_err(e->err, sizeof(e->err), "item %d: n_logprobs %d or n_gen "
+                  "%d out of range", i, it->n_logprobs, it->n_gen);
+            return -1;
+        }
+        for (j = 0; it->sample && j < it->n_gen; j++) {
+            if (it->gen[j] < 0 || it->gen[j] >= e->vocab_size) {
+                e_err(e->err, sizeof(e->err), "item %d: generated token %d "
+                      "is not in the vocabulary", i, it->gen[j]);
+                return -1;
+            }
+        }
         total += it->n_tokens;
         if (total > e->opts.max_batch_tokens) {
             e_err(e->err, sizeof(e->err), "more than %d tokens in a step "

@@ -33,7 +33,23 @@ typedef struct {
                                      config.json's torch_dtype */
 } engine_opts_t;
 
-/* one sequence's share of a step */
+/* alternatives a step reports per sampled token at most */
+#define ENGINE_MAX_LOGPROBS  20
+
+/*
+ * Log-probabilities of a sampled token: the model's own distribution,
+ * log_softmax(logits), before penalties, temperature, top_k and top_p
+ * (vLLM's default).  top: the n_top most likely tokens, most likely
+ * first, ties to the lower id.
+ */
+typedef struct {
+    float           logprob;      /* of the sampled token */
+    int32_t         n_top;
+    int32_t         top_id[ENGINE_MAX_LOGPROBS];
+    float           top_logprob[ENGINE_MAX_LOGPROBS];
+} engine_logprobs_t;
+
+/* one sequence's share of a step; fields left 0 are off (sampler.h) */
 typedef struct {
     int32_t         seq;          /* KV-cache owner, 0 .. max_seqs-1 */
     int32_t         pos;          /* position of tokens[0] */
@@ -43,6 +59,16 @@ typedef struct {
     float           temperature;  /* 0: greedy */
     float           top_p;        /* 1: no nucleus cut */
     uint64_t       *rng;          /* per-sequence state, advanced */
+    int32_t         top_k;        /* <= 0: off */
+    float           presence_penalty;   /* OpenAI's; 0: off */
+    float           frequency_penalty;
+    /* the tokens this sequence sampled so far, which the penalties
+     * count; the CUDA engine keeps the counts of a sequence on the
+     * device and reloads them only when n_gen is not what it counted */
+    const int32_t  *gen;
+    int32_t         n_gen;
+    int32_t         n_logprobs;   /* alternatives wanted, 0 .. 20 */
+    engine_logprobs_t  *lp;       /* not NULL: filled when sampling */
 } engine_item_t;
 
 engine_t *engine_create(const model_t *m, const engine_opts_t *o,

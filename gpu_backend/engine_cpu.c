@@ -69,6 +69,8 @@ typedef struct {
     int32_t         *row_item;          /* [max_seqs] logit row -> item */
     int32_t         *item_last;         /* [max_seqs] item -> last row */
     sampler_cand_t  *cand;              /* [vocab] */
+    float           *pen_row;           /* [vocab] penalised logits */
+    uint16_t        *pen_counts;        /* [vocab] zeros between uses */
 
     cpu_threads_t   *threads;           /* NULL: single-threaded */
     uint64_t         rng;               /* for items without their own */
@@ -220,6 +222,39 @@ cpu_layer_forward(cpu_engine_t *e, const kv_pool_t *kv, int l, int T)
     k_add(e->x, e->xb, T * dim);
 }
 
+/* the next token of an item from its logits row (sampler.h's rules),
+ * and its logprobs when asked for */
+static int32_t
+cpu_sample(cpu_engine_t *e, const engine_item_t *it, const float *row)
+{
+    int vocab = e->cfg.vocab_size;
+    const float *l = row;
+    int32_t t;
+
+    if (it->n_gen > 0 && (it->presence_penalty != 0.0f
+                          || it->frequency_penalty != 0.0f))
+    {
+        memcpy(e->pen_row, row, vocab * sizeof(float));
+        sampler_penalize(e->pen_row, vocab, it->gen, it->n_gen,
+                         it->presence_penalty, it->frequency_penalty,
+                         e->pen_counts);
+        l = e->pen_row;
+    }
+    /* greedy (sampler_pick's rule for it) is a plain argmax, vectorised
+     * here */
+    t = !(it->temperature > 0.0f)
+        ? k_argmax(l, vocab)
+        : sampler_pick(l, vocab, it->temperature, it->top_k, it->top_p,
+                       it->rng ? it->rng : &e->rng, e->cand);
+    if (it->lp != NULL) {
+        /* the model's distribution: the row before the penalties */
+        sampler_logprobs(row, vocab, t, it->n_logprobs, &it->lp->logprob,
+                         it->lp->top_id, it->lp->top_logprob);
+        it->lp->n_top = it->n_logprobs < vocab ? it->n_logprobs : vocab;
+    }
+    return t;
+}
+
 static int
 cpu_step(void *impl, const kv_pool_t *kv, const engine_item_t *items, int n,
     int32_t *out_tokens, float *logits)
@@ -273,12 +308,7 @@ cpu_step(void *impl, const kv_pool_t *kv, const engine_item_t *items, int n,
                    vocab * sizeof(float));
         }
         if (it->sample && out_tokens != NULL) {
-            /* greedy (sampler_sample's rule for it) is a plain argmax,
-             * vectorised here */
-            out_tokens[e->row_item[j]] = !(it->temperature > 0.0f)
-                ? k_argmax(row, vocab)
-                : sampler_sample(row, vocab, it->temperature, it->top_p,
-                                 it->rng ? it->rng : &e->rng, e->cand);
+            out_tokens[e->row_item[j]] = cpu_sample(e, it, row);
         }
     }
     return 0;
@@ -392,6 +422,8 @@ carve_acts(cpu_engine_t *e, int n_threads, carve_t *cv)
     e->row_item = carve(cv, S * sizeof(int32_t));
     e->item_last = carve(cv, S * sizeof(int32_t));
     e->cand = carve(cv, (size_t) c->vocab_size * sizeof(sampler_cand_t));
+    e->pen_row = carve(cv, (size_t) c->vocab_size * f);
+    e->pen_counts = carve(cv, (size_t) c->vocab_size * sizeof(uint16_t));
 }
 
 static void cpu_destroy(void *impl);

@@ -42,6 +42,8 @@ typedef struct {
     int          supervise;
     int          slots;
     int          max_new_tokens;
+    int          max_logprobs;
+    int          logprobs_tokens;
     engine_opts_t     engine;
     scheduler_opts_t  sched;
 } options_t;
@@ -68,6 +70,10 @@ usage(FILE *f)
 "  --batch-wait-us N     wait to fill an empty batch (default 0)\n"
 "  --slots N             requests queued or running at most (default 256)\n"
 "  --max-new-tokens N    largest max_tokens accepted (default: context)\n"
+"  --max-logprobs N      logprobs alternatives a request may ask for,\n"
+"                        0..20 (default 20)\n"
+"  --logprobs-tokens N   largest max_tokens of a request with logprobs\n"
+"                        (default: 512 or --max-new-tokens if less)\n"
 "  --kv-cache-mb N       CPU KV-cache pool size (default 256)\n"
 "  --kv-fraction F       GPU: share of free memory for KV (default 0.9)\n"
 "  --kv-block-size N     tokens per KV-cache block (default 16)\n"
@@ -117,6 +123,8 @@ parse_options(int argc, char **argv, options_t *o)
         { "batch-wait-us", required_argument, NULL, 'w' },
         { "slots", required_argument, NULL, 'q' },
         { "max-new-tokens", required_argument, NULL, 'n' },
+        { "max-logprobs", required_argument, NULL, 'L' },
+        { "logprobs-tokens", required_argument, NULL, 'l' },
         { "kv-cache-mb", required_argument, NULL, 'k' },
         { "kv-fraction", required_argument, NULL, 'f' },
         { "kv-block-size", required_argument, NULL, 'b' },
@@ -134,6 +142,7 @@ parse_options(int argc, char **argv, options_t *o)
     memset(o, 0, sizeof(*o));
     o->supervise = 1;
     o->slots = 256;
+    o->max_logprobs = GPU_LOGPROBS_MAX;
     o->socket_mode = 0666;
     o->engine.device = "auto";
     o->engine.threads = 1;
@@ -168,6 +177,14 @@ parse_options(int argc, char **argv, options_t *o)
         case 'n':
             o->max_new_tokens = parse_int(optarg, "--max-new-tokens", 1,
                                           1 << 20);
+            break;
+        case 'L':
+            o->max_logprobs = parse_int(optarg, "--max-logprobs", 0,
+                                        GPU_LOGPROBS_MAX);
+            break;
+        case 'l':
+            o->logprobs_tokens = parse_int(optarg, "--logprobs-tokens", 1,
+                                           1 << 20);
             break;
         case 'k':
             o->engine.kv_bytes = (size_t) parse_int(optarg, "--kv-cache-mb",
@@ -240,6 +257,7 @@ static int
 serve(options_t *o, int listen_fd, int ready_fd)
 {
     int                    memfd, ctx, kv_tokens, max_new, tok_bytes;
+    int                    lp_tokens;
     char                   err[1024], path[PATH_MAX];
     model_t                model;
     engine_t              *engine;
@@ -304,11 +322,21 @@ serve(options_t *o, int listen_fd, int ready_fd)
 
     tok_bytes = tokenizer_max_token_bytes(tok);
 
+    /* logprobs records cost (16 + 8 * max_logprobs) bytes a token in
+     * every slot: fewer tokens than max_new by default */
+    lp_tokens = o->logprobs_tokens ? o->logprobs_tokens : 512;
+    if (lp_tokens > max_new) {
+        lp_tokens = max_new;
+    }
+
     h = region_create((uint32_t) o->slots,
                       (uint32_t) ctx * 8,       /* text: ~8 bytes a token */
                       (uint32_t) ctx, (uint32_t) max_new,
                       (uint32_t) (max_new * (tok_bytes < 16 ? tok_bytes : 16)
                                   + 4 * tok_bytes + 64),
+                      (uint32_t) o->max_logprobs, (uint32_t) lp_tokens,
+                      (uint32_t) model.cfg.vocab_size,
+                      scheduler_vocab_bytes(tok, model.cfg.vocab_size),
                       &memfd, err, sizeof(err));
     if (h == NULL) {
         log_error("cannot create the shared region: %s", err);

@@ -1,5 +1,6 @@
 /*
- * sampler.c - greedy, temperature and nucleus (top-p) sampling.
+ * sampler.c - greedy, temperature, top-k and nucleus (top-p) sampling,
+ * presence and frequency penalties, log-probabilities.
  */
 
 #include <math.h>
@@ -72,12 +73,46 @@ heap_sift_down(sampler_cand_t *h, int m, int i)
     }
 }
 
+/* pop the heap's top into the sorted tail: h[size - 1] */
+static void
+heap_pop(sampler_cand_t *h, int size)
+{
+    sampler_cand_t top = h[0];
+
+    h[0] = h[size - 1];
+    h[size - 1] = top;
+    heap_sift_down(h, size - 1, 0);
+}
+
+void
+sampler_penalize(float *logits, int n, const int32_t *gen, int n_gen,
+    float presence, float frequency, uint16_t *counts)
+{
+    int i;
+
+    (void) n;
+    for (i = 0; i < n_gen; i++) {
+        if (counts[gen[i]] < SAMPLER_COUNT_MAX) {
+            counts[gen[i]]++;
+        }
+    }
+    for (i = 0; i < n_gen; i++) {
+        int32_t t = gen[i];
+
+        if (counts[t] != 0) {
+            /* one fused step: the device computes the same value */
+            logits[t] -= fmaf(frequency, (float) counts[t], presence);
+            counts[t] = 0;
+        }
+    }
+}
+
 int
-sampler_sample(const float *logits, int n, float temperature, float top_p,
-    uint64_t *rng, sampler_cand_t *scratch)
+sampler_pick(const float *logits, int n, float temperature, int top_k,
+    float top_p, uint64_t *rng, sampler_cand_t *scratch)
 {
     float max, sum = 0.0f, cum, r, inv_t, cutoff, target;
-    int i, m, kept, best;
+    int i, m, kept, best, cut_k;
 
     if (!(temperature > 0.0f) || n <= 1) {
         return sampler_argmax(logits, n);
@@ -93,8 +128,9 @@ sampler_sample(const float *logits, int n, float temperature, float top_p,
         sum += scratch[i].p;
     }
     r = sampler_uniform(rng);
+    cut_k = top_k > 0 && top_k < n;
 
-    if (!(top_p < 1.0f)) {
+    if (!cut_k && !(top_p < 1.0f)) {
         r *= sum;
         cum = 0.0f;
         for (i = 0; i < n; i++) {
@@ -106,40 +142,60 @@ sampler_sample(const float *logits, int n, float temperature, float top_p,
         return best;                            /* rounding at the end */
     }
 
-    /*
-     * Tokens below (1 - top_p) / (n - 1) of the mass together hold less
-     * than 1 - top_p, so the nucleus never reaches them: sort only the
-     * tokens above that cutoff.  The argument needs at least one token
-     * kept, so the most likely one always is.
-     */
     if (top_p < 0.0f) {
         top_p = 0.0f;
     }
-    cutoff = (1.0f - top_p) / (float) (n - 1) * sum;
-    for (i = 0, m = 0; i < n; i++) {
-        if (scratch[i].p >= cutoff || i == best) {
-            scratch[m++] = scratch[i];
+
+    /*
+     * Without top_k: tokens below (1 - top_p) / (n - 1) of the mass
+     * together hold less than 1 - top_p, so the nucleus never reaches
+     * them: sort only the tokens above that cutoff.  The argument needs
+     * at least one token kept, so the most likely one always is.
+     */
+    m = n;
+    if (!cut_k) {
+        cutoff = (1.0f - top_p) / (float) (n - 1) * sum;
+        for (i = 0, m = 0; i < n; i++) {
+            if (scratch[i].p >= cutoff || i == best) {
+                scratch[m++] = scratch[i];
+            }
         }
     }
+
     /* pop the most likely first; popped ones collect at the end, so
      * scratch[m - 1], scratch[m - 2], ... is in descending order */
     for (i = m / 2 - 1; i >= 0; i--) {
         heap_sift_down(scratch, m, i);
     }
-    target = top_p * sum;
-    cum = 0.0f;
-    kept = 0;
-    while (kept < m) {
-        sampler_cand_t top = scratch[0];
-        int size = m - kept;
 
-        scratch[0] = scratch[size - 1];
-        scratch[size - 1] = top;
-        heap_sift_down(scratch, size - 1, 0);
-        kept++;
-        cum += top.p;
-        if (cum >= target) {
-            break;
+    if (cut_k) {
+        /* the top_k, and the nucleus of their mass */
+        sum = 0.0f;
+        for (i = 0; i < top_k; i++) {
+            heap_pop(scratch, m - i);
+            sum += scratch[m - 1 - i].p;
+        }
+        target = top_p * sum;
+        cum = 0.0f;
+        for (kept = 0; kept < top_k; ) {
+            cum += scratch[m - 1 - kept].p;
+            kept++;
+            if (cum >= target) {
+                break;
+            }
+        }
+
+    } else {
+        target = top_p * sum;
+        cum = 0.0f;
+        kept = 0;
+        while (kept < m) {
+            heap_pop(scratch, m - kept);
+            cum += scratch[m - 1 - kept].p;
+            kept++;
+            if (cum >= target) {
+                break;
+            }
         }
     }
 
@@ -152,4 +208,46 @@ sampler_sample(const float *logits, int n, float temperature, float top_p,
         }
     }
     return scratch[m - 1].id;
+}
+
+int
+sampler_sample(const float *logits, int n, float temperature, float top_p,
+    uint64_t *rng, sampler_cand_t *scratch)
+{
+    return sampler_pick(logits, n, temperature, 0, top_p, rng, scratch);
+}
+
+void
+sampler_logprobs(const float *logits, int n, int chosen, int k,
+    float *chosen_lp, int32_t *top_id, float *top_lp)
+{
+    float max = logits[sampler_argmax(logits, n)], lse;
+    double sum = 0.0;
+    int i, j, have = 0;
+
+    for (i = 0; i < n; i++) {
+        sum += exp((double) logits[i] - max);
+    }
+    lse = max + (float) log(sum);
+    *chosen_lp = logits[chosen] - lse;
+
+    /* the k largest by insertion: k is small (<= 20) */
+    k = k < n ? k : n;
+    for (i = 0; i < n && k > 0; i++) {
+        float v = logits[i];
+
+        if (have == k && !(v > top_lp[k - 1])) {
+            continue;                   /* ties keep the lower id */
+        }
+        j = have < k ? have++ : k - 1;
+        for ( ; j > 0 && v > top_lp[j - 1]; j--) {
+            top_lp[j] = top_lp[j - 1];
+            top_id[j] = top_id[j - 1];
+        }
+        top_lp[j] = v;
+        top_id[j] = i;
+    }
+    for (j = 0; j < have; j++) {
+        top_lp[j] -= lse;
+    }
 }

@@ -42,6 +42,10 @@ typedef struct {
     int         max_tokens;
     float       temperature;
     float       top_p;
+    int         top_k;
+    float       presence;
+    float       frequency;
+    int         logprobs;           /* -1: none */
     uint64_t    rng;
     int32_t     prev;               /* last token, for detokenisation */
     unsigned char  pend[16];        /* incomplete UTF-8 held back */
@@ -80,6 +84,7 @@ struct scheduler_s {
     engine_item_t          *items;
     int                    *item_seq;
     int32_t                *sampled;
+    engine_logprobs_t      *lp_out;         /* [max_seqs] */
     unsigned char          *text_buf;       /* one token's bytes */
     unsigned char          *clean_buf;      /* its sanitized form */
     int                     text_cap;
@@ -122,6 +127,80 @@ mix64(uint64_t x)
 }
 
 
+/*
+ * The text of token id for logprobs: what it appends after an ordinary
+ * token (no start-of-text space rule), or for a special token, which
+ * appends nothing, its piece.  buf holds max_token_bytes + 16.
+ */
+static int
+vocab_text(tokenizer_t *tok, int id, char *buf, int cap)
+{
+    int          n;
+    size_t       len;
+    const char  *piece;
+
+    if (id >= tokenizer_vocab_size(tok)) {
+        return 0;
+    }
+
+    if (tokenizer_is_special(tok, id)) {
+        piece = tokenizer_piece(tok, id);
+        len = piece ? strlen(piece) : 0;
+        len = len < (size_t) cap ? len : (size_t) cap;
+        memcpy(buf, piece, len);
+        return (int) len;
+    }
+
+    n = tokenizer_decode_token(tok, id, id, buf, cap);
+    return n > 0 ? n : 0;
+}
+
+
+size_t
+scheduler_vocab_bytes(tokenizer_t *tok, int vocab)
+{
+    int     i, cap;
+    char   *buf;
+    size_t  total = 0;
+
+    cap = tokenizer_max_token_bytes(tok) + 256;
+    buf = malloc(cap);
+    if (buf == NULL) {
+        return 0;
+    }
+    for (i = 0; i < vocab; i++) {
+        total += (size_t) vocab_text(tok, i, buf, cap);
+    }
+    free(buf);
+    return total;
+}
+
+
+/* the region's token text table (channel.h), sized by the above */
+static void
+vocab_fill(scheduler_t *s)
+{
+    int        i, n, cap;
+    char      *bytes = gpu_vocab_bytes(s->h), *buf;
+    size_t     at = 0;
+    uint32_t  *end = gpu_vocab_end(s->h);
+
+    cap = tokenizer_max_token_bytes(s->tok) + 256;
+    buf = malloc(cap);
+
+    for (i = 0; i < (int) s->h->vocab_size; i++) {
+        n = buf ? vocab_text(s->tok, i, buf, cap) : 0;
+        if (at + n > s->h->vocab_bytes) {
+            n = 0;                              /* cannot happen */
+        }
+        memcpy(bytes + at, buf, n);
+        at += n;
+        end[i] = (uint32_t) at;
+    }
+    free(buf);
+}
+
+
 scheduler_t *
 scheduler_create(const scheduler_opts_t *o, gpu_channel_header_t *region,
     const model_t *m, tokenizer_t *tok, engine_t *e,
@@ -156,6 +235,7 @@ scheduler_create(const scheduler_opts_t *o, gpu_channel_header_t *region,
     s->items = calloc(o->max_seqs, sizeof(engine_item_t));
     s->item_seq = calloc(o->max_seqs, sizeof(int));
     s->sampled = calloc(o->max_seqs, sizeof(int32_t));
+    s->lp_out = calloc(o->max_seqs, sizeof(engine_logprobs_t));
     s->text_cap = tokenizer_max_token_bytes(tok) + 16;
     s->text_buf = malloc(s->text_cap + 16);
     s->clean_buf = malloc(3 * (s->text_cap + 16));
@@ -163,7 +243,7 @@ scheduler_create(const scheduler_opts_t *o, gpu_channel_header_t *region,
     if (s->wait_q == NULL || s->slot_ids == NULL || s->slot_n_ids == NULL
         || s->seqs == NULL || s->seq_tokens == NULL || s->items == NULL
         || s->item_seq == NULL || s->sampled == NULL || s->text_buf == NULL
-        || s->clean_buf == NULL)
+        || s->clean_buf == NULL || s->lp_out == NULL)
     {
         scheduler_destroy(s);
         return NULL;
@@ -182,6 +262,8 @@ scheduler_create(const scheduler_opts_t *o, gpu_channel_header_t *region,
     }
 
     s->rng_counter = mix64((uint64_t) now_ns() ^ (uint64_t) getpid());
+
+    vocab_fill(s);
 
     return s;
 }
@@ -210,6 +292,7 @@ scheduler_destroy(scheduler_t *s)
     free(s->items);
     free(s->item_seq);
     free(s->sampled);
+    free(s->lp_out);
     free(s->text_buf);
     free(s->clean_buf);
     free(s->chat_buf.p);
@@ -374,6 +457,29 @@ admit_check(scheduler_t *s, uint32_t idx)
         return -1;
     }
 
+    if (slot->logprobs >= 0
+        && ((uint32_t) slot->logprobs > s->h->max_logprobs
+            || slot->max_tokens > s->h->lp_tokens))
+    {
+        snprintf(msg, sizeof(msg), "logprobs: at most %u alternatives for "
+                 "at most %u tokens", s->h->max_logprobs, s->h->lp_tokens);
+        slot_error(s, idx, GPU_SLOT_SUBMITTED, 400, "invalid_request_error",
+                   "invalid_value", "logprobs", msg);
+        return -1;
+    }
+
+    if (slot->top_k < -1
+        || !(slot->presence_penalty >= -2.0f
+             && slot->presence_penalty <= 2.0f)
+        || !(slot->frequency_penalty >= -2.0f
+             && slot->frequency_penalty <= 2.0f))
+    {
+        slot_error(s, idx, GPU_SLOT_SUBMITTED, 400, "invalid_request_error",
+                   "invalid_value", NULL, "top_k or a penalty is out of "
+                   "range");
+        return -1;
+    }
+
     s->slot_n_ids[idx] = n;
     return 0;
 }
@@ -467,6 +573,10 @@ admit(scheduler_t *s)
         q->max_tokens = (int) slot->max_tokens;
         q->temperature = slot->temperature;
         q->top_p = slot->top_p;
+        q->top_k = slot->top_k;
+        q->presence = slot->presence_penalty;
+        q->frequency = slot->frequency_penalty;
+        q->logprobs = slot->logprobs;
         q->rng = slot->has_seed ? mix64(slot->seed)
                                 : mix64(++s->rng_counter);
         /* the text continues the prompt: only right after BOS does the
@@ -583,9 +693,30 @@ seq_end(scheduler_t *s, int i, uint32_t reason)
 }
 
 
+/* one sampled token's logprobs record, before n_tokens counts it */
+static void
+seq_logprobs(scheduler_t *s, seq_t *q, int32_t t, engine_logprobs_t *lp)
+{
+    int              k;
+    gpu_token_lp_t  *rec;
+
+    rec = gpu_slot_lp(s->h, gpu_channel_slot(s->h, q->slot),
+                      (uint32_t) q->n_gen);
+    rec->token = t;
+    rec->logprob = lp->logprob;
+    rec->text_offset = q->out_w + (uint32_t) q->n_pend;
+    rec->n_top = (uint32_t) (lp->n_top < q->logprobs ? lp->n_top
+                                                     : q->logprobs);
+    for (k = 0; k < (int) rec->n_top; k++) {
+        rec->top[k].token = lp->top_id[k];
+        rec->top[k].logprob = lp->top_logprob[k];
+    }
+}
+
+
 /* one sampled token: text into the slot, then maybe the end */
 static void
-seq_token(scheduler_t *s, int i, int32_t t)
+seq_token(scheduler_t *s, int i, int32_t t, engine_logprobs_t *lp)
 {
     int          n;
     seq_t       *q = &s->seqs[i];
@@ -598,6 +729,10 @@ seq_token(scheduler_t *s, int i, int32_t t)
     if (is_eos(s, q, t)) {
         seq_end(s, i, GPU_FINISH_STOP);
         return;
+    }
+
+    if (q->logprobs >= 0 && (uint32_t) q->n_gen < s->h->lp_tokens) {
+        seq_logprobs(s, q, t, lp);
     }
 
     q->tokens[q->n_prompt + q->n_gen] = t;
@@ -722,6 +857,13 @@ scheduler_step(scheduler_t *s)
             it->temperature = q->temperature;
             it->top_p = q->top_p;
             it->rng = &q->rng;
+            it->top_k = q->top_k;
+            it->presence_penalty = q->presence;
+            it->frequency_penalty = q->frequency;
+            it->gen = q->tokens + q->n_prompt;
+            it->n_gen = q->n_gen;
+            it->n_logprobs = q->logprobs > 0 ? q->logprobs : 0;
+            it->lp = q->logprobs >= 0 ? &s->lp_out[n] : NULL;
             s->item_seq[n] = i;
             budget -= k;
             n++;
@@ -747,7 +889,7 @@ scheduler_step(scheduler_t *s)
         if (s->items[k].sample) {
             __atomic_add_fetch(&s->h->stats.generation_tokens, 1,
                                __ATOMIC_RELAXED);
-            seq_token(s, i, s->sampled[k]);
+            seq_token(s, i, s->sampled[k], &s->lp_out[k]);
         }
     }
 

@@ -11,6 +11,7 @@
 #ifndef GPU_SCHEDULER_H
 #define GPU_SCHEDULER_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "channel.h"
@@ -35,6 +36,9 @@ scheduler_t *scheduler_create(const scheduler_opts_t *o,
     gpu_channel_header_t *region, const model_t *m, tokenizer_t *tok,
     engine_t *e, scheduler_notify_pt notify, void *notify_data);
 void scheduler_destroy(scheduler_t *s);
+
+/* bytes of the region's token text table (channel.h) for this tokenizer */
+size_t scheduler_vocab_bytes(tokenizer_t *tok, int vocab);
 
 /*
  * Chat requests (GPU_PROMPT_CHAT) are rendered with ct, which must live

@@ -49,7 +49,9 @@ struct server_s {
 gpu_channel_header_t *
 region_create(uint32_t n_slots, uint32_t prompt_bytes_cap,
     uint32_t prompt_tokens_cap, uint32_t max_new_tokens,
-    uint32_t out_bytes_cap, int *memfd, char *err, size_t errlen)
+    uint32_t out_bytes_cap, uint32_t max_logprobs, uint32_t lp_tokens,
+    uint32_t vocab_size, uint64_t vocab_bytes, int *memfd, char *err,
+    size_t errlen)
 {
     int                    fd;
     void                  *p;
@@ -59,7 +61,8 @@ region_create(uint32_t n_slots, uint32_t prompt_bytes_cap,
     memset(&tmp, 0, sizeof(tmp));
     size = gpu_channel_layout(&tmp, n_slots, prompt_bytes_cap,
                               prompt_tokens_cap, max_new_tokens,
-                              out_bytes_cap);
+                              out_bytes_cap, max_logprobs, lp_tokens,
+                              vocab_size, vocab_bytes);
 
     fd = memfd_create("ngx-gpu-channel", MFD_CLOEXEC);
     if (fd < 0) {

@@ -18,8 +18,9 @@ typedef struct server_s  server_t;
 /* a zeroed, laid-out and initialised region in a memfd; NULL on error */
 gpu_channel_header_t *region_create(uint32_t n_slots,
     uint32_t prompt_bytes_cap, uint32_t prompt_tokens_cap,
-    uint32_t max_new_tokens, uint32_t out_bytes_cap, int *memfd,
-    char *err, size_t errlen);
+    uint32_t max_new_tokens, uint32_t out_bytes_cap, uint32_t max_logprobs,
+    uint32_t lp_tokens, uint32_t vocab_size, uint64_t vocab_bytes,
+    int *memfd, char *err, size_t errlen);
 
 /* bind and listen on a Unix socket path (a stale socket is replaced) */
 int server_listen(const char *path, int mode, char *err, size_t errlen);

@@ -122,6 +122,12 @@ typedef struct {
     double                      temperature;
     double                      top_p;
     int64_t                     seed;
+    ngx_int_t                   top_k;         /* 0 or -1: off */
+    double                      presence_penalty;
+    double                      frequency_penalty;
+    ngx_int_t                   logprobs;      /* -1: none, else the
+                                                  alternatives per token */
+    ngx_int_t                   top_logprobs;  /* chat; -1: not given */
 
     unsigned                    has_model:1;
     unsigned                    has_prompt:1;
@@ -130,6 +136,7 @@ typedef struct {
     unsigned                    stream:1;
     unsigned                    stream_options:1;
     unsigned                    include_usage:1;
+    unsigned                    chat_logprobs:1;  /* chat: logprobs true */
 } ngx_http_gpu_params_t;
 
 
@@ -144,6 +151,8 @@ typedef struct {
     ngx_uint_t                  finish;        /* gpu_finish_e, when done */
     ngx_uint_t                  n_prompt_tokens;
     ngx_http_gpu_error_t        error;         /* GPU_FINISH_ERROR */
+    gpu_channel_header_t       *region;        /* for logprobs records */
+    gpu_slot_t                 *slot;
 } ngx_http_gpu_progress_t;
 
 
@@ -166,6 +175,8 @@ typedef struct {
     uint64_t                    start_usec;    /* monotonic, arrival */
     uint64_t                    first_usec;    /* the first token seen */
     size_t                      out_sent;      /* text bytes streamed */
+    ngx_uint_t                  lp_sent;       /* tokens whose logprobs
+                                                  were streamed */
 
     ngx_chain_t                *free;
     ngx_chain_t                *busy;

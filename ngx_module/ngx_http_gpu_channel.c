@@ -218,6 +218,10 @@ ngx_http_gpu_channel_submit(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
     s->top_p = (float) params->top_p;
     s->seed = (uint64_t) params->seed;
     s->has_seed = params->has_seed;
+    s->top_k = (int32_t) params->top_k;
+    s->presence_penalty = (float) params->presence_penalty;
+    s->frequency_penalty = (float) params->frequency_penalty;
+    s->logprobs = (int32_t) params->logprobs;
 
     s->n_stop = (uint32_t) params->n_stop;
 
@@ -857,6 +861,8 @@ ngx_http_gpu_backend_progress(ngx_http_gpu_backend_t *b,
     }
 
     p.n_tokens = n;
+    p.region = h;
+    p.slot = s;
     p.tok_end = gpu_slot_tok_end(h, s);
     p.out = (u_char *) gpu_slot_out(h, s);
     p.out_cap = h->out_bytes_cap;

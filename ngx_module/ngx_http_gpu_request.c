@@ -48,6 +48,14 @@
 #define NGX_HTTP_GPU_F_UNSUPPORTED     12
 #define NGX_HTTP_GPU_F_MESSAGES        13
 #define NGX_HTTP_GPU_F_STOP            14
+#define NGX_HTTP_GPU_F_TOP_K           15
+#define NGX_HTTP_GPU_F_PENALTY         16
+#define NGX_HTTP_GPU_F_LOGPROBS        17
+#define NGX_HTTP_GPU_F_TOP_LOGPROBS    18
+
+/* completions' logprobs and chat's top_logprobs at most (OpenAI's) */
+#define NGX_HTTP_GPU_LOGPROBS_MAX      5
+#define NGX_HTTP_GPU_TOP_LOGPROBS_MAX  20
 
 /* which endpoints a field belongs to */
 #define NGX_HTTP_GPU_E_COMPLETIONS     1
@@ -188,24 +196,17 @@ static ngx_http_gpu_field_t  ngx_http_gpu_fields[] = {
       0, 0, 0, B },
     { ngx_string("stop"), NGX_HTTP_GPU_F_STOP, 0, 0, 0, B },
 
-    { ngx_string("logprobs"), NGX_HTTP_GPU_F_UNSUPPORTED,
-      NGX_HTTP_GPU_JSON_NULL, 0, 0, C },
-    { ngx_string("logprobs"), NGX_HTTP_GPU_F_UNSUPPORTED,
-      NGX_HTTP_GPU_JSON_BOOL, 0, 0, H },
-    { ngx_string("top_logprobs"), NGX_HTTP_GPU_F_UNSUPPORTED,
-      NGX_HTTP_GPU_JSON_NUMBER, 0, 0, H },
+    { ngx_string("top_k"), NGX_HTTP_GPU_F_TOP_K, 0, 0, 0, B },
+    { ngx_string("presence_penalty"), NGX_HTTP_GPU_F_PENALTY, 0, 0, 0, B },
+    { ngx_string("frequency_penalty"), NGX_HTTP_GPU_F_PENALTY, 0, 0, 0, B },
+    { ngx_string("logprobs"), NGX_HTTP_GPU_F_LOGPROBS, 0, 0, 0, B },
+    { ngx_string("top_logprobs"), NGX_HTTP_GPU_F_TOP_LOGPROBS, 0, 0, 0, H },
     { ngx_string("best_of"), NGX_HTTP_GPU_F_UNSUPPORTED,
       NGX_HTTP_GPU_JSON_NUMBER, 1, 1, C },
-    { ngx_string("presence_penalty"), NGX_HTTP_GPU_F_UNSUPPORTED,
-      NGX_HTTP_GPU_JSON_NUMBER, 0, 0, B },
-    { ngx_string("frequency_penalty"), NGX_HTTP_GPU_F_UNSUPPORTED,
-      NGX_HTTP_GPU_JSON_NUMBER, 0, 0, B },
     { ngx_string("logit_bias"), NGX_HTTP_GPU_F_UNSUPPORTED,
       NGX_HTTP_GPU_JSON_OBJECT, 0, 0, B },
     { ngx_string("suffix"), NGX_HTTP_GPU_F_UNSUPPORTED,
       NGX_HTTP_GPU_JSON_STRING, 0, 0, C },
-    { ngx_string("top_k"), NGX_HTTP_GPU_F_UNSUPPORTED,
-      NGX_HTTP_GPU_JSON_NUMBER, -1, 0, B },
     { ngx_string("min_p"), NGX_HTTP_GPU_F_UNSUPPORTED,
       NGX_HTTP_GPU_JSON_NUMBER, 0, 0, B },
     { ngx_string("repetition_penalty"), NGX_HTTP_GPU_F_UNSUPPORTED,
@@ -242,6 +243,9 @@ static ngx_str_t  ngx_http_gpu_param_stream_options =
     ngx_string("stream_options");
 static ngx_str_t  ngx_http_gpu_param_messages = ngx_string("messages");
 static ngx_str_t  ngx_http_gpu_param_stop = ngx_string("stop");
+static ngx_str_t  ngx_http_gpu_param_logprobs = ngx_string("logprobs");
+static ngx_str_t  ngx_http_gpu_param_top_logprobs =
+    ngx_string("top_logprobs");
 
 
 static yajl_callbacks  ngx_http_gpu_json_callbacks = {
@@ -282,6 +286,8 @@ ngx_http_gpu_parse_request(ngx_http_request_t *r, ngx_uint_t endpoint,
     params->max_tokens = NGX_CONF_UNSET;
     params->temperature = 1.0;
     params->top_p = 1.0;
+    params->logprobs = -1;
+    params->top_logprobs = -1;
 
     ngx_memzero(&p, sizeof(ngx_http_gpu_parser_t));
 
@@ -444,6 +450,20 @@ ngx_http_gpu_check_request(ngx_http_request_t *r,
                                      + m[i].content.len;
         }
 
+        if (params->top_logprobs >= 0 && !params->chat_logprobs) {
+            ngx_http_gpu_request_error(r, err, NGX_HTTP_BAD_REQUEST,
+                                       &ngx_http_gpu_param_top_logprobs,
+                                       "invalid_value",
+                                       "`top_logprobs` requires `logprobs` "
+                                       "to be true");
+            return NGX_DECLINED;
+        }
+
+        if (params->chat_logprobs) {
+            params->logprobs = params->top_logprobs >= 0
+                               ? params->top_logprobs : 0;
+        }
+
         goto stream;
     }
 
@@ -519,6 +539,30 @@ ngx_http_gpu_check_limits(ngx_http_request_t *r,
                                    "model supports at most %uD completion "
                                    "tokens", params->max_tokens,
                                    h->max_new_tokens);
+        return NGX_DECLINED;
+    }
+
+    if (params->logprobs > (ngx_int_t) h->max_logprobs) {
+        ngx_http_gpu_request_error(r, err, NGX_HTTP_BAD_REQUEST,
+                                   params->endpoint == NGX_HTTP_GPU_CHAT
+                                   ? &ngx_http_gpu_param_top_logprobs
+                                   : &ngx_http_gpu_param_logprobs,
+                                   "invalid_value",
+                                   "This server returns at most %uD "
+                                   "alternatives per token, %i were asked "
+                                   "for", h->max_logprobs, params->logprobs);
+        return NGX_DECLINED;
+    }
+
+    if (params->logprobs >= 0
+        && params->max_tokens > (ngx_int_t) h->lp_tokens)
+    {
+        ngx_http_gpu_request_error(r, err, NGX_HTTP_BAD_REQUEST,
+                                   &ngx_http_gpu_param_max_tokens,
+                                   "invalid_value",
+                                   "With logprobs, `max_tokens` may be at "
+                                   "most %uD on this server, got %i",
+                                   h->lp_tokens, params->max_tokens);
         return NGX_DECLINED;
     }
 
@@ -1098,6 +1142,138 @@ ngx_http_gpu_field_value(ngx_http_gpu_parser_t *p, ngx_uint_t type,
             }
         }
 
+        return 1;
+
+    case NGX_HTTP_GPU_F_TOP_K:
+
+        if (type == NGX_HTTP_GPU_JSON_NULL) {
+            params->top_k = 0;
+            return 1;
+        }
+
+        if (type != NGX_HTTP_GPU_JSON_NUMBER) {
+            return ngx_http_gpu_type_error(p, "top_k", "an integer");
+        }
+
+        rc = ngx_http_gpu_parse_int(data, len, &v);
+
+        if (rc == NGX_DECLINED) {
+            return ngx_http_gpu_type_error(p, "top_k", "an integer");
+        }
+
+        if (rc == NGX_ABORT || v < -1) {
+            if (rc == NGX_OK || *data == '-') {
+                return ngx_http_gpu_fail(p, &p->field->name, "invalid_value",
+                                         "`top_k` must be -1 or 0 (off) or "
+                                         "a positive integer, got %*s",
+                                         len, data);
+            }
+
+            v = NGX_MAX_INT32_VALUE;
+        }
+
+        /* larger than the vocabulary is the same as off */
+        params->top_k = (ngx_int_t) ngx_min(v, NGX_MAX_INT32_VALUE);
+        return 1;
+
+    case NGX_HTTP_GPU_F_PENALTY:
+
+        if (type == NGX_HTTP_GPU_JSON_NULL) {
+            d = 0.0;
+
+        } else if (type != NGX_HTTP_GPU_JSON_NUMBER) {
+            return ngx_http_gpu_type_error(p, (char *) p->field->name.data,
+                                           "a number");
+
+        } else if (ngx_http_gpu_parse_double(p->request, data, len, &d)
+                   != NGX_OK)
+        {
+            p->nomem = 1;
+            return 0;
+
+        } else if (!(d >= -2.0 && d <= 2.0)) {
+            return ngx_http_gpu_fail(p, &p->field->name, "invalid_value",
+                                     "`%V` must be between -2 and 2, got "
+                                     "%*s", &p->field->name, len, data);
+        }
+
+        if (p->field->name.data[0] == 'p') {
+            params->presence_penalty = d;
+
+        } else {
+            params->frequency_penalty = d;
+        }
+
+        return 1;
+
+    case NGX_HTTP_GPU_F_LOGPROBS:
+
+        if (p->endpoint == NGX_HTTP_GPU_E_CHAT) {
+
+            if (type == NGX_HTTP_GPU_JSON_NULL) {
+                params->chat_logprobs = 0;
+                return 1;
+            }
+
+            if (type != NGX_HTTP_GPU_JSON_BOOL) {
+                return ngx_http_gpu_type_error(p, "logprobs", "a boolean");
+            }
+
+            params->chat_logprobs = flag;
+            return 1;
+        }
+
+        if (type == NGX_HTTP_GPU_JSON_NULL) {
+            params->logprobs = -1;
+            return 1;
+        }
+
+        if (type != NGX_HTTP_GPU_JSON_NUMBER) {
+            return ngx_http_gpu_type_error(p, "logprobs", "an integer");
+        }
+
+        rc = ngx_http_gpu_parse_int(data, len, &v);
+
+        if (rc == NGX_DECLINED) {
+            return ngx_http_gpu_type_error(p, "logprobs", "an integer");
+        }
+
+        if (rc == NGX_ABORT || v < 0 || v > NGX_HTTP_GPU_LOGPROBS_MAX) {
+            return ngx_http_gpu_fail(p, &p->field->name, "invalid_value",
+                                     "`logprobs` must be an integer from 0 "
+                                     "to %d, got %*s",
+                                     NGX_HTTP_GPU_LOGPROBS_MAX, len, data);
+        }
+
+        params->logprobs = (ngx_int_t) v;
+        return 1;
+
+    case NGX_HTTP_GPU_F_TOP_LOGPROBS:
+
+        if (type == NGX_HTTP_GPU_JSON_NULL) {
+            params->top_logprobs = -1;
+            return 1;
+        }
+
+        if (type != NGX_HTTP_GPU_JSON_NUMBER) {
+            return ngx_http_gpu_type_error(p, "top_logprobs", "an integer");
+        }
+
+        rc = ngx_http_gpu_parse_int(data, len, &v);
+
+        if (rc == NGX_DECLINED) {
+            return ngx_http_gpu_type_error(p, "top_logprobs", "an integer");
+        }
+
+        if (rc == NGX_ABORT || v < 0 || v > NGX_HTTP_GPU_TOP_LOGPROBS_MAX) {
+            return ngx_http_gpu_fail(p, &p->field->name, "invalid_value",
+                                     "`top_logprobs` must be an integer "
+                                     "from 0 to %d, got %*s",
+                                     NGX_HTTP_GPU_TOP_LOGPROBS_MAX, len,
+                                     data);
+        }
+
+        params->top_logprobs = (ngx_int_t) v;
         return 1;
 
     case NGX_HTTP_GPU_F_STOP:

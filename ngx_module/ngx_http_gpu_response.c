@@ -119,7 +119,20 @@ static ngx_http_gpu_shape_t  ngx_http_gpu_shapes[] = {
 
 static ngx_http_gpu_shape_t *ngx_http_gpu_shape(ngx_http_gpu_ctx_t *ctx);
 static u_char *ngx_http_gpu_event(u_char *p, ngx_http_gpu_ctx_t *ctx,
-    ngx_http_gpu_shape_t *shape, u_char *text, size_t len, ngx_str_t *tail);
+    ngx_http_gpu_shape_t *shape, u_char *text, size_t len, ngx_str_t *tail,
+    ngx_http_gpu_progress_t *pr, ngx_uint_t from, ngx_uint_t to);
+static u_char *ngx_http_gpu_tail(u_char *p, ngx_http_gpu_ctx_t *ctx,
+    ngx_str_t *tail, ngx_http_gpu_progress_t *pr, ngx_uint_t from,
+    ngx_uint_t to);
+static size_t ngx_http_gpu_lp_size(ngx_http_gpu_ctx_t *ctx,
+    ngx_http_gpu_progress_t *pr, ngx_uint_t from, ngx_uint_t to);
+static u_char *ngx_http_gpu_lp_json(u_char *p, ngx_http_gpu_ctx_t *ctx,
+    ngx_http_gpu_progress_t *pr, ngx_uint_t from, ngx_uint_t to);
+static u_char *ngx_http_gpu_lp_token(u_char *p, gpu_channel_header_t *h,
+    int32_t token, ngx_uint_t quote);
+static u_char *ngx_http_gpu_lp_number(u_char *p, float lp);
+static u_char *ngx_http_gpu_lp_entry(u_char *p, gpu_channel_header_t *h,
+    int32_t token, float lp);
 
 
 static ngx_str_t  ngx_http_gpu_data = ngx_string("data: ");
@@ -397,7 +410,8 @@ ngx_http_gpu_send_completion(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
 
     json.len = ctx->head.len + shape->choice.len
                + ngx_http_gpu_escape_json_len(p->out, p->out_len)
-               + tail->len + sizeof(",}\n") - 1 + NGX_HTTP_GPU_USAGE_LEN;
+               + tail->len + sizeof(",}\n") - 1 + NGX_HTTP_GPU_USAGE_LEN
+               + ngx_http_gpu_lp_size(ctx, p, 0, p->n_tokens);
 
     json.data = ngx_pnalloc(r->pool, json.len);
     if (json.data == NULL) {
@@ -407,7 +421,7 @@ ngx_http_gpu_send_completion(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
     last = ngx_cpymem(json.data, ctx->head.data, ctx->head.len);
     last = ngx_cpymem(last, shape->choice.data, shape->choice.len);
     last = ngx_http_gpu_escape_json(last, p->out, p->out_len);
-    last = ngx_cpymem(last, tail->data, tail->len);
+    last = ngx_http_gpu_tail(last, ctx, tail, p, 0, p->n_tokens);
     *last++ = ',';
     last = ngx_http_gpu_usage_json(last, p->n_prompt_tokens, p->n_tokens);
     *last++ = '}';
@@ -517,7 +531,9 @@ ngx_http_gpu_stream_body(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
     size = events * (ngx_http_gpu_data.len + ctx->head.len
                      + shape->choice.len + shape->tail.len)
            + 6 * (limit - ctx->out_sent)
-           + ngx_http_gpu_data.len + ctx->head.len + shape->role.len;
+           + ngx_http_gpu_data.len + ctx->head.len + shape->role.len
+           + ngx_http_gpu_lp_size(ctx, p, ctx->lp_sent, p->n_tokens)
+           + 3 * ngx_http_gpu_lp_size(ctx, p, 0, 0);
 
     if (p->done) {
         size += 2 * (ngx_http_gpu_data.len + ctx->head.len
@@ -558,11 +574,14 @@ ngx_http_gpu_stream_body(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
         }
 
         if (end == prev && shape->skip_empty) {
+            /* its logprobs go with the next event */
             continue;
         }
 
         b->last = ngx_http_gpu_event(b->last, ctx, shape, p->out + prev,
-                                     end - prev, &shape->tail);
+                                     end - prev, &shape->tail, p,
+                                     ctx->lp_sent, i + 1);
+        ctx->lp_sent = i + 1;
         prev = end;
     }
 
@@ -575,11 +594,21 @@ ngx_http_gpu_stream_body(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
 
             /* the rest of the text, if any, and the finish reason */
 
-            if (limit > prev && shape->skip_empty) {
-                /* chat: the rest in a delta of its own, then delta {} */
+            if (shape->skip_empty
+                && (limit > prev
+                    || (ctx->params.logprobs >= 0
+                        && ctx->lp_sent < p->n_tokens)))
+            {
+                /*
+                 * chat: the rest in a delta of its own (with the
+                 * logprobs of tokens whose text was held back), then
+                 * delta {}
+                 */
                 b->last = ngx_http_gpu_event(b->last, ctx, shape,
                                              p->out + prev, limit - prev,
-                                             &shape->tail);
+                                             &shape->tail, p, ctx->lp_sent,
+                                             p->n_tokens);
+                ctx->lp_sent = p->n_tokens;
                 prev = limit;
             }
 
@@ -589,7 +618,9 @@ ngx_http_gpu_stream_body(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
 
                 b->last = ngx_http_gpu_event(b->last, ctx, shape,
                                              p->out + prev, limit - prev,
-                                             tail);
+                                             tail, p, ctx->lp_sent,
+                                             p->n_tokens);
+                ctx->lp_sent = p->n_tokens;
                 b->last = ngx_cpymem(b->last, "}\n\n", sizeof("}\n\n") - 1);
 
             } else {
@@ -661,18 +692,376 @@ ngx_http_gpu_stream_body(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
 }
 
 
-/* data: head choice text tail */
+/* data: head choice text tail, the tail with logprobs of [from, to) */
 
 static u_char *
 ngx_http_gpu_event(u_char *p, ngx_http_gpu_ctx_t *ctx,
-    ngx_http_gpu_shape_t *shape, u_char *text, size_t len, ngx_str_t *tail)
+    ngx_http_gpu_shape_t *shape, u_char *text, size_t len, ngx_str_t *tail,
+    ngx_http_gpu_progress_t *pr, ngx_uint_t from, ngx_uint_t to)
 {
     p = ngx_cpymem(p, ngx_http_gpu_data.data, ngx_http_gpu_data.len);
     p = ngx_cpymem(p, ctx->head.data, ctx->head.len);
     p = ngx_cpymem(p, shape->choice.data, shape->choice.len);
     p = ngx_http_gpu_escape_json(p, text, len);
 
-    return ngx_cpymem(p, tail->data, tail->len);
+    return ngx_http_gpu_tail(p, ctx, tail, pr, from, to);
+}
+
+
+/*
+ * a choice's tail: as in the shape, or with logprobs asked for, its
+ * "logprobs":null replaced by the logprobs of tokens [from, to)
+ */
+
+static u_char *
+ngx_http_gpu_tail(u_char *p, ngx_http_gpu_ctx_t *ctx, ngx_str_t *tail,
+    ngx_http_gpu_progress_t *pr, ngx_uint_t from, ngx_uint_t to)
+{
+    u_char  *null;
+
+    null = NULL;
+
+    if (ctx->params.logprobs >= 0) {
+        null = ngx_strnstr(tail->data, "\"logprobs\":null", tail->len);
+    }
+
+    if (null == NULL) {
+        return ngx_cpymem(p, tail->data, tail->len);
+    }
+
+    null += sizeof("\"logprobs\":") - 1;
+
+    p = ngx_cpymem(p, tail->data, null - tail->data);
+    p = ngx_http_gpu_lp_json(p, ctx, pr, from, to);
+
+    null += sizeof("null") - 1;
+
+    return ngx_cpymem(p, null, tail->data + tail->len - null);
+}
+
+
+/*
+ * Logprobs records (channel.h) as OpenAI's objects.  The backend's
+ * records are checked as they are read: a token outside the
+ * vocabulary has no text, alternatives beyond the limit are left out.
+ */
+
+static gpu_token_lp_t *
+ngx_http_gpu_lp_record(ngx_http_gpu_progress_t *pr, ngx_uint_t i,
+    ngx_uint_t *n_top)
+{
+    gpu_token_lp_t  *rec;
+
+    if (pr->region == NULL || i >= pr->region->lp_tokens) {
+        return NULL;
+    }
+
+    rec = gpu_slot_lp(pr->region, pr->slot, (uint32_t) i);
+
+    *n_top = ngx_min(rec->n_top, pr->region->max_logprobs);
+
+    return rec;
+}
+
+
+static ngx_str_t
+ngx_http_gpu_lp_text(gpu_channel_header_t *h, int32_t token)
+{
+    uint32_t   *end, from;
+    ngx_str_t   text;
+
+    ngx_str_null(&text);
+
+    if (token < 0 || (uint32_t) token >= h->vocab_size) {
+        return text;
+    }
+
+    end = gpu_vocab_end(h);
+    from = token ? end[token - 1] : 0;
+
+    if (from > end[token] || end[token] > h->vocab_bytes) {
+        return text;
+    }
+
+    text.data = (u_char *) gpu_vocab_bytes(h) + from;
+    text.len = end[token] - from;
+
+    return text;
+}
+
+
+/* an upper bound of what ngx_http_gpu_lp_json() writes */
+
+static size_t
+ngx_http_gpu_lp_size(ngx_http_gpu_ctx_t *ctx, ngx_http_gpu_progress_t *pr,
+    ngx_uint_t from, ngx_uint_t to)
+{
+    size_t           size;
+    ngx_uint_t       i, k, n_top;
+    gpu_token_lp_t  *rec;
+
+    if (ctx->params.logprobs < 0) {
+        return 0;
+    }
+
+    /* the containers; each entry: its text escaped (6 bytes a byte at
+     * most) and as bytes (4), a number, keys and punctuation */
+
+    size = 128;
+
+    for (i = from; i < to; i++) {
+        rec = ngx_http_gpu_lp_record(pr, i, &n_top);
+
+        if (rec == NULL) {
+            continue;
+        }
+
+        size += 128 + 10 * ngx_http_gpu_lp_text(pr->region, rec->token).len;
+
+        for (k = 0; k < n_top; k++) {
+            size += 128 + 10 * ngx_http_gpu_lp_text(pr->region,
+                                                    rec->top[k].token).len;
+        }
+
+        /* completions repeat the chosen token among the alternatives */
+
+        size += 128 + 10 * ngx_http_gpu_lp_text(pr->region, rec->token).len;
+    }
+
+    return size;
+}
+
+
+static u_char *
+ngx_http_gpu_lp_json(u_char *p, ngx_http_gpu_ctx_t *ctx,
+    ngx_http_gpu_progress_t *pr, ngx_uint_t from, ngx_uint_t to)
+{
+    ngx_uint_t       i, k, n_top, found;
+    gpu_token_lp_t  *rec;
+
+    if (ctx->params.endpoint == NGX_HTTP_GPU_CHAT) {
+
+        /* {"content":[{"token":..,"logprob":..,"bytes":[..],
+         * "top_logprobs":[{"token":..,"logprob":..,"bytes":[..]}]}]} */
+
+        p = ngx_cpymem(p, "{\"content\":[", sizeof("{\"content\":[") - 1);
+
+        for (i = from; i < to; i++) {
+            rec = ngx_http_gpu_lp_record(pr, i, &n_top);
+
+            if (rec == NULL) {
+                break;
+            }
+
+            if (i > from) {
+                *p++ = ',';
+            }
+
+            p = ngx_http_gpu_lp_entry(p, pr->region, rec->token,
+                                      rec->logprob);
+            p--;
+            p = ngx_cpymem(p, ",\"top_logprobs\":[",
+                           sizeof(",\"top_logprobs\":[") - 1);
+
+            for (k = 0; k < n_top; k++) {
+                if (k) {
+                    *p++ = ',';
+                }
+
+                p = ngx_http_gpu_lp_entry(p, pr->region, rec->top[k].token,
+                                          rec->top[k].logprob);
+            }
+
+            *p++ = ']';
+            *p++ = '}';
+        }
+
+        return ngx_cpymem(p, "],\"refusal\":null}",
+                          sizeof("],\"refusal\":null}") - 1);
+    }
+
+    /* {"tokens":[..],"token_logprobs":[..],"top_logprobs":[{..}],
+     * "text_offset":[..]} */
+
+    p = ngx_cpymem(p, "{\"tokens\":[", sizeof("{\"tokens\":[") - 1);
+
+    for (i = from; i < to; i++) {
+        rec = ngx_http_gpu_lp_record(pr, i, &n_top);
+
+        if (rec == NULL) {
+            break;
+        }
+
+        if (i > from) {
+            *p++ = ',';
+        }
+
+        p = ngx_http_gpu_lp_token(p, pr->region, rec->token, 1);
+    }
+
+    p = ngx_cpymem(p, "],\"token_logprobs\":[",
+                   sizeof("],\"token_logprobs\":[") - 1);
+
+    for (i = from; i < to; i++) {
+        rec = ngx_http_gpu_lp_record(pr, i, &n_top);
+
+        if (rec == NULL) {
+            break;
+        }
+
+        if (i > from) {
+            *p++ = ',';
+        }
+
+        p = ngx_http_gpu_lp_number(p, rec->logprob);
+    }
+
+    p = ngx_cpymem(p, "],\"top_logprobs\":[",
+                   sizeof("],\"top_logprobs\":[") - 1);
+
+    for (i = from; i < to; i++) {
+        rec = ngx_http_gpu_lp_record(pr, i, &n_top);
+
+        if (rec == NULL) {
+            break;
+        }
+
+        if (i > from) {
+            *p++ = ',';
+        }
+
+        /* the most likely, and the chosen token if it is not one */
+
+        *p++ = '{';
+        found = 0;
+
+        for (k = 0; k < n_top; k++) {
+            if (k) {
+                *p++ = ',';
+            }
+
+            found |= (rec->top[k].token == rec->token);
+
+            p = ngx_http_gpu_lp_token(p, pr->region, rec->top[k].token, 1);
+            *p++ = ':';
+            p = ngx_http_gpu_lp_number(p, rec->top[k].logprob);
+        }
+
+        if (!found) {
+            if (n_top) {
+                *p++ = ',';
+            }
+
+            p = ngx_http_gpu_lp_token(p, pr->region, rec->token, 1);
+            *p++ = ':';
+            p = ngx_http_gpu_lp_number(p, rec->logprob);
+        }
+
+        *p++ = '}';
+    }
+
+    p = ngx_cpymem(p, "],\"text_offset\":[",
+                   sizeof("],\"text_offset\":[") - 1);
+
+    for (i = from; i < to; i++) {
+        rec = ngx_http_gpu_lp_record(pr, i, &n_top);
+
+        if (rec == NULL) {
+            break;
+        }
+
+        if (i > from) {
+            *p++ = ',';
+        }
+
+        p = ngx_sprintf(p, "%uD", rec->text_offset);
+    }
+
+    *p++ = ']';
+    *p++ = '}';
+
+    return p;
+}
+
+
+/* {"token":"..","logprob":..,"bytes":[..]} */
+
+static u_char *
+ngx_http_gpu_lp_entry(u_char *p, gpu_channel_header_t *h, int32_t token,
+    float lp)
+{
+    size_t     i;
+    ngx_str_t  text;
+
+    p = ngx_cpymem(p, "{\"token\":", sizeof("{\"token\":") - 1);
+    p = ngx_http_gpu_lp_token(p, h, token, 1);
+    p = ngx_cpymem(p, ",\"logprob\":", sizeof(",\"logprob\":") - 1);
+    p = ngx_http_gpu_lp_number(p, lp);
+    p = ngx_cpymem(p, ",\"bytes\":[", sizeof(",\"bytes\":[") - 1);
+
+    text = ngx_http_gpu_lp_text(h, token);
+
+    for (i = 0; i < text.len; i++) {
+        if (i) {
+            *p++ = ',';
+        }
+
+        p = ngx_sprintf(p, "%ui", (ngx_uint_t) text.data[i]);
+    }
+
+    *p++ = ']';
+    *p++ = '}';
+
+    return p;
+}
+
+
+/* a token's text as a JSON string (invalid UTF-8 becomes U+FFFD) */
+
+static u_char *
+ngx_http_gpu_lp_token(u_char *p, gpu_channel_header_t *h, int32_t token,
+    ngx_uint_t quote)
+{
+    ngx_str_t  text;
+
+    text = ngx_http_gpu_lp_text(h, token);
+
+    if (quote) {
+        *p++ = '"';
+    }
+
+    p = ngx_http_gpu_escape_json(p, text.data, text.len);
+
+    if (quote) {
+        *p++ = '"';
+    }
+
+    return p;
+}
+
+
+static u_char *
+ngx_http_gpu_lp_number(u_char *p, float lp)
+{
+    double  d;
+
+    /* -9999 stands for a probability that is 0 in floats */
+
+    d = lp;
+
+    if (!(d >= -9999.0)) {
+        d = -9999.0;
+
+    } else if (d > 0.0) {
+        d = 0.0;
+    }
+
+    if (d < 0.0) {
+        *p++ = '-';
+        d = -d;
+    }
+
+    return ngx_sprintf(p, "%.6f", d);
 }
 
 

@@ -187,10 +187,10 @@ POST /v1/completions
 === TEST 17: an OpenAI argument not implemented yet is refused, not dropped
 --- request
 POST /v1/completions
-{"prompt": "hi", "presence_penalty": 0.5}
+{"prompt": "hi", "repetition_penalty": 1.5}
 --- error_code: 400
 --- response_body_like chomp
-"param":"presence_penalty"
+"param":"repetition_penalty"
 
 
 

@@ -252,13 +252,13 @@ POST /v1/chat/completions
 
 
 
-=== TEST 21: logprobs true is not supported yet
+=== TEST 21: logit_bias is not supported yet
 --- request
 POST /v1/chat/completions
-{"messages": [{"role": "user", "content": "hi"}], "logprobs": true}
+{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 1}}
 --- error_code: 400
 --- response_body_like chomp
-"param":"logprobs","code":"unsupported_parameter"
+"param":"logit_bias","code":"unsupported_parameter"
 
 
 

@@ -23,7 +23,7 @@ make_region(uint32_t n_slots)
     gpu_channel_header_t   tmp;
 
     memset(&tmp, 0, sizeof(tmp));
-    size = gpu_channel_layout(&tmp, n_slots, 1000, 300, 50, 800);
+    size = gpu_channel_layout(&tmp, n_slots, 1000, 300, 50, 800, 20, 40, 100, 777);
     p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
              -1, 0);
     if (p == MAP_FAILED) {
@@ -52,6 +52,24 @@ test_layout(void)
     CHECK(h->tok_end_off >= h->prompt_off + 1200,
           "prompt area holds 300 int32 ids");
     CHECK(h->out_off >= h->tok_end_off + 200, "tok_end holds 50 entries");
+    CHECK(h->lp_off >= h->out_off + 800, "output area holds 800 bytes");
+    CHECK(h->lp_stride >= 16 + 20 * 8 && h->lp_stride % 8 == 0,
+          "a logprobs record holds 20 alternatives: %u", h->lp_stride);
+    CHECK(h->lp_off + 40 * h->lp_stride <= h->slot_stride,
+          "logprobs records for 40 tokens inside the slot");
+    CHECK(h->vocab_off >= h->slots_off + 5 * h->slot_stride
+          && h->vocab_bytes_off >= h->vocab_off + 400
+          && h->vocab_bytes_off + 777 <= h->region_size,
+          "token text table after the slots");
+    h->max_logprobs = 21;
+    CHECK(gpu_channel_check(h, h->region_size) != 0,
+          "more than GPU_LOGPROBS_MAX alternatives rejected");
+    h->max_logprobs = 20;
+    h->lp_stride = 8;
+    CHECK(gpu_channel_check(h, h->region_size) != 0,
+          "a logprobs record too short rejected");
+    h->lp_stride = (uint32_t) ((16 + 20 * 8 + 7) & ~7);
+    CHECK(gpu_channel_check(h, h->region_size) == 0, "restored");
 
     for (i = 0; i < h->n_slots; i++) {
         s = gpu_channel_slot(h, i);
