@@ -1,6 +1,6 @@
 /*
- * engine_cpu.c - the reference engine: a Llama forward pass in f32 on the
- * CPU, over a batch of sequences at once.
+ * engine_cpu.c - the reference engine: the forward pass of model.h's
+ * architectures in f32 on the CPU, over a batch of sequences at once.
  *
  * A step packs the tokens of all its items (prefill chunks and single
  * decode tokens alike) into one [T, dim] matrix, so every projection is
@@ -29,7 +29,9 @@
  * one matmul: fewer, wider matmuls keep the register tiles full */
 typedef struct {
     float  *attn_norm, *w_qkv, *wo;
+    float  *b_qkv;                      /* [qkv_dim] or NULL */
     float  *ffn_norm, *w_gate_up, *w_down;
+    float  *post_attn_norm, *post_ffn_norm; /* Glm4, else NULL */
 } cpu_layer_t;
 
 typedef struct {
@@ -41,6 +43,7 @@ typedef struct {
      * tied lm_head is a packed copy of tok_emb) */
     void            *wbuf;
     float           *tok_emb, *final_norm, *lm_head;
+    float           *inv_freq;          /* [rope_dim / 2] */
     cpu_layer_t     *layers;
     float           *unpacked;          /* at create: a matrix in f32 */
     size_t           max_numel;
@@ -60,7 +63,7 @@ typedef struct {
     float           *att;               /* [T, q_dim] attention output */
     float           *gate_up;           /* [T, 2 hidden]: gate, up */
     float           *hb;                /* [T, hidden] silu(gate) * up */
-    float           *rope_cos, *rope_sin; /* [T, head_dim / 2] */
+    float           *rope_cos, *rope_sin; /* [T, rope_dim / 2] */
     int32_t         *tok_seq, *tok_pos; /* [T] */
     float           *att_scratch;       /* [threads, att_stride] */
     size_t           att_stride;
@@ -185,7 +188,7 @@ cpu_layer_forward(cpu_engine_t *e, const kv_pool_t *kv, int l, int T)
 {
     const model_config_t *c = &e->cfg;
     const cpu_layer_t *L = &e->layers[l];
-    int dim = c->dim, hidden = c->hidden_dim, half = c->head_dim / 2, t;
+    int dim = c->dim, hidden = c->hidden_dim, half = c->rope_dim / 2, t;
 
     /* attention: x += o_proj(attend(rope(q), rope(k), v)) of norm(x) */
     for (t = 0; t < T; t++) {
@@ -198,14 +201,24 @@ cpu_layer_forward(cpu_engine_t *e, const kv_pool_t *kv, int l, int T)
         float *k = q + e->q_dim, *v = k + e->kv_dim;
         const float *cs = e->rope_cos + (size_t) t * half;
         const float *sn = e->rope_sin + (size_t) t * half;
+        if (L->b_qkv != NULL) {
+            k_add(q, L->b_qkv, e->qkv_dim);
+        }
         /* q's heads and then k's are side by side: one call */
-        k_rope(q, c->n_heads + c->n_kv_heads, c->head_dim, cs, sn);
+        k_rope(q, c->n_heads + c->n_kv_heads, c->head_dim, c->rope_dim,
+               c->rope_interleaved, cs, sn);
         kv_store(e, kv, l, t, k, v);
     }
     /* every row's K/V is stored before any row attends: a prefill chunk
      * sees its own earlier tokens */
     cpu_attention(e, kv, l, T);
     cpu_matmul(e, e->xb, e->att, L->wo, T, e->q_dim, dim);
+    if (L->post_attn_norm != NULL) {
+        for (t = 0; t < T; t++) {
+            k_rmsnorm(e->xb + (size_t) t * dim, e->xb + (size_t) t * dim,
+                      L->post_attn_norm, dim, c->rms_eps);
+        }
+    }
     k_add(e->x, e->xb, T * dim);
 
     /* feed-forward: x += down(silu(gate(norm(x))) * up(norm(x))) */
@@ -219,6 +232,12 @@ cpu_layer_forward(cpu_engine_t *e, const kv_pool_t *kv, int l, int T)
         k_swiglu(e->hb + (size_t) t * hidden, g, g + hidden, hidden);
     }
     cpu_matmul(e, e->xb, e->hb, L->w_down, T, hidden, dim);
+    if (L->post_ffn_norm != NULL) {
+        for (t = 0; t < T; t++) {
+            k_rmsnorm(e->xb + (size_t) t * dim, e->xb + (size_t) t * dim,
+                      L->post_ffn_norm, dim, c->rms_eps);
+        }
+    }
     k_add(e->x, e->xb, T * dim);
 }
 
@@ -261,7 +280,7 @@ cpu_step(void *impl, const kv_pool_t *kv, const engine_item_t *items, int n,
 {
     cpu_engine_t *e = impl;
     const model_config_t *c = &e->cfg;
-    int dim = c->dim, vocab = c->vocab_size, half = c->head_dim / 2;
+    int dim = c->dim, vocab = c->vocab_size, half = c->rope_dim / 2;
     int T = 0, R = 0, i, j, l;
 
     /* 1. every token of every item becomes a row of x */
@@ -274,8 +293,8 @@ cpu_step(void *impl, const kv_pool_t *kv, const engine_item_t *items, int n,
             e->tok_seq[T] = it->seq;
             e->tok_pos[T] = it->pos + j;
             k_rope_angles(e->rope_cos + (size_t) T * half,
-                          e->rope_sin + (size_t) T * half, c->head_dim,
-                          it->pos + j, c->rope_theta);
+                          e->rope_sin + (size_t) T * half, half,
+                          it->pos + j, e->inv_freq);
         }
         e->item_last[i] = T - 1;
     }
@@ -359,16 +378,33 @@ carve_packed(cpu_engine_t *e, carve_t *cv, const st_tensor_t *const *t,
     return dst;
 }
 
-/* vectors and the embedding: f32 as stored */
+/* vectors and the embedding: f32 as stored; n tensors one after
+ * another (the q, k and v biases), NULL if t[0] is */
+static float *
+carve_plain_n(carve_t *cv, const st_tensor_t *const *t, int n)
+{
+    size_t numel = 0;
+    float *dst;
+    int i;
+
+    if (t[0] == NULL) {
+        return NULL;
+    }
+    for (i = 0; i < n; i++) {
+        numel += (size_t) t[i]->numel;
+    }
+    dst = carve(cv, numel * sizeof(float));
+    for (i = 0, numel = 0; cv->base != NULL && i < n; i++) {
+        model_tensor_to_f32(t[i], dst + numel);
+        numel += (size_t) t[i]->numel;
+    }
+    return dst;
+}
+
 static float *
 carve_plain(carve_t *cv, const st_tensor_t *t)
 {
-    float *dst = carve(cv, (size_t) t->numel * sizeof(float));
-
-    if (cv->base != NULL) {
-        model_tensor_to_f32(t, dst);
-    }
-    return dst;
+    return carve_plain_n(cv, &t, 1);
 }
 
 /* lay out (or, with cv->base NULL, just size) the weights */
@@ -382,18 +418,29 @@ carve_weights(cpu_engine_t *e, const model_t *m, carve_t *cv)
     e->tok_emb = carve_plain(cv, m->tok_emb);
     e->final_norm = carve_plain(cv, m->final_norm);
     e->lm_head = carve_packed(e, cv, &m->lm_head, 1);
+    e->inv_freq = carve(cv, (size_t) m->cfg.rope_dim / 2 * sizeof(float));
+    if (cv->base != NULL) {
+        model_rope_inv_freq(&m->cfg, e->inv_freq);
+    }
     for (l = 0; l < m->cfg.n_layers; l++) {
         const model_layer_t *s = &m->layers[l];
         const st_tensor_t *qkv[3] = { s->wq, s->wk, s->wv };
+        const st_tensor_t *b_qkv[3] = { s->bq, s->bk, s->bv };
         const st_tensor_t *gate_up[2] = { s->w_gate, s->w_up };
         cpu_layer_t *d = &e->layers[l];
 
         d->attn_norm = carve_plain(cv, s->attn_norm);
         d->w_qkv = carve_packed(e, cv, qkv, 3);
+        d->b_qkv = carve_plain_n(cv, b_qkv, 3);
         d->wo = carve_packed(e, cv, &s->wo, 1);
+        d->post_attn_norm = carve_plain(cv, s->post_attn_norm);
         d->ffn_norm = carve_plain(cv, s->ffn_norm);
-        d->w_gate_up = carve_packed(e, cv, gate_up, 2);
+        /* GLM's gate_up_proj is gate's rows then up's already */
+        d->w_gate_up = s->w_gate_up != NULL
+                       ? carve_packed(e, cv, &s->w_gate_up, 1)
+                       : carve_packed(e, cv, gate_up, 2);
         d->w_down = carve_packed(e, cv, &s->w_down, 1);
+        d->post_ffn_norm = carve_plain(cv, s->post_ffn_norm);
     }
 }
 
@@ -409,8 +456,8 @@ carve_acts(cpu_engine_t *e, int n_threads, carve_t *cv)
     e->att = carve(cv, T * e->q_dim * f);
     e->gate_up = carve(cv, T * 2 * c->hidden_dim * f);
     e->hb = carve(cv, T * c->hidden_dim * f);
-    e->rope_cos = carve(cv, T * (c->head_dim / 2) * f);
-    e->rope_sin = carve(cv, T * (c->head_dim / 2) * f);
+    e->rope_cos = carve(cv, T * (c->rope_dim / 2) * f);
+    e->rope_sin = carve(cv, T * (c->rope_dim / 2) * f);
     e->tok_seq = carve(cv, T * sizeof(int32_t));
     e->tok_pos = carve(cv, T * sizeof(int32_t));
     e->att_stride = (K_ATTENTION_SCRATCH(c->max_seq_len, c->n_heads,

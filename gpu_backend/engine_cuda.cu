@@ -46,6 +46,8 @@ extern "C" {
 
 typedef struct {
     float  *attn_norm, *ffn_norm;
+    float  *b_qkv;                      /* [q|k|v] f32, or NULL */
+    float  *post_attn_norm, *post_ffn_norm; /* Glm4, else NULL */
     void   *w_qkv;                      /* [q|k|v rows, dim] */
     void   *wo;                         /* [dim, q_dim] */
     void   *w_gate_up;                  /* [gate|up rows, dim] */
@@ -205,11 +207,16 @@ carve_weights(cu_engine_t *e, carve_t *cv)
     e->lm_head = c->tied_embeddings ? e->tok_emb
                  : carve(cv, (size_t) c->vocab_size * dim * es);
     e->final_norm = (float *) carve(cv, dim * 4);
-    e->inv_freq = (float *) carve(cv, (size_t) c->head_dim / 2 * 4);
+    e->inv_freq = (float *) carve(cv, (size_t) c->rope_dim / 2 * 4);
     for (l = 0; l < c->n_layers; l++) {
         cu_layer_t *L = &e->layers[l];
         L->attn_norm = (float *) carve(cv, dim * 4);
         L->ffn_norm = (float *) carve(cv, dim * 4);
+        L->b_qkv = c->qkv_bias ? (float *) carve(cv, e->qkv_dim * 4) : NULL;
+        L->post_attn_norm = c->post_norms ? (float *) carve(cv, dim * 4)
+                                          : NULL;
+        L->post_ffn_norm = c->post_norms ? (float *) carve(cv, dim * 4)
+                                         : NULL;
         L->w_qkv = carve(cv, (size_t) e->qkv_dim * dim * es);
         L->wo = carve(cv, dim * e->q_dim * es);
         L->w_gate_up = carve(cv, 2 * h * dim * es);
@@ -246,9 +253,9 @@ upload_weights(cu_engine_t *e, const model_t *m, char *err, size_t errlen)
     const model_config_t *c = &e->cfg;
     float *f32 = (float *) malloc(CONV_CHUNK * 4);
     void *conv = malloc(CONV_CHUNK * 4);
-    float *inv = (float *) malloc((size_t) c->head_dim / 2 * 4);
+    float *inv = (float *) malloc((size_t) c->rope_dim / 2 * 4);
     cudaError_t r = cudaSuccess;
-    int l, i;
+    int l;
 
 #define UP(dst, t, to)                                                    \
     if (r == cudaSuccess) { r = upload((char *) (dst), (t), (to), f32, conv); }
@@ -269,25 +276,36 @@ upload_weights(cu_engine_t *e, const model_t *m, char *err, size_t errlen)
 
         UP(L->attn_norm, s->attn_norm, KC_F32);
         UP(L->ffn_norm, s->ffn_norm, KC_F32);
+        if (c->qkv_bias) {
+            UP(L->b_qkv, s->bq, KC_F32);
+            UP(L->b_qkv + s->bq->numel, s->bk, KC_F32);
+            UP(L->b_qkv + s->bq->numel + s->bk->numel, s->bv, KC_F32);
+        }
+        if (c->post_norms) {
+            UP(L->post_attn_norm, s->post_attn_norm, KC_F32);
+            UP(L->post_ffn_norm, s->post_ffn_norm, KC_F32);
+        }
         /* q, k, v stacked: one matrix product for all three */
         UP(L->w_qkv, s->wq, e->dt);
         UP((char *) L->w_qkv + (size_t) s->wq->numel * es, s->wk, e->dt);
         UP((char *) L->w_qkv + (size_t) (s->wq->numel + s->wk->numel) * es,
            s->wv, e->dt);
         UP(L->wo, s->wo, e->dt);
-        UP(L->w_gate_up, s->w_gate, e->dt);
-        UP((char *) L->w_gate_up + (size_t) s->w_gate->numel * es, s->w_up,
-           e->dt);
+        if (s->w_gate_up != NULL) {
+            /* GLM: gate's rows then up's, already one tensor */
+            UP(L->w_gate_up, s->w_gate_up, e->dt);
+        } else {
+            UP(L->w_gate_up, s->w_gate, e->dt);
+            UP((char *) L->w_gate_up + (size_t) s->w_gate->numel * es,
+               s->w_up, e->dt);
+        }
         UP(L->w_down, s->w_down, e->dt);
     }
 #undef UP
-    /* inv_freq as transformers (and k_rope_angles) computes it */
-    for (i = 0; i < c->head_dim / 2; i++) {
-        inv[i] = (float) (1.0 / pow(c->rope_theta,
-                                    (double) (2 * i) / c->head_dim));
-    }
+    /* inv_freq as transformers (and the CPU engine) computes it */
+    model_rope_inv_freq(c, inv);
     if (r == cudaSuccess) {
-        r = cudaMemcpy(e->inv_freq, inv, (size_t) c->head_dim / 2 * 4,
+        r = cudaMemcpy(e->inv_freq, inv, (size_t) c->rope_dim / 2 * 4,
                        cudaMemcpyHostToDevice);
     }
     free(f32);
@@ -459,17 +477,28 @@ forward(cu_engine_t *e, int T, int R)
         /* every row's K/V is stored before any row attends: a prefill
          * chunk sees its own earlier tokens */
         kc_rope_kv(s, e->dt, e->qkv, kv_l, e->kv_block_stride, st,
-                   e->inv_freq, T, c->n_heads, c->n_kv_heads, c->head_dim,
+                   L->b_qkv, e->inv_freq, T, c->n_heads, c->n_kv_heads,
+                   c->head_dim, c->rope_dim, c->rope_interleaved,
                    e->block_size);
         kc_attention(s, e->dt, e->att, e->att_part, n_split, e->qkv, kv_l,
                      e->kv_block_stride, st, T, c->n_heads, c->n_kv_heads,
                      c->head_dim, e->block_size);
         gemm(e, e->y, e->att, L->wo, T, e->q_dim, dim, &bs);
+        if (c->post_norms) {
+            /* Glm4: the attention output is normed before the residual
+             * add; in place, in f32 */
+            kc_rmsnorm(s, KC_F32, e->y, e->y, NULL, L->post_attn_norm, NULL,
+                       T, dim, c->rms_eps, 0);
+        }
         kc_rmsnorm(s, e->dt, e->xb, e->x, e->y, L->ffn_norm, NULL, T, dim,
                    c->rms_eps, 1);
         gemm(e, e->gu, e->xb, L->w_gate_up, T, dim, 2 * h, &bs);
         kc_swiglu(s, e->dt, e->hb, e->gu, T, h);
         gemm(e, e->y, e->hb, L->w_down, T, h, dim, &bs);
+        if (c->post_norms) {
+            kc_rmsnorm(s, KC_F32, e->y, e->y, NULL, L->post_ffn_norm, NULL,
+                       T, dim, c->rms_eps, 0);
+        }
     }
     /* the last residual add, the final norm and lm_head only for the
      * rows whose logits are used */

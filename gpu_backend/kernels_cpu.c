@@ -361,28 +361,35 @@ k_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 }
 
 void
-k_rope_angles(float *cos_out, float *sin_out, int head_dim, int pos,
-    float theta)
+k_rope_angles(float *cos_out, float *sin_out, int n, int pos,
+    const float *inv_freq)
 {
     int i;
 
-    /* transformers: inv_freq in f32, angle = pos * inv_freq in f32 */
-    for (i = 0; i < head_dim / 2; i++) {
-        float inv = (float) (1.0 / pow(theta, (double) (2 * i) / head_dim));
-        float a = (float) pos * inv;
+    for (i = 0; i < n; i++) {
+        float a = (float) pos * inv_freq[i];
         cos_out[i] = cosf(a);
         sin_out[i] = sinf(a);
     }
 }
 
 void
-k_rope(float *x, int n_heads, int head_dim, const float *cos_t,
-    const float *sin_t)
+k_rope(float *x, int n_heads, int head_dim, int rope_dim, int interleaved,
+    const float *cos_t, const float *sin_t)
 {
-    int half = head_dim / 2, h, i;
+    int half = rope_dim / 2, h, i;
 
     for (h = 0; h < n_heads; h++) {
         float *x0 = x + (size_t) h * head_dim, *x1 = x0 + half;
+        if (interleaved) {
+            /* GLM: the pairs are side by side */
+            for (i = 0; i < half; i++) {
+                float a = x0[2 * i], b = x0[2 * i + 1];
+                x0[2 * i] = a * cos_t[i] - b * sin_t[i];
+                x0[2 * i + 1] = b * cos_t[i] + a * sin_t[i];
+            }
+            continue;
+        }
         for (i = 0; i + 4 <= half; i += 4) {
             v4f a = *(v4f *) (x0 + i), b = *(v4f *) (x1 + i);
             v4f c = *(const v4f *) (cos_t + i);

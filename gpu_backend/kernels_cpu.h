@@ -44,15 +44,20 @@ void k_matmul_cols(float *out, const float *in, const float *wp, int B,
 void k_rmsnorm(float *out, const float *x, const float *w, int n,
     float eps);
 
-/* cos and sin of position pos for each of the head_dim/2 frequencies
- * theta^(-2i/head_dim), computed as transformers computes them */
-void k_rope_angles(float *cos_out, float *sin_out, int head_dim, int pos,
-    float theta);
+/* cos and sin of position pos at each of the n frequencies inv_freq[i]
+ * (model_rope_inv_freq), the angle pos * inv_freq[i] in f32 as
+ * transformers computes it */
+void k_rope_angles(float *cos_out, float *sin_out, int n, int pos,
+    const float *inv_freq);
 
-/* rotate one token's n_heads heads in place, Hugging Face half-split
- * convention: element i pairs with i + head_dim/2 */
-void k_rope(float *x, int n_heads, int head_dim, const float *cos_t,
-    const float *sin_t);
+/*
+ * Rotate one token's n_heads heads in place.  The first rope_dim dims of
+ * each head rotate (the rest pass: partial rotary), pair i at angle i:
+ * interleaved (GLM), the pair is (2i, 2i + 1); else (Hugging Face
+ * rotate_half) it is (i, i + rope_dim / 2).
+ */
+void k_rope(float *x, int n_heads, int head_dim, int rope_dim,
+    int interleaved, const float *cos_t, const float *sin_t);
 
 /* out[i] = silu(gate[i]) * up[i]; out may be gate */
 void k_swiglu(float *out, const float *gate, const float *up, int n);

@@ -1,8 +1,9 @@
 /*
  * kernels_cuda.cu - the element-wise and row kernels of the CUDA engine:
- * embedding lookup, residual add + RMSNorm, RoPE + KV-cache store,
- * SwiGLU; and the host-side dtype conversions.  CPU references:
- * kernels_cpu.c (k_rmsnorm, k_rope, k_kv_store, k_swiglu, k_add).
+ * embedding lookup, residual add + RMSNorm, q/k/v biases + RoPE +
+ * KV-cache store, SwiGLU; and the host-side dtype conversions.  CPU
+ * references: kernels_cpu.c (k_rmsnorm, k_rope, k_kv_store, k_swiglu,
+ * k_add).
  */
 
 #include <string.h>
@@ -176,60 +177,82 @@ kc_rmsnorm(cudaStream_t s, kc_dtype_t dt, void *out, float *x,
 
 /* --- RoPE and the KV-cache store ------------------------------------- */
 
+/*
+ * One block per token, one thread per pair of dims of a q or k head.
+ * Pair j of a head is (d0, d1): for j < rope_dim / 2 a rotated pair,
+ * (2j, 2j + 1) interleaved or (j, j + rope_dim / 2) half-split; past
+ * that the dims rope_dim.. two by two, which only take the bias.  q and
+ * k (and their biases) are side by side, so head h's dims start at h *
+ * head_dim in both.
+ */
 template <typename T>
 __global__ void
 rope_kv_kernel(float *qkv, T *kv, size_t block_stride, kc_step_t st,
-    const float *inv_freq, int n_heads, int n_kv, int hd, int bs)
+    const float *bias, const float *inv_freq, int n_heads, int n_kv, int hd,
+    int rot, int interleaved, int bs)
 {
     kc_token_t tk = st.tokens[blockIdx.x];
-    int half = hd / 2, q_dim = n_heads * hd, kv_dim = n_kv * hd;
+    int half = hd / 2, rhalf = rot / 2, q_dim = n_heads * hd;
+    int kv_dim = n_kv * hd;
     float *q = qkv + (size_t) blockIdx.x * (q_dim + 2 * kv_dim);
-    const float *k = q + q_dim, *v = k + kv_dim;
+    const float *v = q + q_dim + kv_dim;
     const int32_t *table = st.tables + st.item_table[tk.item];
     T *k_row = kv + (size_t) table[tk.pos / bs] * block_stride
                + (size_t) (tk.pos % bs) * kv_dim;
     T *v_row = k_row + (size_t) bs * kv_dim;
 
-    /* pair (i, i + half) of each head rotates by pos * inv_freq[i] */
     for (int i = threadIdx.x; i < (n_heads + n_kv) * half;
          i += blockDim.x)
     {
-        int h = i / half, j = i - h * half;
-        float sn, cs, a, b;
+        int h = i / half, j = i - h * half, d0, d1;
+        float a, b, sn, cs;
 
-        sincosf((float) tk.pos * inv_freq[j], &sn, &cs);
-        if (h < n_heads) {
-            float *x = q + h * hd;
-            a = x[j];
-            b = x[j + half];
-            x[j] = a * cs - b * sn;
-            x[j + half] = b * cs + a * sn;
+        if (j < rhalf && !interleaved) {
+            d0 = h * hd + j;
+            d1 = d0 + rhalf;
         } else {
-            const float *x = k + (h - n_heads) * hd;
-            T *dst = k_row + (h - n_heads) * hd;
-            a = x[j];
-            b = x[j + half];
-            dst[j] = kc_store<T>(a * cs - b * sn);
-            dst[j + half] = kc_store<T>(b * cs + a * sn);
+            d0 = h * hd + 2 * j;
+            d1 = d0 + 1;
+        }
+        a = q[d0];
+        b = q[d1];
+        if (bias != NULL) {
+            a += bias[d0];
+            b += bias[d1];
+        }
+        if (j < rhalf) {
+            float x0 = a;
+            sincosf((float) tk.pos * inv_freq[j], &sn, &cs);
+            a = x0 * cs - b * sn;
+            b = b * cs + x0 * sn;
+        }
+        if (h < n_heads) {
+            q[d0] = a;
+            q[d1] = b;
+        } else {
+            k_row[d0 - q_dim] = kc_store<T>(a);
+            k_row[d1 - q_dim] = kc_store<T>(b);
         }
     }
     for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
-        v_row[i] = kc_store<T>(v[i]);
+        float b = bias != NULL ? bias[q_dim + kv_dim + i] : 0.0f;
+        v_row[i] = kc_store<T>(v[i] + b);
     }
 }
 
 void
 kc_rope_kv(cudaStream_t s, kc_dtype_t dt, float *qkv, void *kv_layer,
-    size_t block_stride, kc_step_t st, const float *inv_freq, int n_tok,
-    int n_heads, int n_kv_heads, int head_dim, int block_size)
+    size_t block_stride, kc_step_t st, const float *bias,
+    const float *inv_freq, int n_tok, int n_heads, int n_kv_heads,
+    int head_dim, int rope_dim, int interleaved, int block_size)
 {
-    /* one thread per rotated pair, at most 1024 */
+    /* one thread per pair, at most 1024 */
     int nt = ((n_heads + n_kv_heads) * (head_dim / 2) + 31) / 32 * 32;
 
     nt = nt > 1024 ? 1024 : nt;
     KC_DISPATCH(dt, rope_kv_kernel<T><<<n_tok, nt, 0, s>>>(
-        qkv, (T *) kv_layer, block_stride, st, inv_freq, n_heads,
-        n_kv_heads, head_dim, block_size));
+        qkv, (T *) kv_layer, block_stride, st, bias, inv_freq, n_heads,
+        n_kv_heads, head_dim, rope_dim, interleaved, block_size));
 }
 
 /* --- SwiGLU ----------------------------------------------------------- */

@@ -85,13 +85,16 @@ void kc_rmsnorm(cudaStream_t s, kc_dtype_t dt, void *out, float *x,
     float eps, int write_x);
 
 /*
- * qkv is [T][q | k | v] in f32.  Rotate q and k in place (Hugging Face
- * half-split RoPE, angle pos * inv_freq[i]) and store k and v of each
- * token into its KV-cache row.
+ * qkv is [T][q | k | v] in f32.  Add bias ([q | k | v] in f32, or NULL)
+ * to each row, rotate q in place and k (RoPE as k_rope: the first
+ * rope_dim dims of each head, pair i at angle pos * inv_freq[i], pairs
+ * (2i, 2i + 1) when interleaved, else (i, i + rope_dim / 2)), and store
+ * k and v of each token into its KV-cache row.
  */
 void kc_rope_kv(cudaStream_t s, kc_dtype_t dt, float *qkv, void *kv_layer,
-    size_t block_stride, kc_step_t st, const float *inv_freq, int T,
-    int n_heads, int n_kv_heads, int head_dim, int block_size);
+    size_t block_stride, kc_step_t st, const float *bias,
+    const float *inv_freq, int T, int n_heads, int n_kv_heads, int head_dim,
+    int rope_dim, int interleaved, int block_size);
 
 /*
  * out[t] = softmax(q k^T / sqrt(head_dim)) v for each query head of

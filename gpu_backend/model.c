@@ -1,14 +1,17 @@
 /*
- * model.c - a Llama-architecture model in Hugging Face layout.
+ * model.c - decoder models in Hugging Face layout: Llama, Qwen2, GLM and
+ * GLM-4 (model.h says how they differ).
  *
- * config.json is read with the defaults of transformers' LlamaConfig
- * where a field may be absent; anything this code cannot run (another
- * architecture, RoPE scaling, biases, an activation other than SiLU) is
+ * config.json is read with the defaults of the architecture's
+ * transformers config class where a field may be absent; anything this
+ * code cannot run (another architecture, a RoPE scaling other than
+ * Llama-3's, sliding-window attention, an activation other than SiLU) is
  * refused here with a message, not discovered later as wrong output.
  */
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,6 +90,25 @@ cfg_float(yajl_val root, const char *path, const char *key, double def,
     return 0;
 }
 
+/* a boolean field, def when absent or null; 0 or -1 */
+static int
+cfg_bool(yajl_val root, const char *path, const char *key, int def,
+    int *out, char *err, size_t errlen)
+{
+    yajl_val v = cfg_get(root, key);
+
+    if (v == NULL || YAJL_IS_NULL(v)) {
+        *out = def;
+        return 0;
+    }
+    if (!YAJL_IS_TRUE(v) && !YAJL_IS_FALSE(v)) {
+        m_err(err, errlen, "%s: \"%s\" must be true or false", path, key);
+        return -1;
+    }
+    *out = YAJL_IS_TRUE(v);
+    return 0;
+}
+
 /* a boolean field that must be false (or absent) */
 static int
 cfg_must_be_false(yajl_val root, const char *path, const char *key,
@@ -102,31 +124,219 @@ cfg_must_be_false(yajl_val root, const char *path, const char *key,
     return 0;
 }
 
+/* the architectures, with their config class's defaults */
+typedef struct {
+    const char    *name;
+    model_arch_e   arch;
+    int            max_pos;         /* max_position_embeddings */
+    double         eps;             /* rms_norm_eps */
+    int            head_dim;        /* 0: hidden_size / heads */
+    int            kv_heads;        /* 0: num_attention_heads */
+    double         partial_rotary;  /* partial_rotary_factor */
+} arch_info_t;
+
+static const arch_info_t archs[] = {
+    { "LlamaForCausalLM", MODEL_LLAMA, 2048, 1e-6, 0, 0, 1.0 },
+    { "Qwen2ForCausalLM", MODEL_QWEN2, 32768, 1e-6, 0, 0, 1.0 },
+    { "GlmForCausalLM", MODEL_GLM, 131072, 1.5625e-7, 128, 2, 0.5 },
+    { "Glm4ForCausalLM", MODEL_GLM4, 131072, 1.5625e-7, 128, 2, 0.5 },
+};
+
+#define N_ARCHS  (sizeof(archs) / sizeof(archs[0]))
+
+/* a number in an object (the RoPE dict); 1 if there, 0 if absent, -1 if
+ * not a number */
+static int
+obj_number(yajl_val obj, const char *key, double *out)
+{
+    const char *p[] = { key, NULL };
+    yajl_val v = obj ? yajl_tree_get(obj, p, yajl_t_any) : NULL;
+
+    if (v == NULL || YAJL_IS_NULL(v)) {
+        return 0;
+    }
+    if (!YAJL_IS_DOUBLE(v)) {
+        return -1;
+    }
+    *out = YAJL_GET_DOUBLE(v);
+    return 1;
+}
+
+/*
+ * RoPE: rope_theta, partial_rotary_factor and the scaling, from the top
+ * level (transformers 4 layout) or from "rope_parameters" (transformers
+ * 5, which keeps them all there), else "rope_scaling".
+ */
+static int
+cfg_rope(yajl_val root, const char *path, const arch_info_t *ai,
+    model_config_t *c, char *err, size_t errlen)
+{
+    const char *k_type[] = { "rope_type", NULL }, *k_t2[] = { "type", NULL };
+    const char *where = "rope_parameters", *type = "default";
+    yajl_val rp, t;
+    double partial, d;
+    int r;
+
+    rp = cfg_get(root, "rope_parameters");
+    if (rp == NULL || YAJL_IS_NULL(rp)) {
+        rp = cfg_get(root, "rope_scaling");
+        where = "rope_scaling";
+    }
+    if (rp != NULL && YAJL_IS_NULL(rp)) {
+        rp = NULL;
+    }
+    if (rp != NULL && !YAJL_IS_OBJECT(rp)) {
+        m_err(err, errlen, "%s: \"%s\" must be an object", path, where);
+        return -1;
+    }
+    if (rp != NULL) {
+        t = yajl_tree_get(rp, k_type, yajl_t_any);
+        if (t == NULL) {
+            t = yajl_tree_get(rp, k_t2, yajl_t_any);
+        }
+        if (t != NULL && !YAJL_IS_STRING(t)) {
+            m_err(err, errlen, "%s: %s: \"rope_type\" must be a string",
+                  path, where);
+            return -1;
+        }
+        type = t ? YAJL_GET_STRING(t) : "default";
+    }
+
+    /* rope_theta: top level, else in the dict, else 10000 */
+    if (cfg_float(root, path, "rope_theta", 10000.0, &c->rope_theta, err,
+                  errlen) != 0)
+    {
+        return -1;
+    }
+    if (cfg_get(root, "rope_theta") == NULL
+        || YAJL_IS_NULL(cfg_get(root, "rope_theta")))
+    {
+        r = obj_number(rp, "rope_theta", &d);
+        if (r < 0 || (r > 0 && !(d > 0))) {
+            m_err(err, errlen, "%s: %s: \"rope_theta\" must be a positive "
+                  "number", path, where);
+            return -1;
+        }
+        if (r > 0) {
+            c->rope_theta = (float) d;
+        }
+    }
+
+    /* partial_rotary_factor (read as a double: transformers takes
+     * int(head_dim * factor) in double precision) */
+    partial = ai->partial_rotary;
+    r = obj_number(root, "partial_rotary_factor", &partial);
+    if (r == 0) {
+        r = obj_number(rp, "partial_rotary_factor", &partial);
+    }
+    if (r < 0 || !(partial > 0 && partial <= 1)) {
+        m_err(err, errlen, "%s: \"partial_rotary_factor\" must be a number "
+              "in (0, 1]", path);
+        return -1;
+    }
+    if (partial != 1.0 && ai->arch != MODEL_GLM && ai->arch != MODEL_GLM4) {
+        m_err(err, errlen, "%s: \"partial_rotary_factor\" %g: partial RoPE "
+              "is supported for the GLM architectures only, not %s", path,
+              partial, ai->name);
+        return -1;
+    }
+    c->rope_dim = (int) (c->head_dim * partial);
+    if (c->rope_dim < 2 || c->rope_dim % 2 != 0) {
+        m_err(err, errlen, "%s: head_dim %d * partial_rotary_factor %g gives "
+              "%d rotary dims; RoPE needs an even number, at least 2", path,
+              c->head_dim, partial, c->rope_dim);
+        return -1;
+    }
+    c->rope_interleaved = ai->arch == MODEL_GLM || ai->arch == MODEL_GLM4;
+
+    if (strcmp(type, "default") == 0) {
+        return 0;
+    }
+    if (strcmp(type, "llama3") != 0) {
+        m_err(err, errlen, "%s: %s (%s) is set; this RoPE scaling is not "
+              "supported (only \"llama3\" is)", path, where, type);
+        return -1;
+    }
+    if (ai->arch != MODEL_LLAMA) {
+        m_err(err, errlen, "%s: %s (llama3) is set; Llama-3 RoPE scaling "
+              "is supported for LlamaForCausalLM only, not %s", path, where,
+              ai->name);
+        return -1;
+    }
+    {
+        static const char *keys[] = { "factor", "low_freq_factor",
+            "high_freq_factor", "original_max_position_embeddings" };
+        double v[4];
+        int i;
+
+        for (i = 0; i < 4; i++) {
+            r = obj_number(rp, keys[i], &v[i]);
+            if (r <= 0 || !(v[i] > 0)) {
+                m_err(err, errlen, "%s: %s (llama3): \"%s\" %s", path, where,
+                      keys[i], r == 0 ? "is missing"
+                                      : "must be a positive number");
+                return -1;
+            }
+        }
+        if (v[0] < 1) {
+            m_err(err, errlen, "%s: %s (llama3): \"factor\" %g must be at "
+                  "least 1", path, where, v[0]);
+            return -1;
+        }
+        if (!(v[2] > v[1])) {
+            m_err(err, errlen, "%s: %s (llama3): \"high_freq_factor\" %g must "
+                  "be larger than \"low_freq_factor\" %g", path, where, v[2],
+                  v[1]);
+            return -1;
+        }
+        if (v[3] != (double) (int) v[3] || v[3] > (1 << 24)) {
+            m_err(err, errlen, "%s: %s (llama3): "
+                  "\"original_max_position_embeddings\" must be an integer",
+                  path, where);
+            return -1;
+        }
+        c->rope_llama3 = 1;
+        c->rope_factor = (float) v[0];
+        c->rope_low_freq = (float) v[1];
+        c->rope_high_freq = (float) v[2];
+        c->rope_orig_max_pos = (int) v[3];
+    }
+    return 0;
+}
+
 static int
 cfg_check(yajl_val root, const char *path, model_config_t *c, char *err,
     size_t errlen)
 {
+    const arch_info_t *ai = NULL;
     yajl_val v;
-    size_t i;
+    size_t i, j;
+    int flag;
 
     v = cfg_get(root, "architectures");
     if (!YAJL_IS_ARRAY(v) || v->u.array.len == 0) {
-        m_err(err, errlen, "%s: no \"architectures\" list (expected "
+        m_err(err, errlen, "%s: no \"architectures\" list (expected e.g. "
               "[\"LlamaForCausalLM\"])", path);
         return -1;
     }
-    for (i = 0; i < v->u.array.len; i++) {
+    for (i = 0; i < v->u.array.len && ai == NULL; i++) {
         const char *a = YAJL_GET_STRING(v->u.array.values[i]);
-        if (a != NULL && strcmp(a, "LlamaForCausalLM") == 0) {
-            snprintf(c->architecture, sizeof(c->architecture), "%s", a);
+        for (j = 0; a != NULL && j < N_ARCHS; j++) {
+            if (strcmp(a, archs[j].name) == 0) {
+                ai = &archs[j];
+                break;
+            }
         }
     }
-    if (c->architecture[0] == '\0') {
+    if (ai == NULL) {
         const char *a = YAJL_GET_STRING(v->u.array.values[0]);
-        m_err(err, errlen, "%s: architecture \"%s\" is not supported (only "
-              "LlamaForCausalLM is)", path, a ? a : "(not a string)");
+        m_err(err, errlen, "%s: architecture \"%s\" is not supported (these "
+              "are: LlamaForCausalLM, Qwen2ForCausalLM, GlmForCausalLM, "
+              "Glm4ForCausalLM)", path, a ? a : "(not a string)");
         return -1;
     }
+    snprintf(c->architecture, sizeof(c->architecture), "%s", ai->name);
+    c->arch = ai->arch;
 
     /* the dtype the checkpoint was saved in; newer configs say "dtype" */
     v = cfg_get(root, "torch_dtype");
@@ -146,15 +356,15 @@ cfg_check(yajl_val root, const char *path, model_config_t *c, char *err,
                    &c->n_heads, err, errlen) != 0
         || cfg_int(root, path, "vocab_size", -1, 1, 1 << 24,
                    &c->vocab_size, err, errlen) != 0
-        || cfg_int(root, path, "num_key_value_heads", c->n_heads, 1, 1024,
+        || cfg_int(root, path, "num_key_value_heads",
+                   ai->kv_heads ? ai->kv_heads : c->n_heads, 1, 1024,
                    &c->n_kv_heads, err, errlen) != 0
-        || cfg_int(root, path, "head_dim", c->dim / c->n_heads, 1, 1024,
-                   &c->head_dim, err, errlen) != 0
-        || cfg_int(root, path, "max_position_embeddings", 2048, 1, 1 << 24,
-                   &c->max_seq_len, err, errlen) != 0
-        || cfg_float(root, path, "rms_norm_eps", 1e-6, &c->rms_eps,
-                     err, errlen) != 0
-        || cfg_float(root, path, "rope_theta", 10000.0, &c->rope_theta,
+        || cfg_int(root, path, "head_dim",
+                   ai->head_dim ? ai->head_dim : c->dim / c->n_heads, 1,
+                   1024, &c->head_dim, err, errlen) != 0
+        || cfg_int(root, path, "max_position_embeddings", ai->max_pos, 1,
+                   1 << 24, &c->max_seq_len, err, errlen) != 0
+        || cfg_float(root, path, "rms_norm_eps", ai->eps, &c->rms_eps,
                      err, errlen) != 0)
     {
         return -1;
@@ -169,6 +379,9 @@ cfg_check(yajl_val root, const char *path, model_config_t *c, char *err,
               c->head_dim);
         return -1;
     }
+    if (cfg_rope(root, path, ai, c, err, errlen) != 0) {
+        return -1;
+    }
 
     v = cfg_get(root, "hidden_act");
     if (v != NULL && !YAJL_IS_NULL(v)
@@ -179,34 +392,72 @@ cfg_check(yajl_val root, const char *path, model_config_t *c, char *err,
               YAJL_IS_STRING(v) ? YAJL_GET_STRING(v) : "(not a string)");
         return -1;
     }
-    v = cfg_get(root, "rope_scaling");
-    if (v != NULL && !YAJL_IS_NULL(v)) {
-        const char *k_type[] = { "rope_type", NULL }, *k_t2[] = { "type", NULL };
-        yajl_val t = yajl_tree_get(v, k_type, yajl_t_string);
-        if (t == NULL) {
-            t = yajl_tree_get(v, k_t2, yajl_t_string);
+
+    /* biases: Llama's attention_bias would also put one on o_proj (not
+     * implemented); Qwen2 always has q/k/v biases (its config has no
+     * switch); GLM's attention_bias (default true) is q/k/v only */
+    switch (c->arch) {
+    case MODEL_LLAMA:
+        if (cfg_must_be_false(root, path, "attention_bias",
+                              "attention biases", err, errlen) != 0)
+        {
+            return -1;
         }
-        m_err(err, errlen, "%s: rope_scaling (%s) is set; RoPE scaling is not "
-              "supported yet", path, t ? YAJL_GET_STRING(t) : "unknown type");
-        return -1;
+        break;
+    case MODEL_QWEN2:
+        c->qkv_bias = 1;
+        break;
+    case MODEL_GLM:
+    case MODEL_GLM4:
+        if (cfg_bool(root, path, "attention_bias", 1, &c->qkv_bias, err,
+                     errlen) != 0)
+        {
+            return -1;
+        }
+        c->fused_gate_up = 1;
+        c->post_norms = c->arch == MODEL_GLM4;
+        break;
     }
-    if (cfg_must_be_false(root, path, "attention_bias", "attention biases",
-                          err, errlen) != 0
-        || cfg_must_be_false(root, path, "mlp_bias", "MLP biases",
-                             err, errlen) != 0)
+    if (cfg_must_be_false(root, path, "mlp_bias", "MLP biases",
+                          err, errlen) != 0)
     {
         return -1;
     }
 
-    v = cfg_get(root, "tie_word_embeddings");
-    if (v != NULL && !YAJL_IS_NULL(v) && !YAJL_IS_TRUE(v)
-        && !YAJL_IS_FALSE(v))
+    /* Qwen2's sliding window: transformers 4 says use_sliding_window,
+     * transformers 5 lists each layer's kind in layer_types */
+    if (cfg_bool(root, path, "use_sliding_window", 0, &flag, err,
+                 errlen) != 0)
     {
-        m_err(err, errlen, "%s: \"tie_word_embeddings\" must be true or false",
-              path);
         return -1;
     }
-    c->tied_embeddings = YAJL_IS_TRUE(v);       /* LlamaConfig: false */
+    if (flag) {
+        m_err(err, errlen, "%s: \"use_sliding_window\" is true: "
+              "sliding-window attention is not supported yet", path);
+        return -1;
+    }
+    v = cfg_get(root, "layer_types");
+    if (v != NULL && !YAJL_IS_NULL(v)) {
+        if (!YAJL_IS_ARRAY(v)) {
+            m_err(err, errlen, "%s: \"layer_types\" must be a list", path);
+            return -1;
+        }
+        for (i = 0; i < v->u.array.len; i++) {
+            const char *lt = YAJL_GET_STRING(v->u.array.values[i]);
+            if (lt == NULL || strcmp(lt, "full_attention") != 0) {
+                m_err(err, errlen, "%s: layer_types[%zu] is \"%s\": only "
+                      "\"full_attention\" layers are supported (no sliding "
+                      "window yet)", path, i, lt ? lt : "(not a string)");
+                return -1;
+            }
+        }
+    }
+
+    if (cfg_bool(root, path, "tie_word_embeddings", 0, &c->tied_embeddings,
+                 err, errlen) != 0)
+    {
+        return -1;
+    }
 
     c->bos_id = -1;
     if (cfg_int(root, path, "bos_token_id", -1, -1, c->vocab_size - 1,
@@ -337,6 +588,34 @@ need(const model_t *m, const char *wfile, const char *name, int64_t d0,
     return t;
 }
 
+/* when a tensor is missing because of what config.json says, say so */
+static void
+missing_hint(const model_t *m, const char *name, char *err, size_t errlen)
+{
+    const model_config_t *c = &m->cfg;
+    const char *hint = NULL;
+    size_t k;
+
+    if (err == NULL || errlen == 0 || st_find(m->weights, name) != NULL) {
+        return;
+    }
+    if (strstr(name, "_proj.bias") != NULL) {
+        hint = c->arch == MODEL_QWEN2
+               ? "Qwen2ForCausalLM has q/k/v biases"
+               : "attention_bias is true, GLM's default: q/k/v have biases";
+    } else if (strstr(name, "gate_up_proj") != NULL) {
+        hint = "GLM models keep gate and up in one tensor";
+    } else if (strstr(name, "post_self_attn") != NULL
+               || strstr(name, "post_mlp") != NULL)
+    {
+        hint = "Glm4ForCausalLM has these extra norms";
+    }
+    if (hint != NULL) {
+        k = strlen(err);
+        snprintf(err + k, errlen - k, " (%s)", hint);
+    }
+}
+
 int
 model_load(const char *dir, model_t *m, char *err, size_t errlen)
 {
@@ -402,17 +681,33 @@ model_load(const char *dir, model_t *m, char *err, size_t errlen)
 #define NEED(field, suffix, d0, d1)                                         \
         snprintf(name, sizeof(name), "model.layers.%d.%s", l, suffix);      \
         if ((L->field = need(m, path, name, d0, d1, err, errlen)) == NULL) { \
+            missing_hint(m, name, err, errlen);                             \
             goto fail;                                                      \
         }
         NEED(attn_norm, "input_layernorm.weight", c->dim, 0);
         NEED(wq, "self_attn.q_proj.weight", q_dim, c->dim);
         NEED(wk, "self_attn.k_proj.weight", kv_dim, c->dim);
         NEED(wv, "self_attn.v_proj.weight", kv_dim, c->dim);
+        if (c->qkv_bias) {
+            NEED(bq, "self_attn.q_proj.bias", q_dim, 0);
+            NEED(bk, "self_attn.k_proj.bias", kv_dim, 0);
+            NEED(bv, "self_attn.v_proj.bias", kv_dim, 0);
+        }
         NEED(wo, "self_attn.o_proj.weight", c->dim, q_dim);
         NEED(ffn_norm, "post_attention_layernorm.weight", c->dim, 0);
-        NEED(w_gate, "mlp.gate_proj.weight", c->hidden_dim, c->dim);
-        NEED(w_up, "mlp.up_proj.weight", c->hidden_dim, c->dim);
+        if (c->fused_gate_up) {
+            NEED(w_gate_up, "mlp.gate_up_proj.weight", 2 * (int64_t)
+                 c->hidden_dim, c->dim);
+        } else {
+            NEED(w_gate, "mlp.gate_proj.weight", c->hidden_dim, c->dim);
+            NEED(w_up, "mlp.up_proj.weight", c->hidden_dim, c->dim);
+        }
         NEED(w_down, "mlp.down_proj.weight", c->dim, c->hidden_dim);
+        if (c->post_norms) {
+            NEED(post_attn_norm, "post_self_attn_layernorm.weight", c->dim,
+                 0);
+            NEED(post_ffn_norm, "post_mlp_layernorm.weight", c->dim, 0);
+        }
 #undef NEED
     }
     m->final_norm = need(m, path, "model.norm.weight", c->dim, 0, err,
@@ -454,6 +749,41 @@ model_free(model_t *m)
     m->weights = NULL;
     m->layers = NULL;
     m->tok_emb = m->final_norm = m->lm_head = NULL;
+}
+
+void
+model_rope_inv_freq(const model_config_t *c, float *inv_freq)
+{
+    double lo_wavelen, hi_wavelen;
+    int i;
+
+    lo_wavelen = (double) c->rope_orig_max_pos / c->rope_low_freq;
+    hi_wavelen = (double) c->rope_orig_max_pos / c->rope_high_freq;
+    for (i = 0; i < c->rope_dim / 2; i++) {
+        /* transformers: inv_freq in f32 */
+        float inv = (float) (1.0 / pow(c->rope_theta,
+                                       (double) (2 * i) / c->rope_dim));
+        double wavelen, smooth;
+
+        if (c->rope_llama3) {
+            /*
+             * Llama 3: wavelengths shorter than original_max_pos /
+             * high_freq_factor stay, those longer than original_max_pos
+             * / low_freq_factor are slowed down by factor, and those in
+             * between are blended
+             */
+            wavelen = 2 * M_PI / inv;
+            if (wavelen > lo_wavelen) {
+                inv = (float) (inv / c->rope_factor);
+            } else if (!(wavelen < hi_wavelen)) {
+                smooth = (c->rope_orig_max_pos / wavelen - c->rope_low_freq)
+                         / (c->rope_high_freq - c->rope_low_freq);
+                inv = (float) ((1 - smooth) * inv / c->rope_factor
+                               + smooth * inv);
+            }
+        }
+        inv_freq[i] = inv;
+    }
 }
 
 /*

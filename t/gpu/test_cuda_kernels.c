@@ -264,28 +264,33 @@ test_rmsnorm(kc_dtype_t dt, int D)
 
 /* --- RoPE + KV store ------------------------------------------------------ */
 
+/* the first rot dims of each head rotate: pair i is (2i, 2i + 1) when
+ * interleaved (GLM), else (i, i + rot/2) (Hugging Face rotate_half) */
 static void
-rope_ref(double *x, int n_heads, int hd, int pos, float theta)
+rope_ref(double *x, int n_heads, int hd, int rot, int il, int pos,
+    const float *inv)
 {
-    int h, i, half = hd / 2;
+    int h, i, half = rot / 2;
 
     for (h = 0; h < n_heads; h++) {
         double *x0 = x + h * hd;
         for (i = 0; i < half; i++) {
-            float inv = (float) (1.0 / pow(theta, (double) (2 * i) / hd));
-            float a = (float) pos * inv;
+            float a = (float) pos * inv[i];
             double c = cos((double) a), s = sin((double) a);
-            double u = x0[i], v = x0[i + half];
-            x0[i] = u * c - v * s;
-            x0[i + half] = v * c + u * s;
+            int i0 = il ? 2 * i : i, i1 = il ? 2 * i + 1 : i + half;
+            double u = x0[i0], v = x0[i1];
+            x0[i0] = u * c - v * s;
+            x0[i1] = v * c + u * s;
         }
     }
 }
 
+/* hd: head_dim; rot: rotary dims; il: interleaved pairs; bias: add
+ * q/k/v biases first */
 static void
-test_rope_kv(kc_dtype_t dt)
+test_rope_kv(kc_dtype_t dt, int hd, int rot, int il, int use_bias)
 {
-    int H = 4, KV = 2, hd = 16, bs = 16, L = 2, nb = 6, T = 5;
+    int H = 4, KV = 2, bs = 16, L = 2, nb = 6, T = 5;
     int q_dim = H * hd, kv_dim = KV * hd, qkv_dim = q_dim + 2 * kv_dim;
     size_t layer = (size_t) 2 * bs * kv_dim, bstride = layer * L;
     size_t cache_n = bstride * nb;
@@ -297,10 +302,10 @@ test_rope_kv(kc_dtype_t dt)
     float *cache = malloc(cache_n * 4);
     double *qref = malloc((size_t) T * q_dim * 8);
     double *kref = malloc((size_t) T * kv_dim * 8);
-    float inv[8];
+    float *bias = malloc((size_t) qkv_dim * 4), inv[64];
     dstep_t s = make_step(tok, T, item_table, 2, tables, 4, NULL, NULL,
                           NULL, NULL, 0);
-    float *dqkv, *dinv;
+    float *dqkv, *dinv, *dbias = NULL;
     void *dcache;
     double eq = INFINITY, ek = 0, ev = 0, nk = 0, nv = 0;
     int t, i;
@@ -308,15 +313,21 @@ test_rope_kv(kc_dtype_t dt)
     for (i = 0; i < T * qkv_dim; i++) {
         qkv[i] = nrand();
     }
-    for (i = 0; i < hd / 2; i++) {
-        inv[i] = (float) (1.0 / pow(10000.0, (double) (2 * i) / hd));
+    for (i = 0; i < qkv_dim; i++) {
+        bias[i] = use_bias ? nrand() : 0.0f;
+    }
+    for (i = 0; i < rot / 2; i++) {
+        inv[i] = (float) (1.0 / pow(10000.0, (double) (2 * i) / rot));
     }
     dqkv = dput(qkv, (size_t) T * qkv_dim * 4);
     dinv = dput(inv, sizeof(inv));
+    if (use_bias) {
+        dbias = dput(bias, (size_t) qkv_dim * 4);
+    }
     dcache = dalloc(cache_n * kc_dtype_size(dt));
     /* layer 1 of the blocks: kv_layer is one layer in */
     kc_rope_kv(0, dt, dqkv, (char *) dcache + layer * kc_dtype_size(dt),
-               bstride, s.st, dinv, T, H, KV, hd, bs);
+               bstride, s.st, dbias, dinv, T, H, KV, hd, rot, il, bs);
     if (sync_ok("rope_kv")) {
         cudaMemcpy(q_out, dqkv, (size_t) T * qkv_dim * 4,
                    cudaMemcpyDeviceToHost);
@@ -327,15 +338,17 @@ test_rope_kv(kc_dtype_t dt)
             size_t row = tab[tok[t].pos / bs] * bstride + layer
                          + (size_t) (tok[t].pos % bs) * kv_dim;
             for (i = 0; i < q_dim; i++) {
-                q[i] = qkv[t * qkv_dim + i];
+                q[i] = (double) qkv[t * qkv_dim + i] + bias[i];
             }
             for (i = 0; i < kv_dim; i++) {
-                k[i] = qkv[t * qkv_dim + q_dim + i];
+                k[i] = (double) qkv[t * qkv_dim + q_dim + i]
+                       + bias[q_dim + i];
             }
-            rope_ref(q, H, hd, tok[t].pos, 10000.0f);
-            rope_ref(k, KV, hd, tok[t].pos, 10000.0f);
+            rope_ref(q, H, hd, rot, il, tok[t].pos, inv);
+            rope_ref(k, KV, hd, rot, il, tok[t].pos, inv);
             for (i = 0; i < kv_dim; i++) {
-                double v = qkv[t * qkv_dim + q_dim + kv_dim + i];
+                double v = (double) qkv[t * qkv_dim + q_dim + kv_dim + i]
+                           + bias[q_dim + kv_dim + i];
                 ek += (cache[row + i] - k[i]) * (cache[row + i] - k[i]);
                 nk += k[i] * k[i];
                 ev += (cache[row + bs * kv_dim + i] - v)
@@ -352,12 +365,15 @@ test_rope_kv(kc_dtype_t dt)
         ev = sqrt(ev / nv);
     }
     CHECK(eq < 2e-6 && ek < tol_of(dt) && ev < tol_of(dt),
-          "rope_kv %s: q %.3g k %.3g v %.3g", kc_dtype_name(dt), eq, ek, ev);
-    printf("rope_kv %-8s: rel err q %.2e k %.2e v %.2e\n", kc_dtype_name(dt),
-           eq, ek, ev);
-    cudaFree(dqkv); cudaFree(dinv); cudaFree(dcache);
+          "rope_kv %s hd %d rot %d%s%s: q %.3g k %.3g v %.3g",
+          kc_dtype_name(dt), hd, rot, il ? " interleaved" : "",
+          use_bias ? " bias" : "", eq, ek, ev);
+    printf("rope_kv %-8s hd %3d rot %3d%-12s%-5s: rel err q %.2e k %.2e "
+           "v %.2e\n", kc_dtype_name(dt), hd, rot, il ? " interleaved" : "",
+           use_bias ? " bias" : "", eq, ek, ev);
+    cudaFree(dqkv); cudaFree(dinv); cudaFree(dcache); cudaFree(dbias);
     free_step(&s);
-    free(qkv); free(q_out); free(cache); free(qref); free(kref);
+    free(qkv); free(q_out); free(cache); free(qref); free(kref); free(bias);
 }
 
 /* --- attention ------------------------------------------------------------ */
@@ -675,7 +691,10 @@ main(void)
         test_embed(dt);
         test_rmsnorm(dt, 200);
         test_rmsnorm(dt, 4096);
-        test_rope_kv(dt);
+        test_rope_kv(dt, 16, 16, 0, 0);         /* Llama */
+        test_rope_kv(dt, 32, 32, 0, 1);         /* Qwen2: biases */
+        test_rope_kv(dt, 64, 32, 1, 1);         /* GLM: half, interleaved */
+        test_rope_kv(dt, 48, 12, 1, 0);         /* a quarter, no bias */
         for (i = 0; i < sizeof(att) / sizeof(att[0]); i++) {
             test_attention(dt, att[i][0], att[i][1], att[i][2], att[i][3],
                            att[i][4]);

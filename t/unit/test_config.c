@@ -1,7 +1,9 @@
 /*
  * test_config.c - model_config_load: a full config, HF LlamaConfig
- * defaults for absent fields, and the configs it must refuse (missing
- * fields, other architectures, RoPE scaling, malformed JSON, ...) with a
+ * defaults for absent fields, Qwen2 / GLM / GLM-4 configs with their
+ * classes' defaults, Llama-3 RoPE scaling (and its inverse frequencies),
+ * and the configs it must refuse (missing fields, other architectures,
+ * other RoPE scalings, sliding windows, malformed JSON, ...) with a
  * message naming the file and the problem.
  */
 
@@ -136,10 +138,10 @@ test_bad(void)
                 "GPT2LMHeadModel", NULL);
     expect_fail("rope_scaling.json",
         "{" BASE ",\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8.0}}",
-        "rope_scaling (llama3) is set", "not supported");
+        "rope_scaling (llama3): \"low_freq_factor\" is missing", NULL);
     expect_fail("rope_linear.json",
         "{" BASE ",\"rope_scaling\":{\"type\":\"linear\",\"factor\":2.0}}",
-        "rope_scaling (linear)", NULL);
+        "rope_scaling (linear)", "only \"llama3\" is");
     expect_fail("gelu.json", "{" BASE ",\"hidden_act\":\"gelu\"}",
                 "hidden_act \"gelu\" is not supported", NULL);
     expect_fail("bias.json", "{" BASE ",\"attention_bias\":true}",
@@ -185,6 +187,151 @@ test_bad(void)
     }
 }
 
+#define LLAMA3 "\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8.0," \
+               "\"low_freq_factor\":1.0,\"high_freq_factor\":4.0,"         \
+               "\"original_max_position_embeddings\":8192}"
+#define QWEN2 "\"architectures\":[\"Qwen2ForCausalLM\"],\"hidden_size\":64," \
+              "\"intermediate_size\":172,\"num_hidden_layers\":2,"          \
+              "\"num_attention_heads\":8,\"num_key_value_heads\":2,"        \
+              "\"vocab_size\":512"
+#define GLM(a) "\"architectures\":[\"" a "\"],\"hidden_size\":64,"        \
+               "\"intermediate_size\":172,\"num_hidden_layers\":2,"         \
+               "\"num_attention_heads\":4,\"vocab_size\":512"
+
+static int
+load_ok(const char *name, const char *json, model_config_t *c)
+{
+    char err[512] = "";
+    int rc = model_config_load(write_cfg(name, json), c, err, sizeof(err));
+
+    CHECK(rc == 0, "%s: %s", name, err);
+    return rc == 0;
+}
+
+static void
+test_archs(void)
+{
+    model_config_t c;
+    float inv[64], inv_p[64];
+    int i, n_kept = 0, n_slowed = 0, n_blend = 0;
+
+    /* Qwen2: biases always, Qwen2Config's defaults, a window that is off */
+    if (load_ok("qwen2.json", "{" QWEN2 ",\"use_sliding_window\":false,"
+                "\"sliding_window\":32768,\"max_window_layers\":2,"
+                "\"tie_word_embeddings\":true}", &c))
+    {
+        CHECK(c.arch == MODEL_QWEN2 && c.qkv_bias && !c.fused_gate_up
+              && !c.post_norms && !c.rope_interleaved && c.rope_dim == 8
+              && c.tied_embeddings && c.max_seq_len == 32768
+              && c.rms_eps == 1e-6f && c.n_kv_heads == 2, "qwen2 fields");
+    }
+
+    /* GLM: GlmConfig's defaults: head_dim 128, half of it rotary,
+     * interleaved, biases, 2 KV heads */
+    if (load_ok("glm.json", "{" GLM("GlmForCausalLM") "}", &c)) {
+        CHECK(c.arch == MODEL_GLM && c.head_dim == 128 && c.rope_dim == 64
+              && c.rope_interleaved && c.qkv_bias && c.fused_gate_up
+              && !c.post_norms && c.n_kv_heads == 2
+              && c.max_seq_len == 131072 && c.rms_eps == 1.5625e-7f,
+              "glm defaults: head_dim %d rope_dim %d kv %d", c.head_dim,
+              c.rope_dim, c.n_kv_heads);
+    }
+    /* GLM-4 as GLM-4-9B-0414 writes it, then transformers 5's layout */
+    if (load_ok("glm4.json", "{" GLM("Glm4ForCausalLM") ",\"head_dim\":32,"
+                "\"partial_rotary_factor\":0.25,\"attention_bias\":false,"
+                "\"rope_theta\":500000,\"eos_token_id\":[2,3,4]}", &c))
+    {
+        CHECK(c.arch == MODEL_GLM4 && c.post_norms && c.fused_gate_up
+              && !c.qkv_bias && c.rope_dim == 8 && c.rope_interleaved
+              && c.rope_theta == 500000.0f && c.n_eos == 3, "glm4 fields");
+    }
+    if (load_ok("glm4_v5.json", "{" GLM("Glm4ForCausalLM") ",\"head_dim\":32,"
+                "\"rope_parameters\":{\"rope_type\":\"default\","
+                "\"rope_theta\":20000.0,\"partial_rotary_factor\":0.75}}", &c))
+    {
+        CHECK(c.rope_dim == 24 && c.rope_theta == 20000.0f && !c.rope_llama3,
+              "rope_parameters: rope_dim %d theta %g", c.rope_dim,
+              c.rope_theta);
+    }
+    if (load_ok("llama_default_rope.json", "{" BASE ",\"rope_scaling\":"
+                "{\"rope_type\":\"default\"}}", &c))
+    {
+        CHECK(!c.rope_llama3 && c.rope_dim == 8, "rope_type default");
+    }
+
+    /* Llama 3.1's scaling: high frequencies kept, low ones divided by
+     * factor, the band between blended; all within [inv / 8, inv] */
+    if (load_ok("llama3.json", "{" BASE ",\"head_dim\":128,\"rope_theta\":"
+                "500000.0," LLAMA3 "}", &c))
+    {
+        model_config_t plain = c;
+
+        CHECK(c.rope_llama3 && c.rope_factor == 8.0f
+              && c.rope_orig_max_pos == 8192 && c.rope_dim == 128,
+              "llama3 fields");
+        plain.rope_llama3 = 0;
+        model_rope_inv_freq(&plain, inv_p);
+        model_rope_inv_freq(&c, inv);
+        for (i = 0; i < 64; i++) {
+            float p = inv_p[i], s = inv[i];
+            if (2 * M_PI / p < 8192 / 4.0) {
+                n_kept += s == p;
+            } else if (2 * M_PI / p > 8192 / 1.0) {
+                n_slowed += s == (float) (p / 8.0f);
+            } else {
+                n_blend += s < p && s > p / 8;
+            }
+        }
+        CHECK(n_kept > 0 && n_slowed > 0 && n_blend > 0
+              && n_kept + n_slowed + n_blend == 64,
+              "llama3 bands: %d kept, %d slowed, %d blended", n_kept,
+              n_slowed, n_blend);
+    }
+    printf("architectures and RoPE: ok (llama3 bands %d/%d/%d)\n", n_kept,
+           n_slowed, n_blend);
+
+    printf("refused architecture configs:\n");
+    expect_fail("qwen2_window.json", "{" QWEN2 ",\"use_sliding_window\":true}",
+                "use_sliding_window", "sliding-window attention is not "
+                "supported");
+    expect_fail("qwen2_layer_types.json", "{" QWEN2 ",\"layer_types\":"
+                "[\"full_attention\",\"sliding_attention\"]}",
+                "layer_types[1] is \"sliding_attention\"", NULL);
+    expect_fail("qwen2_llama3.json", "{" QWEN2 "," LLAMA3 "}",
+                "LlamaForCausalLM only", "Qwen2ForCausalLM");
+    expect_fail("rope_yarn.json", "{" QWEN2 ",\"rope_scaling\":{\"type\":"
+                "\"yarn\",\"factor\":4.0}}", "rope_scaling (yarn)",
+                "not supported");
+    expect_fail("rope_v5_yarn.json", "{" BASE ",\"rope_parameters\":"
+                "{\"rope_type\":\"yarn\",\"rope_theta\":1e4}}",
+                "rope_parameters (yarn)", NULL);
+    expect_fail("rope_not_obj.json", "{" BASE ",\"rope_scaling\":\"llama3\"}",
+                "\"rope_scaling\" must be an object", NULL);
+    expect_fail("llama3_order.json", "{" BASE ",\"rope_scaling\":"
+                "{\"rope_type\":\"llama3\",\"factor\":8,"
+                "\"low_freq_factor\":4,\"high_freq_factor\":1,"
+                "\"original_max_position_embeddings\":8192}}",
+                "\"high_freq_factor\" 1 must be larger", NULL);
+    expect_fail("llama3_factor.json", "{" BASE ",\"rope_scaling\":"
+                "{\"rope_type\":\"llama3\",\"factor\":\"8\","
+                "\"low_freq_factor\":1,\"high_freq_factor\":4,"
+                "\"original_max_position_embeddings\":8192}}",
+                "\"factor\" must be a positive number", NULL);
+    expect_fail("llama_partial.json", "{" BASE ",\"partial_rotary_factor\":"
+                "0.5}", "partial RoPE is supported for the GLM "
+                "architectures only", "LlamaForCausalLM");
+    expect_fail("glm_partial.json", "{" GLM("GlmForCausalLM")
+                ",\"partial_rotary_factor\":1.5}", "\"partial_rotary_factor\" "
+                "must be a number in (0, 1]", NULL);
+    expect_fail("glm_rot_odd.json", "{" GLM("GlmForCausalLM")
+                ",\"head_dim\":6}", "gives 3 rotary dims", NULL);
+    expect_fail("glm_bias.json", "{" GLM("Glm4ForCausalLM")
+                ",\"attention_bias\":\"yes\"}",
+                "\"attention_bias\" must be true or false", NULL);
+    expect_fail("glm_kv.json", "{" GLM("GlmForCausalLM")
+                ",\"num_key_value_heads\":3}", "not a multiple", NULL);
+}
+
 int
 main(void)
 {
@@ -197,6 +344,7 @@ main(void)
     }
     test_good();
     test_bad();
+    test_archs();
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) {
         fprintf(stderr, "could not remove %s\n", tmpdir);

@@ -286,37 +286,54 @@ test_argmax(void)
 static void
 test_rope(void)
 {
-    static const int dims[][3] = { { 8, 4, 0 }, { 2, 1, 7 }, { 64, 3, 511 },
-                                   { 128, 2, 4095 }, { 6, 5, 100000 } };
+    /* head_dim, heads, position, rotary dims, interleaved (GLM) */
+    static const int dims[][5] = { { 8, 4, 0, 8, 0 }, { 2, 1, 7, 2, 0 },
+                                   { 64, 3, 511, 64, 0 },
+                                   { 128, 2, 4095, 128, 0 },
+                                   { 6, 5, 100000, 6, 0 },
+                                   { 64, 3, 511, 32, 1 },
+                                   { 48, 2, 1000, 24, 1 },
+                                   { 16, 4, 77, 16, 1 },
+                                   { 32, 2, 300, 8, 1 },
+                                   { 24, 2, 9, 12, 0 } };
     size_t di;
     int i, h;
 
     for (di = 0; di < sizeof(dims) / sizeof(dims[0]); di++) {
         int hd = dims[di][0], nh = dims[di][1], pos = dims[di][2];
-        int half = hd / 2;
+        int rot = dims[di][3], il = dims[di][4], half = rot / 2;
         float theta = 10000.0f;
         float *x = rand_vec((size_t) nh * hd), *y = malloc(nh * hd * 4);
         float *cs = malloc(half * 4), *sn = malloc(half * 4);
+        float *inv = malloc(half * 4);
         double *ref = malloc(nh * hd * sizeof(double));
 
-        /* Hugging Face rotate_half: element i pairs with i + hd/2, at angle
-         * pos * theta^(-2i/hd) (inv_freq and the angle in f32, as
-         * transformers computes them) */
+        /* pair i at angle pos * theta^(-2i/rot) (inv_freq and the angle in
+         * f32, as transformers computes them); Hugging Face rotate_half
+         * pairs element i with i + rot/2, GLM's pairs 2i with 2i + 1; the
+         * dims past rot pass unchanged */
+        for (i = 0; i < half; i++) {
+            inv[i] = (float) (1.0 / pow(theta, 2.0 * i / rot));
+        }
         for (h = 0; h < nh; h++) {
+            for (i = 0; i < hd; i++) {
+                ref[h * hd + i] = x[h * hd + i];
+            }
             for (i = 0; i < half; i++) {
-                float inv = (float) (1.0 / pow(theta, 2.0 * i / hd));
-                double a = (float) pos * inv;
-                double x0 = x[h * hd + i], x1 = x[h * hd + i + half];
-                ref[h * hd + i] = x0 * cos(a) - x1 * sin(a);
-                ref[h * hd + i + half] = x1 * cos(a) + x0 * sin(a);
+                double a = (float) pos * inv[i];
+                int i0 = il ? 2 * i : i, i1 = il ? 2 * i + 1 : i + half;
+                double x0 = x[h * hd + i0], x1 = x[h * hd + i1];
+                ref[h * hd + i0] = x0 * cos(a) - x1 * sin(a);
+                ref[h * hd + i1] = x1 * cos(a) + x0 * sin(a);
             }
         }
         memcpy(y, x, nh * hd * 4);
-        k_rope_angles(cs, sn, hd, pos, theta);
-        k_rope(y, nh, hd, cs, sn);
-        CHECK(max_err(y, ref, NULL, nh * hd) < 2e-6, "rope hd=%d pos=%d: %g",
-              hd, pos, max_err(y, ref, NULL, nh * hd));
-        free(x); free(y); free(cs); free(sn); free(ref);
+        k_rope_angles(cs, sn, half, pos, inv);
+        k_rope(y, nh, hd, rot, il, cs, sn);
+        CHECK(max_err(y, ref, NULL, nh * hd) < 2e-6, "rope hd=%d rot=%d%s "
+              "pos=%d: %g", hd, rot, il ? " interleaved" : "", pos,
+              max_err(y, ref, NULL, nh * hd));
+        free(x); free(y); free(cs); free(sn); free(inv); free(ref);
     }
     printf("rope: ok\n");
 }
