@@ -20,9 +20,17 @@
  * With few blocks (decode at small batch) the context is split across
  * n_split blocks, each writing its unnormalised partial result and its
  * max and sum to `part`; combine_kernel merges them (flash-decoding).
+ *
+ * Prefill rows (kc_att_multi) go to the tensor-core kernel in
+ * attention_tc_cuda.cu when kc_attention() is asked to tile and the
+ * dtype and head_dim allow; this kernel then skips them.
  */
 
+#include <stdlib.h>
+#include <string.h>
+
 #include "kernels_cuda.cuh"
+#include "attention_cuda.cuh"
 
 #define ATT_THREADS  128
 
@@ -30,7 +38,7 @@ template <typename T, int HDM, int SUB>
 __global__ void __launch_bounds__(ATT_THREADS)
 attention_kernel(T *out, float *part, const float *qkv, const T *kv,
     size_t block_stride, kc_step_t st, int n_heads, int n_kv, int hd,
-    int bs, float scale, int n_split)
+    int bs, float scale, int n_split, int skip_multi)
 {
     constexpr int NSLOT = ATT_THREADS / SUB;        /* heads scored at once */
     constexpr int CPR = HDM / 8;                    /* 8-wide chunks a row */
@@ -59,6 +67,9 @@ attention_kernel(T *out, float *part, const float *qkv, const T *kv,
     int j = tid % SUB, slot = tid / SUB;            /* scoring: position, heads */
     float acc[MAXO];
 
+    if (skip_multi && kc_att_multi(st.tokens, blockIdx.x, gridDim.x)) {
+        return;                 /* a prefill row: the tensor-core kernel's */
+    }
     for (int i = tid; i < gc * hd; i += ATT_THREADS) {
         qs[i / hd][i % hd] = q[i] * scale;
     }
@@ -183,7 +194,8 @@ attention_kernel(T *out, float *part, const float *qkv, const T *kv,
  * thread reads its dimension of every split with the loads in flight */
 template <typename T>
 __global__ void
-combine_kernel(T *out, const float *part, int n_heads, int hd, int n_split)
+combine_kernel(T *out, const float *part, int n_heads, int hd, int n_split,
+    kc_step_t st, int skip_multi)
 {
     __shared__ float w_s[KC_ATT_MAX_SPLIT];
     __shared__ float inv_s;
@@ -191,6 +203,9 @@ combine_kernel(T *out, const float *part, int n_heads, int hd, int n_split)
                              * n_split * (hd + 2);
     int tid = threadIdx.x;
 
+    if (skip_multi && kc_att_multi(st.tokens, blockIdx.x, gridDim.x)) {
+        return;
+    }
     if (tid < 32) {
         int live = tid < n_split && pp[tid * (hd + 2) + hd + 1] > 0.0f;
         float m = live ? pp[tid * (hd + 2) + hd] : -INFINITY;
@@ -224,28 +239,45 @@ template <typename T, int HDM, int SUB>
 static void
 launch(cudaStream_t s, dim3 grid, T *out, float *part, const float *qkv,
     const T *kv, size_t block_stride, kc_step_t st, int n_heads, int n_kv,
-    int hd, int bs, float scale, int n_split)
+    int hd, int bs, float scale, int n_split, int skip_multi)
 {
     attention_kernel<T, HDM, SUB><<<grid, ATT_THREADS, 0, s>>>(out, part, qkv,
-        kv, block_stride, st, n_heads, n_kv, hd, bs, scale, n_split);
+        kv, block_stride, st, n_heads, n_kv, hd, bs, scale, n_split,
+        skip_multi);
 }
 
 void
 kc_attention(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
-    int n_split, const float *qkv, const void *kv_layer, size_t block_stride,
-    kc_step_t st, int n_tok, int n_heads, int n_kv_heads, int head_dim,
-    int block_size)
+    int n_split, int tiled, const float *qkv, const void *kv_layer,
+    size_t block_stride, kc_step_t st, int n_tok, int n_heads,
+    int n_kv_heads, int head_dim, int block_size)
 {
     int group = n_heads / n_kv_heads;
     dim3 grid(n_tok, n_kv_heads * ((group + KC_ATT_MAXG - 1) / KC_ATT_MAXG),
               n_split);
     float scale = 1.0f / sqrtf((float) head_dim);
+    static int tc_off = -1;         /* NGX_GPU_ATTENTION_TC=0: compare */
+    int tc;
+
+    if (tc_off < 0) {
+        const char *v = getenv("NGX_GPU_ATTENTION_TC");
+        tc_off = v != NULL && strcmp(v, "0") == 0;
+    }
+    tc = tiled && !tc_off && att_tc_supported(dt, head_dim);
+
+    /* prefill rows first, on tensor cores; the per-token kernel below
+     * then leaves them alone.  A launch error shows in the caller's
+     * cudaGetLastError(), as for every launcher here. */
+    if (tc) {
+        att_tc_launch(s, dt, out, qkv, kv_layer, block_stride, st, n_tok,
+                      n_heads, n_kv_heads, head_dim, block_size);
+    }
 
     /* shared memory sized for the smallest power of two >= head_dim */
 #define ATT_LAUNCH(HDM, SUB)                                              \
     launch<T, HDM, SUB>(s, grid, (T *) out, part, qkv, (const T *) kv_layer, \
         block_stride, st, n_heads, n_kv_heads, head_dim, block_size, scale, \
-        n_split)
+        n_split, tc)
     KC_DISPATCH(dt,
         if (head_dim <= 16) ATT_LAUNCH(16, 32);
         else if (head_dim <= 32) ATT_LAUNCH(32, 32);
@@ -255,7 +287,7 @@ kc_attention(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
         if (n_split > 1) {
             combine_kernel<T><<<dim3(n_tok, n_heads),
                                 (head_dim + 31) / 32 * 32, 0, s>>>(
-                (T *) out, part, n_heads, head_dim, n_split);
+                (T *) out, part, n_heads, head_dim, n_split, st, tc);
         });
 #undef ATT_LAUNCH
 }

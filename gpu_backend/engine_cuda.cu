@@ -480,9 +480,11 @@ forward(cu_engine_t *e, int T, int R)
                    L->b_qkv, e->inv_freq, T, c->n_heads, c->n_kv_heads,
                    c->head_dim, c->rope_dim, c->rope_interleaved,
                    e->block_size);
-        kc_attention(s, e->dt, e->att, e->att_part, n_split, e->qkv, kv_l,
-                     e->kv_block_stride, st, T, c->n_heads, c->n_kv_heads,
-                     c->head_dim, e->block_size);
+        /* T > R: more token rows than logits rows, so some item has
+         * several tokens (a prefill chunk); decode graphs have T == R */
+        kc_attention(s, e->dt, e->att, e->att_part, n_split, T > R, e->qkv,
+                     kv_l, e->kv_block_stride, st, T, c->n_heads,
+                     c->n_kv_heads, c->head_dim, e->block_size);
         gemm(e, e->y, e->att, L->wo, T, e->q_dim, dim, &bs);
         if (c->post_norms) {
             /* Glm4: the attention output is normed before the residual

@@ -104,6 +104,14 @@ void kc_rope_kv(cudaStream_t s, kc_dtype_t dt, float *qkv, void *kv_layer,
  * dtype.  n_split > 1 splits each context over that many blocks (for
  * small batches, so that the GPU fills); part is then scratch of
  * kc_attention_part_floats() floats.
+ *
+ * tiled != 0: the step may hold prefill rows (an item with more than one
+ * token, its tokens next to each other in tokens[]); in bf16/f16 with
+ * head_dim 16, 32, 64 or 128 those rows then go to the tensor-core
+ * kernel (attention_tc_cuda.cu), which reads each K/V tile once for 64
+ * (token, head) rows; decode rows stay with the per-token kernel and its
+ * splits.  tiled == 0 (decode graphs): the per-token kernel alone.  Both
+ * give the same result to within rounding; neither needs more scratch.
  */
 #define KC_ATT_MAX_HEAD_DIM  256
 #define KC_ATT_MAXG          8       /* query heads one block serves */
@@ -116,7 +124,7 @@ kc_attention_part_floats(int n_tok, int n_heads, int head_dim, int n_split)
 }
 
 void kc_attention(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
-    int n_split, const float *qkv, const void *kv_layer,
+    int n_split, int tiled, const float *qkv, const void *kv_layer,
     size_t block_stride, kc_step_t st, int T, int n_heads, int n_kv_heads,
     int head_dim, int block_size);
 

@@ -14,8 +14,8 @@
  * requests in flight).  One worker per interval turns those signals into
  * effective weights in a shared zone (ngx_http_gpu_upstream_weights.c);
  * every worker picks with two random choices, drawn by the effective
- * weights halved for every request a peer has in flight beyond the least
- * busy peer, and takes the one with fewer requests in flight per weight.
+ * weights and the requests in flight, and takes the one with fewer
+ * requests in flight per weight.
  *
  *
  * Syntax:  gpu_adaptive [zone=name[:size]] [interval=time]
@@ -57,6 +57,9 @@ typedef struct {
     ngx_http_gpu_upstream_peer_t       *peer;      /* this try's, or NULL */
     uint64_t                            start;     /* microseconds */
 
+    /* while picking: the fewest requests in flight of a usable peer */
+    ngx_uint_t                          least;
+
     unsigned                            reported:1;
 } ngx_http_gpu_upstream_peer_data_t;
 
@@ -79,10 +82,12 @@ static ngx_int_t ngx_http_upstream_get_gpu_adaptive_peer(
     ngx_peer_connection_t *pc, void *data);
 static ngx_http_upstream_rr_peer_t *ngx_http_gpu_upstream_peek(
     ngx_http_gpu_upstream_peer_data_t *pd, ngx_http_upstream_rr_peers_t *peers,
-    ngx_uint_t base, time_t now, double x, ngx_uint_t least,
-    ngx_http_upstream_rr_peer_t *skip, ngx_uint_t *index);
+    ngx_uint_t base, time_t now, double x, ngx_http_upstream_rr_peer_t *skip,
+    ngx_uint_t *index);
+static double ngx_http_gpu_upstream_score(
+    ngx_http_gpu_upstream_peer_data_t *pd, ngx_uint_t i);
 static double ngx_http_gpu_upstream_share(
-    ngx_http_gpu_upstream_srv_conf_t *gucf, ngx_uint_t i, ngx_uint_t least);
+    ngx_http_gpu_upstream_peer_data_t *pd, ngx_uint_t i);
 static double ngx_http_gpu_upstream_random(void);
 static ngx_uint_t ngx_http_gpu_upstream_usable(
     ngx_http_upstream_rr_peer_data_t *rrp, ngx_http_upstream_rr_peer_t *peer,
@@ -434,12 +439,11 @@ ngx_http_upstream_get_gpu_adaptive_peer(ngx_peer_connection_t *pc,
 {
     ngx_http_gpu_upstream_peer_data_t  *pd = data;
 
-    double                             total, rest;
+    double                             a, b, total, rest;
     time_t                             now;
-    uint64_t                           a, b;
     uintptr_t                          m;
     ngx_int_t                          rc;
-    ngx_uint_t                         i, n, p, q, base, least, w;
+    ngx_uint_t                         i, n, p, q, base;
     ngx_http_upstream_rr_peer_t       *peer, *best, *other;
     ngx_http_upstream_rr_peers_t      *peers, *primary;
     ngx_http_gpu_upstream_shctx_t     *sh;
@@ -474,28 +478,22 @@ ngx_http_upstream_get_gpu_adaptive_peer(ngx_peer_connection_t *pc,
 
     ngx_http_upstream_rr_peers_wlock(peers);
 
-    /* the fewest requests in flight of the usable peers */
-
-    least = (ngx_uint_t) -1;
+    pd->least = (ngx_uint_t) -1;
 
     for (peer = peers->peer, i = 0; peer; peer = peer->next, i++) {
         if (ngx_http_gpu_upstream_usable(rrp, peer, i, now)
             && base + i < sh->number
-            && sh->peer[base + i].inflight < least)
+            && sh->peer[base + i].inflight < pd->least)
         {
-            least = sh->peer[base + i].inflight;
+            pd->least = sh->peer[base + i].inflight;
         }
-    }
-
-    if (least == (ngx_uint_t) -1) {
-        least = 0;
     }
 
     total = 0;
 
     for (peer = peers->peer, i = 0; peer; peer = peer->next, i++) {
         if (ngx_http_gpu_upstream_usable(rrp, peer, i, now)) {
-            total += ngx_http_gpu_upstream_share(gucf, base + i, least);
+            total += ngx_http_gpu_upstream_share(pd, base + i);
         }
     }
 
@@ -507,21 +505,23 @@ ngx_http_upstream_get_gpu_adaptive_peer(ngx_peer_connection_t *pc,
     }
 
     /*
-     * two random choices, each drawn by its effective weight halved for
-     * every request in flight more than the least busy peer has (the
-     * counts are live and shared, so this herds no worker); of the two,
-     * the one with fewer requests in flight per effective weight
+     * two random choices; of the two, the one with fewer requests in
+     * flight per effective weight.  Each is drawn by its effective weight
+     * halved for every request it has in flight more than the least busy
+     * peer, so with equal weights the least busy peer is nearly always
+     * one of the two.  The counts are live and shared by all workers:
+     * random draws over them herd no one
      */
 
     best = ngx_http_gpu_upstream_peek(pd, peers, base, now,
                                       total * ngx_http_gpu_upstream_random(),
-                                      least, NULL, &p);
+                                      NULL, &p);
 
     if (best == NULL) {
         goto failed;
     }
 
-    rest = total - ngx_http_gpu_upstream_share(gucf, base + p, least);
+    rest = total - ngx_http_gpu_upstream_share(pd, base + p);
 
     other = NULL;
 
@@ -529,25 +529,16 @@ ngx_http_upstream_get_gpu_adaptive_peer(ngx_peer_connection_t *pc,
         other = ngx_http_gpu_upstream_peek(pd, peers, base, now,
                                            rest
                                            * ngx_http_gpu_upstream_random(),
-                                           least, best, &q);
+                                           best, &q);
     }
 
     if (other) {
-        w = ngx_http_gpu_upstream_weight(sh, base + p);
-
-        a = ((uint64_t) NGX_HTTP_GPU_UPSTREAM_ONE
-             + (uint64_t) gucf->inflight_weight
-               * sh->peer[base + q].inflight)
-            * w;
-
-        b = ((uint64_t) NGX_HTTP_GPU_UPSTREAM_ONE
-             + (uint64_t) gucf->inflight_weight
-               * sh->peer[base + p].inflight)
-            * ngx_http_gpu_upstream_weight(sh, base + q);
+        a = ngx_http_gpu_upstream_score(pd, base + q);
+        b = ngx_http_gpu_upstream_score(pd, base + p);
 
         ngx_log_debug4(NGX_LOG_DEBUG_HTTP, pc->log, 0,
                        "get gpu adaptive peer, choices: %ui %ui, "
-                       "scores: %uL %uL", p, q, b, a);
+                       "scores: %.3f %.3f", p, q, b, a);
 
         /* within 10% the first choice stays: a random pick by weight */
 
@@ -626,8 +617,7 @@ failed:
 static ngx_http_upstream_rr_peer_t *
 ngx_http_gpu_upstream_peek(ngx_http_gpu_upstream_peer_data_t *pd,
     ngx_http_upstream_rr_peers_t *peers, ngx_uint_t base, time_t now,
-    double x, ngx_uint_t least, ngx_http_upstream_rr_peer_t *skip,
-    ngx_uint_t *index)
+    double x, ngx_http_upstream_rr_peer_t *skip, ngx_uint_t *index)
 {
     double                        sum;
     ngx_uint_t                    i;
@@ -644,7 +634,7 @@ ngx_http_gpu_upstream_peek(ngx_http_gpu_upstream_peer_data_t *pd,
             continue;
         }
 
-        sum += ngx_http_gpu_upstream_share(pd->conf, base + i, least);
+        sum += ngx_http_gpu_upstream_share(pd, base + i);
 
         last = peer;
         *index = i;
@@ -660,32 +650,53 @@ ngx_http_gpu_upstream_peek(ngx_http_gpu_upstream_peer_data_t *pd,
 }
 
 
+/* (1 + inflight_weight * requests in flight) per effective weight */
+
+static double
+ngx_http_gpu_upstream_score(ngx_http_gpu_upstream_peer_data_t *pd,
+    ngx_uint_t i)
+{
+    ngx_uint_t                      x;
+    ngx_http_gpu_upstream_shctx_t  *sh;
+
+    sh = pd->conf->sh;
+    x = (i < sh->number) ? sh->peer[i].inflight : 0;
+
+    return (1.0 + (double) pd->conf->inflight_weight * x
+                  / NGX_HTTP_GPU_UPSTREAM_ONE)
+           / ngx_http_gpu_upstream_weight(sh, i);
+}
+
+
 /*
  * a peer's chance to be drawn: its effective weight, halved for every
- * request it has in flight more than the least busy usable peer (times
- * inflight_weight); 0 draws by the effective weight only
+ * request in flight more than the least busy usable peer has (times
+ * inflight_weight); with inflight_weight=0, or no requests in flight,
+ * its effective weight
  */
 
 static double
-ngx_http_gpu_upstream_share(ngx_http_gpu_upstream_srv_conf_t *gucf,
-    ngx_uint_t i, ngx_uint_t least)
+ngx_http_gpu_upstream_share(ngx_http_gpu_upstream_peer_data_t *pd,
+    ngx_uint_t i)
 {
-    double      d;
-    ngx_uint_t  x;
+    double                          w, d;
+    ngx_uint_t                      x;
+    ngx_http_gpu_upstream_shctx_t  *sh;
 
-    x = (i < gucf->sh->number) ? gucf->sh->peer[i].inflight : 0;
+    sh = pd->conf->sh;
+    w = (double) ngx_http_gpu_upstream_weight(sh, i);
+    x = (i < sh->number) ? sh->peer[i].inflight : 0;
 
-    d = (x > least) ? (double) (x - least) * gucf->inflight_weight
-                      / NGX_HTTP_GPU_UPSTREAM_ONE
-                    : 0;
-
-    /* far behind the others: rare, not never */
-
-    if (d > 30) {
-        d = 30;
+    if (x <= pd->least) {
+        return w;
     }
 
-    return (double) ngx_http_gpu_upstream_weight(gucf->sh, i) * exp2(-d);
+    d = (double) (x - pd->least) * pd->conf->inflight_weight
+        / NGX_HTTP_GPU_UPSTREAM_ONE;
+
+    /* far busier than the others: rare, not never */
+
+    return w * exp2(-ngx_min(d, 30));
 }
 
 

@@ -8,9 +8,11 @@ use NgxGpuTest;
 use JSON::PP ();
 use Time::HiRes ();
 
-start_backend(args => ['--device', 'cpu']);
-start_backend(name => 'b', args => ['--device', 'cpu']);
-# 3 ms per step: 32 tokens take 100 ms here, a few ms on A and B
+# a fixed step time (1 ms on A and B, 3 ms on C), not the CPU they
+# share with everything else, is what tells the nodes' speeds apart
+start_backend(args => ['--device', 'cpu', '--step-delay-us', '1000']);
+start_backend(name => 'b', args => ['--device', 'cpu',
+                                    '--step-delay-us', '1000']);
 start_backend(name => 'c', args => ['--device', 'cpu',
                                     '--step-delay-us', '3000']);
 

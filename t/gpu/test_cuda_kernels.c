@@ -3,7 +3,9 @@
  * CPU reference written here (double where it sums), on fresh random
  * data, in every storage dtype: embedding, residual add + RMSNorm, RoPE
  * + KV store, paged attention (prefill chunk, long decode, first token;
- * GQA, MQA with more heads than one block takes, head_dim 8 to 256),
+ * GQA, MQA with more heads than one block takes, head_dim 8 to 256; the
+ * tensor-core prefill kernel on prompts up to 2048 and later chunks in
+ * mixed steps),
  * SwiGLU, and device sampling against sampler.c.  Errors are
  * ||gpu - ref|| / ||ref||; outputs are poisoned (NaN) first, so an
  * unwritten element fails.
@@ -379,7 +381,8 @@ test_rope_kv(kc_dtype_t dt, int hd, int rot, int il, int use_bias)
 /* --- attention ------------------------------------------------------------ */
 
 static void
-test_attention(kc_dtype_t dt, int H, int KV, int hd, int bs, int n_split)
+test_attention(kc_dtype_t dt, int H, int KV, int hd, int bs, int n_split,
+    int tiled)
 {
     /* item 0: a prefill chunk at positions 5..24; item 1: one decode
      * token at 300 (three tiles); item 2: the first token */
@@ -435,8 +438,8 @@ test_attention(kc_dtype_t dt, int H, int KV, int hd, int bs, int n_split)
     dout = dalloc((size_t) T * q_dim * kc_dtype_size(dt));
     part = n_split > 1
            ? dalloc(kc_attention_part_floats(T, H, hd, n_split) * 4) : NULL;
-    kc_attention(0, dt, dout, part, n_split, dqkv, dcache, bstride, s.st, T,
-                 H, KV, hd, bs);
+    kc_attention(0, dt, dout, part, n_split, tiled, dqkv, dcache, bstride,
+                 s.st, T, H, KV, hd, bs);
 
     for (t = 0; t < T; t++) {
         const int32_t *tab = tables + item_table[tok[t].item];
@@ -475,13 +478,191 @@ test_attention(kc_dtype_t dt, int H, int KV, int hd, int bs, int n_split)
         dget_dt(dt, out, dout, (size_t) T * q_dim);
         err = rel_err(out, ref, (size_t) T * q_dim);
     }
-    CHECK(err < tol_of(dt), "attention %s heads %d/%d hd %d bs %d split %d: "
-          "rel err %.3g", kc_dtype_name(dt), H, KV, hd, bs, n_split, err);
-    printf("attention %-8s heads %2d/%d hd %3d bs %2d split %2d: rel err "
-           "%.2e\n", kc_dtype_name(dt), H, KV, hd, bs, n_split, err);
+    CHECK(err < tol_of(dt), "attention %s heads %d/%d hd %d bs %d split %d "
+          "tiled %d: rel err %.3g", kc_dtype_name(dt), H, KV, hd, bs, n_split,
+          tiled, err);
+    printf("attention %-8s heads %2d/%d hd %3d bs %2d split %2d tiled %d: "
+           "rel err %.2e\n", kc_dtype_name(dt), H, KV, hd, bs, n_split,
+           tiled, err);
     cudaFree(dcache); cudaFree(dqkv); cudaFree(dout); cudaFree(part);
     free_step(&s);
     free(cache); free(qkv); free(out); free(ref); free(sc);
+}
+
+/*
+ * Prefill through the tensor-core kernel (tiled = 1) in a mixed step:
+ * a decode row, a chunk of n_q tokens at positions start .. start +
+ * n_q - 1 (the context before it already in the cache), another decode
+ * row, a fresh 3-token prompt and a first token.  Cache rows past each
+ * item's last position are NaN: a kernel that let them into a product
+ * would fail.  For long chunks the reference (double) is computed for
+ * every `every`-th chunk row and the chunk's last 8; every output must
+ * be written (outputs start as NaN).
+ *
+ * Tolerance: tol_of(dt), as for the per-token kernel.  The tensor-core
+ * kernel rounds q (once) and the softmax weights (each tile) to the
+ * storage dtype before the products, a relative error of 2^-9 (bf16) or
+ * 2^-12 (f16) an element that averages out over the context; measured
+ * on the H100 1.3e-3 to 2.5e-3 (bf16) and 1.6e-4 to 3.1e-4 (f16), the
+ * output's own rounding included: 4x under tol_of() in the worst case.
+ */
+static double
+ref_row(double *o, const float *q, const float *cache, const int32_t *tab,
+    size_t bstride, int bs, int kv_dim, size_t koff, int ctx, int hd,
+    double *sc)
+{
+    double mx = -INFINITY, sum = 0;
+    int p, d;
+
+    for (p = 0; p < ctx; p++) {
+        const float *k = cache + tab[p / bs] * bstride
+                         + (size_t) (p % bs) * kv_dim + koff;
+        double a = 0;
+        for (d = 0; d < hd; d++) {
+            a += (double) q[d] * k[d];
+        }
+        sc[p] = a / sqrt((double) hd);
+        mx = sc[p] > mx ? sc[p] : mx;
+    }
+    for (p = 0; p < ctx; p++) {
+        sc[p] = exp(sc[p] - mx);
+        sum += sc[p];
+    }
+    for (d = 0; d < hd; d++) {
+        o[d] = 0;
+    }
+    for (p = 0; p < ctx; p++) {
+        const float *v = cache + tab[p / bs] * bstride + (size_t) bs * kv_dim
+                         + (size_t) (p % bs) * kv_dim + koff;
+        for (d = 0; d < hd; d++) {
+            o[d] += sc[p] * v[d];
+        }
+    }
+    for (d = 0; d < hd; d++) {
+        o[d] /= sum;
+    }
+    return sum;
+}
+
+static void
+test_attention_prefill(kc_dtype_t dt, int H, int KV, int hd, int bs,
+    int n_q, int start, int every, float q_gain, int n_split)
+{
+    enum { NI = 5 };
+    int T = n_q + 6, group = H / KV, i, t, h, n_tab = 0, nb = 0, n_rows = 0;
+    int q_dim = H * hd, kv_dim = KV * hd, qkv_dim = q_dim + 2 * kv_dim;
+    int last[NI], first[NI], n_of[NI] = { 1, n_q, 1, 3, 1 };
+    int ctx_max = start + n_q + 80;
+    size_t bstride = (size_t) 2 * bs * kv_dim, cache_n, es = kc_dtype_size(dt);
+    kc_token_t *tok = malloc((size_t) T * sizeof(*tok));
+    int32_t item_table[NI], *tables, *perm;
+    float *cache, *qkv = malloc((size_t) T * qkv_dim * 4);
+    float *out = malloc((size_t) T * q_dim * 4);
+    double *ref = malloc((size_t) T * q_dim * 8), *sc = malloc(ctx_max * 8);
+    float *got = malloc((size_t) T * q_dim * 4);
+    dstep_t s;
+    char *dcache;
+    void *dout;
+    float *dqkv, *part = NULL;
+    double err = INFINITY;
+    int written = 1;
+
+    first[0] = 77; first[1] = start; first[2] = 5; first[3] = 0;
+    first[4] = 0;
+    for (i = 0; i < NI; i++) {
+        last[i] = first[i] + n_of[i] - 1;
+        nb += (last[i] + bs) / bs;
+    }
+    cache_n = bstride * nb;
+    cache = malloc(cache_n * 4);
+    tables = malloc((size_t) nb * 4);
+    perm = malloc((size_t) nb * 4);
+    for (i = 0; i < nb; i++) {
+        perm[i] = i;
+    }
+    for (i = nb - 1; i > 0; i--) {
+        int j = (int) (sampler_next(&rng_state) % (uint64_t) (i + 1));
+        int x = perm[i]; perm[i] = perm[j]; perm[j] = x;
+    }
+    for (i = 0, t = 0; i < NI; i++) {
+        int j;
+        item_table[i] = n_tab;
+        for (j = 0; j < (last[i] + bs) / bs; j++) {
+            tables[n_tab] = perm[n_tab];
+            n_tab++;
+        }
+        for (j = 0; j < n_of[i]; j++, t++) {
+            tok[t] = (kc_token_t) { 0, first[i] + j, i };
+        }
+    }
+    for (i = 0; i < (int) cache_n; i++) {
+        cache[i] = nrand();
+    }
+    for (i = 0; i < T * qkv_dim; i++) {
+        qkv[i] = nrand() * q_gain;
+    }
+    s = make_step(tok, T, item_table, NI, tables, n_tab, NULL, NULL, NULL,
+                  NULL, 0);
+    dcache = dput_dt(dt, cache, cache_n);
+    for (i = 0; i < NI; i++) {          /* NaN past each item's end */
+        int blk = tables[item_table[i] + last[i] / bs], r;
+        for (r = last[i] % bs + 1; r < bs; r++) {
+            size_t k = (size_t) blk * bstride + (size_t) r * kv_dim;
+            cudaMemset(dcache + k * es, 0xff, (size_t) kv_dim * es);
+            cudaMemset(dcache + (k + (size_t) bs * kv_dim) * es, 0xff,
+                       (size_t) kv_dim * es);
+        }
+    }
+    dqkv = dput(qkv, (size_t) T * qkv_dim * 4);
+    dout = dalloc((size_t) T * q_dim * es);
+    if (n_split > 1) {
+        part = dalloc(kc_attention_part_floats(T, H, hd, n_split) * 4);
+    }
+    kc_attention(0, dt, dout, part, n_split, 1, dqkv, dcache, bstride, s.st,
+                 T, H, KV, hd, bs);
+
+    /* the rows checked, as one compact array */
+    for (t = 0; t < T; t++) {
+        int in_chunk = tok[t].item == 1, k = t - 1;
+        if (in_chunk && k % every != 0 && k < n_q - 8) {
+            continue;
+        }
+        for (h = 0; h < H; h++) {
+            ref_row(ref + (size_t) n_rows * hd, qkv + (size_t) t * qkv_dim
+                    + (size_t) h * hd, cache,
+                    tables + item_table[tok[t].item], bstride, bs, kv_dim,
+                    (size_t) (h / group) * hd, tok[t].pos + 1, hd, sc);
+            n_rows++;
+        }
+    }
+    if (sync_ok("attention prefill")) {
+        dget_dt(dt, out, dout, (size_t) T * q_dim);
+        for (i = 0; i < T * q_dim; i++) {
+            written &= !isnan(out[i]);
+        }
+        n_rows = 0;
+        for (t = 0; t < T; t++) {
+            int in_chunk = tok[t].item == 1, k = t - 1;
+            if (in_chunk && k % every != 0 && k < n_q - 8) {
+                continue;
+            }
+            memcpy(got + (size_t) n_rows * hd, out + (size_t) t * q_dim,
+                   (size_t) q_dim * 4);
+            n_rows += H;                /* n_rows counts (token, head) */
+        }
+        err = rel_err(got, ref, (size_t) n_rows * hd);
+    }
+    CHECK(written && err < tol_of(dt), "attention prefill %s heads %d/%d "
+          "hd %d bs %d chunk %d at %d split %d: %s, rel err %.3g",
+          kc_dtype_name(dt), H, KV, hd, bs, n_q, start, n_split,
+          written ? "all written" : "NaN in the output", err);
+    printf("attention prefill %-8s heads %2d/%d hd %3d bs %2d chunk %4d at "
+           "%4d split %d: rel err %.2e\n", kc_dtype_name(dt), H, KV, hd, bs,
+           n_q, start, n_split, err);
+    cudaFree(dcache); cudaFree(dqkv); cudaFree(dout); cudaFree(part);
+    free_step(&s);
+    free(tok); free(tables); free(perm); free(cache); free(qkv); free(out);
+    free(ref); free(sc); free(got);
 }
 
 /* --- SwiGLU --------------------------------------------------------------- */
@@ -676,6 +857,22 @@ main(void)
         { 2, 1, 256, 16, 16 }, { 8, 4, 8, 16, 2 }, { 14, 2, 64, 16, 5 },
         { 2, 1, 40, 16, 4 },
     };
+    /* heads, KV heads, head_dim, block size, chunk, chunk start, check
+     * every n-th row, q gain x 10, splits: the Llama-3.2-1B and
+     * Qwen2.5-0.5B shapes at 2048 and as later chunks, MHA at 128, group
+     * 10 at 32, 16, more heads than a block takes (72 on 1 KV head), and
+     * head_dim 80 (no tensor-core variant: the per-token kernel) */
+    static const int pre[][9] = {
+        { 32, 8, 64, 16, 2048, 0, 16, 10, 1 },
+        { 14, 2, 64, 16, 2048, 0, 16, 7, 1 },
+        { 32, 8, 64, 16, 512, 1000, 8, 15, 1 },
+        { 14, 2, 64, 32, 300, 333, 4, 20, 3 },
+        { 4, 4, 128, 16, 200, 50, 2, 10, 1 },
+        { 10, 1, 32, 16, 130, 7, 1, 10, 4 },
+        { 12, 2, 16, 16, 100, 0, 1, 10, 1 },
+        { 72, 1, 32, 16, 40, 20, 1, 10, 1 },
+        { 8, 2, 80, 16, 70, 10, 1, 10, 2 },
+    };
 
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
         SKIP("no CUDA device");
@@ -697,7 +894,14 @@ main(void)
         test_rope_kv(dt, 48, 12, 1, 0);         /* a quarter, no bias */
         for (i = 0; i < sizeof(att) / sizeof(att[0]); i++) {
             test_attention(dt, att[i][0], att[i][1], att[i][2], att[i][3],
-                           att[i][4]);
+                           att[i][4], 0);
+            test_attention(dt, att[i][0], att[i][1], att[i][2], att[i][3],
+                           att[i][4], 1);
+        }
+        for (i = 0; i < sizeof(pre) / sizeof(pre[0]); i++) {
+            test_attention_prefill(dt, pre[i][0], pre[i][1], pre[i][2],
+                                   pre[i][3], pre[i][4], pre[i][5],
+                                   pre[i][6], pre[i][7] / 10.0f, pre[i][8]);
         }
         test_swiglu(dt);
     }

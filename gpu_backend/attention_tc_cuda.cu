@@ -1,0 +1,450 @@
+/*
+ * attention_tc_cuda.cu - causal attention for the prefill rows of a step
+ * on tensor cores (bf16 / f16 in, f32 accumulate), flash-attention style.
+ * CPU reference: k_attention() in kernels_cpu.c; t/gpu/test_cuda_kernels.c
+ * compares the two.
+ *
+ * The per-token kernel in attention_cuda.cu reads every K/V row of the
+ * context once per query token: right for decode, ~10% of the FLOP floor
+ * for a long prompt.  Here one block takes a tile of FA_BM query rows,
+ * a row being one (token, query head) pair of one KV head's group in
+ * token-major order (FA_BM / group tokens of the same item, all heads of
+ * the group, so the group shares every K/V row the block reads), and
+ * walks the item's context in tiles of FA_BN positions:
+ *
+ *   1. K and V rows of the next tile go from the paged cache to shared
+ *      memory with cp.async (16 bytes a copy, through the block table;
+ *      positions past the tile's last query are zero-filled), while the
+ *      warps work on the current tile (double buffer);
+ *   2. each warp computes the scores of its 16 rows (mma.sync m16n8k16),
+ *      masks positions after each row's own position (causal; only the
+ *      tiles past the smallest position need it), keeps the softmax
+ *      online in registers (running max and sum per row, base 2), and
+ *   3. adds P V, P rounded to the storage dtype as the matrix unit takes
+ *      it, into f32 accumulators held in registers.
+ *
+ * q comes from the f32 qkv buffer and is rounded to the storage dtype
+ * once, when it is staged.  Which rows are prefill rows is decided on the
+ * device (kc_att_multi: the token's item has a neighbouring token in the
+ * step), the same way in both kernels, so a mixed step needs no host-side
+ * list: decode rows go to the per-token kernel with its context splits.
+ */
+
+#include <stdint.h>
+
+#include "kernels_cuda.cuh"
+#include "attention_cuda.cuh"
+
+#define FA_BM       64      /* query rows a block: 4 warps of 16 */
+#define FA_BN       64      /* context positions a tile */
+#define FA_THREADS  128
+#define FA_PAD      8       /* row padding: ldmatrix without bank conflicts */
+
+/* --- tensor-core helpers -------------------------------------------------- */
+
+__device__ __forceinline__ uint32_t
+fa_smem(const void *p)
+{
+    return (uint32_t) __cvta_generic_to_shared(p);
+}
+
+/* 16 bytes global -> shared; src_bytes 0 fills zeros and reads nothing */
+__device__ __forceinline__ void
+fa_cp16(void *dst, const void *src, int src_bytes)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(fa_smem(dst)), "l"(src), "r"(src_bytes));
+}
+
+__device__ __forceinline__ void
+fa_commit(void)
+{
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+
+template <int N>
+__device__ __forceinline__ void
+fa_wait(void)
+{
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
+}
+
+__device__ __forceinline__ void
+fa_ldsm4(uint32_t *r, const void *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 "
+                 "{%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(fa_smem(p)));
+}
+
+__device__ __forceinline__ void
+fa_ldsm4_t(uint32_t *r, const void *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 "
+                 "{%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(fa_smem(p)));
+}
+
+/* c += a b: a 16x16 (row), b 16x8 (col), c 16x8 f32 */
+__device__ __forceinline__ void
+fa_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1, __nv_bfloat16)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]),
+                   "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void
+fa_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1, __half)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]),
+                   "r"(b0), "r"(b1));
+}
+
+/* two floats as two 16-bit values, lo in the low half */
+__device__ __forceinline__ uint32_t
+fa_pack(float lo, float hi, __nv_bfloat16)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+__device__ __forceinline__ uint32_t
+fa_pack(float lo, float hi, __half)
+{
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+/* --- the kernel -------------------------------------------------------------- */
+
+template <typename T, int HD>
+struct fa_smem_t {
+    T q[FA_BM][HD + FA_PAD];
+    T k[2][FA_BN][HD + FA_PAD];
+    T v[2][FA_BN][HD + FA_PAD];
+    int pos[FA_BM];                 /* each row's position, -1: no row */
+};
+
+/*
+ * Grid: x = query tiles (last tile first: the longest contexts start
+ * first), y = KV head x chunk of its group.  The block's tokens are
+ * t0 .. t0 + tq - 1; it serves each run of one item's tokens in there
+ * that kc_att_multi() gives to this kernel.
+ */
+template <typename T, int HD>
+__global__ void __launch_bounds__(FA_THREADS)
+attention_tc_kernel(T *out, const float *qkv, const T *kv,
+    size_t block_stride, kc_step_t st, int n_tok, int n_heads, int n_kv,
+    int bs, float scale_log2)
+{
+    constexpr int KS = HD / 16;         /* k-steps of Q K^T */
+    constexpr int NT = FA_BN / 8;       /* score tiles of 8 a warp row */
+    constexpr int DT = HD / 8;          /* output tiles of 8 */
+    constexpr int CPR = HD / 8;         /* 16-byte chunks a row */
+    extern __shared__ __align__(16) char fa_raw[];
+    fa_smem_t<T, HD> &sm = *reinterpret_cast<fa_smem_t<T, HD> *>(fa_raw);
+
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    int group = n_heads / n_kv;
+    int gc = min(group, FA_BM);                 /* heads a block */
+    int chunks = (group + gc - 1) / gc;
+    int tq = FA_BM / gc;                        /* tokens a block */
+    int kvh = blockIdx.y / chunks;
+    int h0 = kvh * group + (blockIdx.y % chunks) * gc;
+    int gh = min(gc, (kvh + 1) * group - h0);
+    int kv_dim = n_kv * HD, q_dim = n_heads * HD;
+    int qkv_stride = q_dim + 2 * kv_dim;
+    size_t v_off = (size_t) bs * kv_dim;
+    int t0 = (gridDim.x - 1 - blockIdx.x) * tq;
+    int t1 = min(n_tok, t0 + tq);
+    const kc_token_t *tk = st.tokens;
+    int a = t0;
+
+    while (a < t1) {
+        int item = tk[a].item, b = a + 1, max_pos = -1, min_pos = INT_MAX;
+        int n_tiles, n_full, rl, rh, pl, ph;
+        const int32_t *table;
+        uint32_t qa[KS][4];
+        float o[DT][4], m_l = -INFINITY, m_h = -INFINITY, l_l = 0.0f,
+              l_h = 0.0f;
+
+        while (b < t1 && tk[b].item == item) {
+            b++;
+        }
+        if (b - a < 2 && !kc_att_multi(tk, a, n_tok)) {
+            a = b;              /* a decode row: the per-token kernel's */
+            continue;
+        }
+        for (int t = a; t < b; t++) {
+            max_pos = max(max_pos, tk[t].pos);
+            min_pos = min(min_pos, tk[t].pos);
+        }
+        table = st.tables + st.item_table[item];
+
+        /* the tile's rows: q rounded to T, and each row's position */
+        for (int c = tid; c < FA_BM * CPR; c += FA_THREADS) {
+            int r = c / CPR, d0 = (c - r * CPR) * 8;
+            int t = t0 + r / gc, hr = r % gc;
+            int live = r / gc < tq && t >= a && t < b && hr < gh;
+            uint32_t w[4] = { 0, 0, 0, 0 };
+
+            if (live) {
+                const float4 *q = reinterpret_cast<const float4 *>(
+                    qkv + (size_t) t * qkv_stride + (size_t) (h0 + hr) * HD
+                    + d0);
+                float4 x = q[0], y = q[1];
+                w[0] = fa_pack(x.x, x.y, T());
+                w[1] = fa_pack(x.z, x.w, T());
+                w[2] = fa_pack(y.x, y.y, T());
+                w[3] = fa_pack(y.z, y.w, T());
+            }
+            *reinterpret_cast<uint4 *>(&sm.q[r][d0]) =
+                make_uint4(w[0], w[1], w[2], w[3]);
+            if (d0 == 0) {
+                sm.pos[r] = live ? tk[t].pos : -1;
+            }
+        }
+
+        /* K/V tile j into buffer j & 1: rows past max_pos are zeros, so
+         * stale cache rows (NaN, say) never reach a product */
+        auto load_tile = [&](int j) {
+            int buf = j & 1;
+            for (int c = tid; c < FA_BN * CPR; c += FA_THREADS) {
+                int r = c / CPR, d0 = (c - r * CPR) * 8, p = j * FA_BN + r;
+                int ok = p <= max_pos;
+                const T *src = kv;
+
+                if (ok) {
+                    src = kv + (size_t) table[p / bs] * block_stride
+                          + (size_t) (p % bs) * kv_dim
+                          + (size_t) kvh * HD + d0;
+                }
+                fa_cp16(&sm.k[buf][r][d0], src, ok ? 16 : 0);
+                fa_cp16(&sm.v[buf][r][d0], ok ? src + v_off : src,
+                        ok ? 16 : 0);
+            }
+            fa_commit();
+        };
+
+        n_tiles = (max_pos + FA_BN) / FA_BN;
+        n_full = (min_pos + 1) / FA_BN;     /* tiles no row masks */
+        load_tile(0);
+        __syncthreads();                    /* sm.q, sm.pos */
+
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++) {
+            fa_ldsm4(qa[ks], &sm.q[warp * 16 + (lane & 15)]
+                                  [ks * 16 + (lane >> 4) * 8]);
+        }
+        rl = warp * 16 + (lane >> 2);
+        rh = rl + 8;
+        pl = sm.pos[rl];
+        ph = sm.pos[rh];
+#pragma unroll
+        for (int i = 0; i < DT; i++) {
+            o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+        }
+
+        for (int j = 0; j < n_tiles; j++) {
+            int buf = j & 1;
+            float s[NT][4], mx_l = -INFINITY, mx_h = -INFINITY, al, ah,
+                  ml, mh, sum_l = 0.0f, sum_h = 0.0f;
+
+            if (j + 1 < n_tiles) {
+                load_tile(j + 1);
+                fa_wait<1>();
+            } else {
+                fa_wait<0>();
+            }
+            __syncthreads();
+
+            /* 2. S = Q K^T for the warp's 16 rows and the tile's 64 */
+#pragma unroll
+            for (int i = 0; i < NT; i++) {
+                s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+            }
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) {
+#pragma unroll
+                for (int np = 0; np < NT / 2; np++) {
+                    uint32_t kb[4];
+                    fa_ldsm4(kb, &sm.k[buf][np * 16 + (lane & 7)
+                                            + (lane >> 4) * 8]
+                                           [ks * 16 + ((lane >> 3) & 1) * 8]);
+                    fa_mma(s[2 * np], qa[ks], kb[0], kb[1], T());
+                    fa_mma(s[2 * np + 1], qa[ks], kb[2], kb[3], T());
+                }
+            }
+
+            /* causal mask, scale to base 2, row maxima */
+            if (j >= n_full) {
+#pragma unroll
+                for (int i = 0; i < NT; i++) {
+                    int p = j * FA_BN + i * 8 + (lane & 3) * 2;
+                    if (p > pl) s[i][0] = -INFINITY;
+                    if (p + 1 > pl) s[i][1] = -INFINITY;
+                    if (p > ph) s[i][2] = -INFINITY;
+                    if (p + 1 > ph) s[i][3] = -INFINITY;
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < NT; i++) {
+                s[i][0] *= scale_log2;
+                s[i][1] *= scale_log2;
+                s[i][2] *= scale_log2;
+                s[i][3] *= scale_log2;
+                mx_l = fmaxf(mx_l, fmaxf(s[i][0], s[i][1]));
+                mx_h = fmaxf(mx_h, fmaxf(s[i][2], s[i][3]));
+            }
+            /* the four lanes of a quad hold one row */
+            mx_l = fmaxf(mx_l, __shfl_xor_sync(0xffffffffu, mx_l, 1));
+            mx_l = fmaxf(mx_l, __shfl_xor_sync(0xffffffffu, mx_l, 2));
+            mx_h = fmaxf(mx_h, __shfl_xor_sync(0xffffffffu, mx_h, 1));
+            mx_h = fmaxf(mx_h, __shfl_xor_sync(0xffffffffu, mx_h, 2));
+            mx_l = fmaxf(m_l, mx_l);
+            mx_h = fmaxf(m_h, mx_h);
+            /* a row with nothing visible yet (no row, or a masked tile)
+             * keeps max -inf: subtract 0 there, not -inf */
+            ml = mx_l == -INFINITY ? 0.0f : mx_l;
+            mh = mx_h == -INFINITY ? 0.0f : mx_h;
+            al = exp2f(m_l - ml);
+            ah = exp2f(m_h - mh);
+            m_l = mx_l;
+            m_h = mx_h;
+#pragma unroll
+            for (int i = 0; i < NT; i++) {
+                s[i][0] = exp2f(s[i][0] - ml);
+                s[i][1] = exp2f(s[i][1] - ml);
+                s[i][2] = exp2f(s[i][2] - mh);
+                s[i][3] = exp2f(s[i][3] - mh);
+                sum_l += s[i][0] + s[i][1];
+                sum_h += s[i][2] + s[i][3];
+            }
+            l_l = l_l * al + sum_l;     /* this lane's part of the row */
+            l_h = l_h * ah + sum_h;
+#pragma unroll
+            for (int i = 0; i < DT; i++) {
+                o[i][0] *= al;
+                o[i][1] *= al;
+                o[i][2] *= ah;
+                o[i][3] *= ah;
+            }
+
+            /* 3. O += P V: the score tiles are already the A operand's
+             * layout, two of them a 16-wide k-step */
+#pragma unroll
+            for (int kk = 0; kk < FA_BN / 16; kk++) {
+                uint32_t pa[4];
+                pa[0] = fa_pack(s[2 * kk][0], s[2 * kk][1], T());
+                pa[1] = fa_pack(s[2 * kk][2], s[2 * kk][3], T());
+                pa[2] = fa_pack(s[2 * kk + 1][0], s[2 * kk + 1][1], T());
+                pa[3] = fa_pack(s[2 * kk + 1][2], s[2 * kk + 1][3], T());
+#pragma unroll
+                for (int dp = 0; dp < DT / 2; dp++) {
+                    uint32_t vb[4];
+                    fa_ldsm4_t(vb, &sm.v[buf][kk * 16 + (lane & 7)
+                                              + ((lane >> 3) & 1) * 8]
+                                             [dp * 16 + (lane >> 4) * 8]);
+                    fa_mma(o[2 * dp], pa, vb[0], vb[1], T());
+                    fa_mma(o[2 * dp + 1], pa, vb[2], vb[3], T());
+                }
+            }
+            __syncthreads();    /* buffer buf is loaded again next */
+        }
+
+        /* the row sums across the quad, then out = O / l */
+        l_l += __shfl_xor_sync(0xffffffffu, l_l, 1);
+        l_l += __shfl_xor_sync(0xffffffffu, l_l, 2);
+        l_h += __shfl_xor_sync(0xffffffffu, l_h, 1);
+        l_h += __shfl_xor_sync(0xffffffffu, l_h, 2);
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            int r = half ? rh : rl;
+            float inv = half ? (l_h > 0.0f ? 1.0f / l_h : 0.0f)
+                             : (l_l > 0.0f ? 1.0f / l_l : 0.0f);
+            if ((half ? ph : pl) >= 0) {
+                T *dst = out + (size_t) (t0 + r / gc) * q_dim
+                         + (size_t) (h0 + r % gc) * HD + (lane & 3) * 2;
+#pragma unroll
+                for (int i = 0; i < DT; i++) {
+                    *reinterpret_cast<uint32_t *>(dst + i * 8) =
+                        fa_pack(o[i][2 * half] * inv,
+                                o[i][2 * half + 1] * inv, T());
+                }
+            }
+        }
+        __syncthreads();        /* sm.q and sm.pos are refilled next run */
+        a = b;
+    }
+}
+
+template <typename T, int HD>
+static cudaError_t
+launch_tc(cudaStream_t s, T *out, const float *qkv, const T *kv,
+    size_t block_stride, kc_step_t st, int n_tok, int n_heads, int n_kv,
+    int bs)
+{
+    static int ready;               /* the shared-memory size is allowed */
+    size_t smem = sizeof(fa_smem_t<T, HD>);
+    int group = n_heads / n_kv, gc = group < FA_BM ? group : FA_BM;
+    int tq = FA_BM / gc;
+    dim3 grid((n_tok + tq - 1) / tq, n_kv * ((group + gc - 1) / gc));
+    float scale_log2 = 1.4426950408889634f / sqrtf((float) HD);
+
+    if (!ready) {
+        cudaError_t r = cudaFuncSetAttribute(attention_tc_kernel<T, HD>,
+            cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem);
+        if (r != cudaSuccess) {
+            return r;
+        }
+        ready = 1;
+    }
+    attention_tc_kernel<T, HD><<<grid, FA_THREADS, smem, s>>>(out, qkv, kv,
+        block_stride, st, n_tok, n_heads, n_kv, bs, scale_log2);
+    return cudaSuccess;
+}
+
+int
+att_tc_supported(kc_dtype_t dt, int head_dim)
+{
+    return dt != KC_F32 && (head_dim == 16 || head_dim == 32
+                            || head_dim == 64 || head_dim == 128);
+}
+
+cudaError_t
+att_tc_launch(cudaStream_t s, kc_dtype_t dt, void *out, const float *qkv,
+    const void *kv_layer, size_t block_stride, kc_step_t st, int n_tok,
+    int n_heads, int n_kv_heads, int head_dim, int block_size)
+{
+    cudaError_t r = cudaErrorInvalidValue;
+
+#define TC_LAUNCH(T, HD)                                                  \
+    r = launch_tc<T, HD>(s, (T *) out, qkv, (const T *) kv_layer,         \
+                         block_stride, st, n_tok, n_heads, n_kv_heads,    \
+                         block_size)
+#define TC_HD(T)                                                          \
+    switch (head_dim) {                                                   \
+    case 16: TC_LAUNCH(T, 16); break;                                     \
+    case 32: TC_LAUNCH(T, 32); break;                                     \
+    case 64: TC_LAUNCH(T, 64); break;                                     \
+    case 128: TC_LAUNCH(T, 128); break;                                   \
+    }
+    if (dt == KC_BF16) {
+        TC_HD(__nv_bfloat16)
+    } else if (dt == KC_F16) {
+        TC_HD(__half)
+    }
+#undef TC_HD
+#undef TC_LAUNCH
+    return r;
+}
