@@ -37,6 +37,7 @@ extern "C" {
 }
 #include "gemm_cuda.h"
 #include "kernels_cuda.h"
+#include "sample_cuda.h"
 
 #define ALIGN          256
 #define BLAS_WS_BYTES  ((size_t) 32 << 20)
@@ -95,6 +96,12 @@ typedef struct {
     int               n_sm;
     void             *blas_ws;
     int32_t          *d_out;            /* [max_seqs] sampled ids */
+    engine_logprobs_t *d_lp;            /* [max_seqs] */
+    /* penalties: each sequence's counts of its sampled tokens, and how
+     * many tokens they count (-1: not kept, reload before use) */
+    uint16_t         *d_counts;         /* [max_seqs][vocab] */
+    int32_t          *d_gen;            /* [max_seq_len] for a reload */
+    int              *counted;          /* [max_seqs] */
 
     /*
      * Step inputs: the same layout in pinned host memory and on the
@@ -106,6 +113,10 @@ typedef struct {
     size_t            stage_bytes, var_off;
     int32_t          *h_item_table, *h_row_tok, *h_var;
     float            *h_temp, *h_top_p, *h_unif;
+    int32_t          *h_top_k, *h_count_row, *h_n_lp;
+    float            *h_presence, *h_frequency;
+    ks_rows_t         drows;            /* device pointers */
+    engine_logprobs_t *h_lp;            /* pinned, [max_seqs] */
     kc_step_t         dst;              /* device pointers */
     int32_t          *h_out;            /* pinned, [max_seqs] */
     int32_t          *row_item;         /* [max_seqs] row -> item, -1 pad */
@@ -337,6 +348,9 @@ carve_acts(cu_engine_t *e, carve_t *cv)
     e->hb = carve(cv, T * h * es);
     e->xl = carve(cv, S * dim * es);
     e->d_out = (int32_t *) carve(cv, S * 4);
+    e->d_lp = (engine_logprobs_t *) carve(cv, S * sizeof(engine_logprobs_t));
+    e->d_counts = (uint16_t *) carve(cv, S * c->vocab_size * 2);
+    e->d_gen = (int32_t *) carve(cv, (size_t) c->max_seq_len * 4);
     /* splits only for steps of up to max_seqs tokens (decode) */
     e->att_part_floats = kc_attention_part_floats(e->max_seqs, c->n_heads,
                                                   c->head_dim,
@@ -354,7 +368,7 @@ stage_layout(cu_engine_t *e)
     size_t var = 3 * (size_t) e->max_tokens
                  + S * (size_t) e->max_blocks + S + 1;
 
-    e->var_off = 5 * S * 4;
+    e->var_off = 10 * S * 4;
     e->stage_bytes = e->var_off + var * 4;
 }
 
@@ -375,6 +389,87 @@ stage_ptrs(cu_engine_t *e, char *base)
     return st;
 }
 
+/* the sampler's own per-row arrays, after kc_step_t's */
+static ks_rows_t
+stage_rows(cu_engine_t *e, char *base)
+{
+    size_t S = (size_t) e->max_seqs;
+    ks_rows_t rw;
+
+    rw.top_k = (const int32_t *) (base + 5 * S * 4);
+    rw.presence = (const float *) (base + 6 * S * 4);
+    rw.frequency = (const float *) (base + 7 * S * 4);
+    rw.count_row = (const int32_t *) (base + 8 * S * 4);
+    rw.n_logprobs = (const int32_t *) (base + 9 * S * 4);
+    return rw;
+}
+
+/* row R of the sampler's inputs: all rules off */
+static void
+stage_row_off(cu_engine_t *e, int R)
+{
+    e->h_temp[R] = 0.0f;
+    e->h_top_p[R] = 1.0f;
+    e->h_unif[R] = 0.0f;
+    e->h_top_k[R] = 0;
+    e->h_presence[R] = 0.0f;
+    e->h_frequency[R] = 0.0f;
+    e->h_count_row[R] = -1;
+    e->h_n_lp[R] = -1;
+}
+
+/*
+ * Row R samples for item it: its rules, and for penalties its
+ * sequence's counts on the device, reloaded from it->gen when they do
+ * not count exactly its n_gen tokens.  0, or -1 on a device error.
+ */
+static int
+stage_row_sample(cu_engine_t *e, int R, const engine_item_t *it)
+{
+    int vocab = e->cfg.vocab_size;
+    uint16_t *row = e->d_counts + (size_t) it->seq * vocab;
+    cudaError_t r = cudaSuccess;
+
+    e->h_temp[R] = it->temperature;
+    e->h_top_p[R] = it->top_p;
+    /* the draw: one step of the sequence's own state, only when
+     * sampler_pick() would take one */
+    e->h_unif[R] = it->temperature > 0.0f && vocab > 1
+                   ? sampler_uniform(it->rng ? it->rng : &e->rng) : 0.0f;
+    e->h_top_k[R] = it->top_k;
+    e->h_presence[R] = it->presence_penalty;
+    e->h_frequency[R] = it->frequency_penalty;
+    e->h_n_lp[R] = it->lp != NULL ? it->n_logprobs : -1;
+    e->h_count_row[R] = -1;
+
+    if (it->presence_penalty == 0.0f && it->frequency_penalty == 0.0f) {
+        e->counted[it->seq] = -1;
+        return 0;
+    }
+    if (e->counted[it->seq] != it->n_gen) {
+        if (it->n_gen == 0) {
+            r = cudaMemsetAsync(row, 0, (size_t) vocab * 2, e->stream);
+        } else {
+            /* from pageable memory: ordered on the stream, rare */
+            r = cudaMemcpyAsync(e->d_gen, it->gen, (size_t) it->n_gen * 4,
+                                cudaMemcpyHostToDevice, e->stream);
+            if (r == cudaSuccess) {
+                ks_counts_load(e->stream, row, vocab, e->d_gen, it->n_gen);
+                r = cudaGetLastError();
+            }
+        }
+        if (r != cudaSuccess) {
+            snprintf(e->err, sizeof(e->err), "cuda engine: penalty counts: "
+                     "%s", cudaGetErrorString(r));
+            return -1;
+        }
+    }
+    e->h_count_row[R] = it->seq;
+    /* the kernel counts the token it picks */
+    e->counted[it->seq] = it->n_gen + 1;
+    return 0;
+}
+
 /*
  * Rows [from, B) of a decode step become padding: token 0 at position 0
  * of its own dummy item, whose one-block table is the scratch block;
@@ -392,9 +487,7 @@ stage_pad(cu_engine_t *e, int from, int B, int *n_var)
         tk->item = i;
         e->h_item_table[i] = *n_var;
         e->h_row_tok[i] = i;
-        e->h_temp[i] = 0.0f;
-        e->h_top_p[i] = 1.0f;
-        e->h_unif[i] = 0.0f;
+        stage_row_off(e, i);
         e->row_item[i] = -1;
     }
     if (from < B) {
@@ -507,7 +600,8 @@ forward(cu_engine_t *e, int T, int R)
     kc_rmsnorm(s, e->dt, e->xl, e->x, e->y, e->final_norm, st.row_tok, R,
                dim, c->rms_eps, 0);
     gemm(e, e->logits, e->xl, e->lm_head, R, dim, c->vocab_size, &bs);
-    kc_sample(s, e->d_out, e->logits, R, c->vocab_size, st);
+    ks_sample(s, e->d_out, e->d_lp, e->logits, R, c->vocab_size, st,
+              e->drows, e->d_counts);
     return bs;
 }
 
@@ -538,6 +632,7 @@ cu_step(void *impl, const kv_pool_t *kv, const engine_item_t *items, int n,
     cu_engine_t *e = (cu_engine_t *) impl;
     int vocab = e->cfg.vocab_size, bs = e->block_size;
     int T = 0, R = 0, n_var, i, j, b = -1, decode = 1, rows, run_rows;
+    int any_lp = 0;
     cublasStatus_t blas = CUBLAS_STATUS_SUCCESS;
     cudaError_t r;
     size_t bytes;
@@ -571,15 +666,15 @@ cu_step(void *impl, const kv_pool_t *kv, const engine_item_t *items, int n,
 
         /* a logits row for every item in a graph; else only those used */
         if (b >= 0 || it->sample || logits != NULL) {
-            float t = it->sample ? it->temperature : 0.0f;
             e->h_row_tok[R] = T - 1;
-            e->h_temp[R] = t;
-            e->h_top_p[R] = it->top_p;
-            /* the draw: one step of the sequence's own state, only when
-             * sampler_sample() would take one */
-            e->h_unif[R] = t > 0.0f && vocab > 1
-                           ? sampler_uniform(it->rng ? it->rng : &e->rng)
-                           : 0.0f;
+            if (it->sample) {
+                if (stage_row_sample(e, R, it) != 0) {
+                    return -1;
+                }
+                any_lp |= it->lp != NULL;
+            } else {
+                stage_row_off(e, R);
+            }
             e->row_item[R++] = i;
         }
     }
@@ -592,9 +687,7 @@ cu_step(void *impl, const kv_pool_t *kv, const engine_item_t *items, int n,
         /* nothing to sample: the layers still run (they fill the KV
          * cache); one row of logits is computed and ignored */
         e->h_row_tok[0] = T - 1;
-        e->h_temp[0] = 0.0f;
-        e->h_top_p[0] = 1.0f;
-        e->h_unif[0] = 0.0f;
+        stage_row_off(e, 0);
         run_rows = 1;
     }
 
@@ -619,6 +712,11 @@ cu_step(void *impl, const kv_pool_t *kv, const engine_item_t *items, int n,
     if (R > 0) {
         r = cudaMemcpyAsync(e->h_out, e->d_out, (size_t) R * 4,
                             cudaMemcpyDeviceToHost, e->stream);
+        if (r == cudaSuccess && any_lp) {
+            r = cudaMemcpyAsync(e->h_lp, e->d_lp,
+                                (size_t) R * sizeof(engine_logprobs_t),
+                                cudaMemcpyDeviceToHost, e->stream);
+        }
         if (r != cudaSuccess) {
             return step_fail(e, "download", cudaGetErrorString(r));
         }
@@ -649,6 +747,9 @@ cu_step(void *impl, const kv_pool_t *kv, const engine_item_t *items, int n,
             i = e->row_item[j];
             if (i >= 0 && items[i].sample) {
                 out_tokens[i] = e->h_out[j];
+                if (items[i].lp != NULL) {
+                    *items[i].lp = e->h_lp[j];
+                }
             }
         }
     }
@@ -784,7 +885,9 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
     e->layers = (cu_layer_t *) calloc((size_t) c->n_layers,
                                       sizeof(*e->layers));
     e->row_item = (int32_t *) calloc((size_t) e->max_seqs, sizeof(int32_t));
-    if (e->layers == NULL || e->row_item == NULL) {
+    /* the counts start zeroed with the activations: each counts 0 */
+    e->counted = (int *) calloc((size_t) e->max_seqs, sizeof(int));
+    if (e->layers == NULL || e->row_item == NULL || e->counted == NULL) {
         cu_fail(err, errlen, "cuda engine: out of memory");
         goto fail_early;
     }
@@ -838,6 +941,7 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
     carve_acts(e, &cv);
     CU_TRY(cudaMemset(e->abuf, 0, e->abytes), "activations");
     e->dst = stage_ptrs(e, e->d_stage);
+    e->drows = stage_rows(e, e->d_stage);
     if (cublasSetStream(e->blas, e->stream) != CUBLAS_STATUS_SUCCESS
         || cublasSetWorkspace(e->blas, e->blas_ws, BLAS_WS_BYTES)
            != CUBLAS_STATUS_SUCCESS
@@ -883,14 +987,23 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
                          cudaHostAllocDefault), "pinned staging");
     CU_TRY(cudaHostAlloc((void **) &e->h_out, (size_t) e->max_seqs * 4,
                          cudaHostAllocDefault), "pinned staging");
+    CU_TRY(cudaHostAlloc((void **) &e->h_lp, (size_t) e->max_seqs
+                         * sizeof(engine_logprobs_t), cudaHostAllocDefault),
+           "pinned staging");
     memset(e->h_stage, 0, e->stage_bytes);
     {
         kc_step_t h = stage_ptrs(e, e->h_stage);
+        ks_rows_t hr = stage_rows(e, e->h_stage);
         e->h_item_table = (int32_t *) h.item_table;
         e->h_row_tok = (int32_t *) h.row_tok;
         e->h_temp = (float *) h.temperature;
         e->h_top_p = (float *) h.top_p;
         e->h_unif = (float *) h.uniform;
+        e->h_top_k = (int32_t *) hr.top_k;
+        e->h_presence = (float *) hr.presence;
+        e->h_frequency = (float *) hr.frequency;
+        e->h_count_row = (int32_t *) hr.count_row;
+        e->h_n_lp = (int32_t *) hr.n_logprobs;
         e->h_var = (int32_t *) h.tables;
     }
 
@@ -970,6 +1083,8 @@ cu_destroy(void *impl)
     cudaFree(e->wbuf);
     cudaFreeHost(e->h_stage);
     cudaFreeHost(e->h_out);
+    cudaFreeHost(e->h_lp);
+    free(e->counted);
     free(e->layers);
     free(e->row_item);
     free(e);

@@ -7,9 +7,11 @@
  *   - a batch of mixed requests (chunked prefills beside decodes) gives
  *     each sequence exactly the tokens it gets alone;
  *   - seeded sampling replays, and follows sampler.c's rule;
- *   - the fixtures of scripts/make-logit-refs: logits within 1e-4
- *     (relative, per row) in float32, 2e-2 in bfloat16 and float16, in a
- *     mixed batch and alone;
+ *   - the fixtures of scripts/make-logit-refs (Llama, Llama-3 RoPE
+ *     scaling, Qwen2, GLM, GLM-4): logits within 1e-4 (relative, per
+ *     row) in float32, 2e-2 in bfloat16 and float16 (3e-2 for a float32
+ *     checkpoint run in bfloat16, see TOL_CAST), in a mixed batch and
+ *     alone;
  *   - errors: a device that is not there, a dtype that is not one;
  *   - no device allocation after start.
  */
@@ -25,6 +27,13 @@
 
 #define TOL_F32   1e-4
 #define TOL_HALF  2e-2
+/*
+ * A float32 checkpoint run in bfloat16 computes with other weights than
+ * the reference: rounding them alone (everything else f32, the CPU
+ * engine) moved glm4-mqa4-hd48-rot24-untied-f32's logits by 1.84e-2,
+ * the engine's whole bf16 error there being 2.21e-2.
+ */
+#define TOL_CAST  3e-2
 
 static model_t stories;
 static int vocab;
@@ -349,6 +358,10 @@ test_hf(void)
             engine_t *e = hf_engine(&m, &r, "cuda", dts[d], 1024, err,
                                     sizeof(err));
             double tol = d == 0 ? TOL_F32 : TOL_HALF, tog, alone;
+
+            if (d == 1 && strcmp(m.cfg.torch_dtype, "float32") == 0) {
+                tol = TOL_CAST;
+            }
 
             CHECK(e != NULL, "%s %s: %s", names[i], dts[d], err);
             if (e == NULL) {

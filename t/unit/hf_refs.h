@@ -4,7 +4,8 @@
  * (the CPU engine, on CI) and t/gpu/test_cuda_engine.c (the CUDA engine).
  *
  * A fixture is a folder made by scripts/make-logit-refs: a tiny random
- * Llama (config.json, model.safetensors) and refs.bin:
+ * model of one of model.h's architectures (config.json,
+ * model.safetensors) and refs.bin:
  *
  *   "NGXREFS1", int32 n_seqs, int32 vocab, int32 n_decode, then per
  *   sequence: int32 n_prompt, int32 tokens[n_prompt + n_decode],

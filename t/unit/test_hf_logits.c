@@ -2,7 +2,10 @@
  * test_hf_logits.c - the CPU engine against Hugging Face transformers:
  * the fixtures of scripts/make-logit-refs (tiny random Llamas: GQA, MQA,
  * multi-head, tied and untied heads, f32 and bf16 weights, head_dim 16
- * to 128), prompts of 1 to 1000 tokens and 64 teacher-forced decode
+ * to 128, one with Llama-3 RoPE scaling; Qwen2 with its q/k/v biases;
+ * GLM and GLM-4 with partial interleaved RoPE, fused gate_up, with and
+ * without biases, GLM-4's extra norms), prompts of 1 to 1000 tokens and
+ * 64 teacher-forced decode
  * steps, all sequences of a fixture in one mixed batch (prefill chunks
  * beside decode tokens) and each alone.  The references are float64 of
  * the stored weights, so the f32 engine must be within 1e-4 (relative,
