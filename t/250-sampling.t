@@ -1,0 +1,339 @@
+# Sampling fields on both endpoints against the real backend (stories260K
+# on the CPU engine): top_k, presence/frequency penalties, logprobs
+# (completions' integer form, chat's logprobs + top_logprobs), streamed
+# and not, and the 400s for values out of range.  The checks are
+# deterministic: greedy and top_k 1 agree, the penalised greedy token is
+# the best of the raw alternatives after the penalty, logprobs are the
+# raw distribution's (sorted, the greedy token first, summing to <= 1),
+# streamed logprobs are the plain answer's.
+use lib 't/lib';
+use Test::More;
+use File::Path qw(make_path remove_tree);
+use IO::Socket::INET;
+use JSON::PP;
+use Encode ();
+use NgxGpuTest;
+
+my $model = model_dir_or_skip();
+start_backend(args => ['--device', 'cpu', '--chat-template', 'chatml',
+                       '--max-logprobs', '10', '--logprobs-tokens', '64']);
+
+my $l = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+                              LocalPort => 0) or die "no free port: $!";
+my $port = $l->sockport;
+close $l;
+my $dir = "/tmp/ngx-gpu-sampling-$$";
+make_path("$dir/logs");
+open my $c, '>', "$dir/nginx.conf" or die "$dir/nginx.conf: $!";
+print $c <<"CONF";
+load_module $ENV{TEST_NGINX_GPU_MODULE};
+daemon off;
+master_process off;
+error_log $dir/logs/error.log info;
+pid $dir/logs/nginx.pid;
+events { worker_connections 64; }
+http {
+    access_log off;
+    server {
+        listen 127.0.0.1:$port;
+        location /v1/ { gpu_pass unix:$ENV{TEST_NGINX_GPU_SOCKET}; }
+    }
+}
+CONF
+close $c;
+
+my $nginx = fork() // die "fork: $!";
+if ($nginx == 0) {
+    exec $ENV{TEST_NGINX_BINARY} // 'nginx', '-p', $dir, '-c',
+         "$dir/nginx.conf" or die "exec nginx: $!";
+}
+for (1 .. 100) {
+    last if IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port");
+    select(undef, undef, undef, 0.05);
+}
+
+my $json = JSON::PP->new->utf8->canonical;
+
+sub post {
+    my ($path, $req) = @_;
+    my ($st, undef, $body) = http_request('POST', $path,
+                                          $json->encode($req), port => $port);
+    my $obj = eval { $json->decode($body) };
+    return ($st, $obj, $body);
+}
+
+# the events of a stream, decoded, and whether it ended with [DONE]
+sub stream {
+    my ($path, $req) = @_;
+    my ($st, undef, $body) = http_request('POST', $path,
+                                          $json->encode($req), port => $port);
+    my @ev;
+    for my $line (split /\n\n/, $body) {
+        next unless $line =~ s/^data: //;
+        next if $line eq '[DONE]';
+        push @ev, $json->decode($line);
+    }
+    return ($st, \@ev, $body =~ /data: \[DONE\]\n\n$/);
+}
+
+my %cmpl = (prompt => 'Once upon a time', max_tokens => 24);
+my @msgs = ({ role => 'user', content => 'Tell me a story.' });
+
+# --- top_k -----------------------------------------------------------------
+
+my ($st, $greedy) = post('/v1/completions', { %cmpl, temperature => 0 });
+is($st, 200, 'greedy answer');
+my $gtext = $greedy->{choices}[0]{text};
+for my $seed (1, 2, 3) {
+    my (undef, $r) = post('/v1/completions', { %cmpl, temperature => 1.5,
+                                                top_k => 1, seed => $seed });
+    is($r->{choices}[0]{text}, $gtext, "top_k 1 at temperature 1.5 is "
+       . "greedy (seed $seed)");
+}
+for my $k (0, -1) {
+    my (undef, $a) = post('/v1/completions', { %cmpl, top_k => $k,
+                                                seed => 9 });
+    my (undef, $b) = post('/v1/completions', { %cmpl, seed => 9 });
+    is($a->{choices}[0]{text}, $b->{choices}[0]{text},
+       "top_k $k is off: the answer without it");
+}
+
+# top_k 5 with logprobs 5: every sampled token is among the raw top 5
+{
+    my (undef, $r) = post('/v1/completions', { %cmpl, top_k => 5,
+                          temperature => 1.3, seed => 11, logprobs => 5 });
+    my $lp = $r->{choices}[0]{logprobs};
+    my $in = 0;
+    for my $i (0 .. $#{ $lp->{tokens} }) {
+        my %top = %{ $lp->{top_logprobs}[$i] };
+        my @best = (sort { $top{$b} <=> $top{$a} } keys %top)[0 .. 4];
+        $in++ if grep { defined && $_ eq $lp->{tokens}[$i] } @best;
+    }
+    is($in, $r->{usage}{completion_tokens},
+       'top_k 5: every token among the 5 most likely');
+    my (undef, $again) = post('/v1/completions', { %cmpl, top_k => 5,
+                              temperature => 1.3, seed => 11 });
+    is($again->{choices}[0]{text}, $r->{choices}[0]{text},
+       'top_k with a seed replays');
+}
+
+# --- logprobs (completions) --------------------------------------------------
+
+my ($lst, $lr) = post('/v1/completions', { %cmpl, temperature => 0,
+                                           logprobs => 3 });
+is($lst, 200, 'completions with logprobs 3');
+my $lp = $lr->{choices}[0]{logprobs};
+my $n = $lr->{usage}{completion_tokens};
+is($lr->{choices}[0]{text}, $gtext, 'logprobs do not change the answer');
+is(scalar @{ $lp->{tokens} }, $n, 'a token per completion token');
+is(scalar @{ $lp->{token_logprobs} }, $n, 'a logprob per token');
+is(scalar @{ $lp->{top_logprobs} }, $n, 'alternatives per token');
+is(join('', @{ $lp->{tokens} }), $gtext, 'the tokens spell the text');
+{
+    my ($ok_max, $ok_n, $ok_off, $ok_sum) = (0, 0, 1, 0);
+    my $off = 0;
+    for my $i (0 .. $n - 1) {
+        my %top = %{ $lp->{top_logprobs}[$i] };
+        my ($max) = sort { $b <=> $a } values %top;
+        $ok_max++ if $lp->{token_logprobs}[$i] == $max
+                     && $top{ $lp->{tokens}[$i] } == $max;
+        $ok_n++ if keys %top == 3;
+        $ok_off = 0 if $lp->{text_offset}[$i] != $off;
+        $off += length(Encode::encode_utf8($lp->{tokens}[$i]));
+        my $s = 0;
+        $s += exp($_) for values %top;
+        $ok_sum++ if $s <= 1 + 1e-5 && $s > 0;
+    }
+    is($ok_max, $n, 'greedy: the token\'s logprob is the largest');
+    is($ok_n, $n, 'three alternatives each');
+    ok($ok_off, 'text_offset: where each token starts');
+    is($ok_sum, $n, 'alternatives hold at most all of the probability');
+}
+{
+    my (undef, $z) = post('/v1/completions', { %cmpl, temperature => 0,
+                                               logprobs => 0 });
+    my $zl = $z->{choices}[0]{logprobs};
+    is_deeply($zl->{token_logprobs}, $lp->{token_logprobs},
+              'logprobs 0: the same token logprobs');
+    ok(!grep({ keys %$_ != 1 } @{ $zl->{top_logprobs} }),
+       'logprobs 0: only the chosen token among the alternatives');
+}
+{
+    # logprobs are the model's, before temperature and penalties
+    my (undef, $t) = post('/v1/completions', { %cmpl, prompt => 'Once',
+                          max_tokens => 1, temperature => 0.3,
+                          presence_penalty => 1, logprobs => 5 });
+    my (undef, $u) = post('/v1/completions', { %cmpl, prompt => 'Once',
+                          max_tokens => 1, temperature => 0,
+                          logprobs => 5 });
+    is_deeply($t->{choices}[0]{logprobs}{top_logprobs},
+              $u->{choices}[0]{logprobs}{top_logprobs},
+              'alternatives do not depend on temperature or penalties');
+}
+
+# streamed: the same logprobs, token by token
+{
+    my ($sst, $ev, $done) = stream('/v1/completions', { %cmpl,
+                                   temperature => 0, logprobs => 3,
+                                   stream => JSON::PP::true });
+    is($sst, 200, 'streamed with logprobs');
+    ok($done, 'ends with [DONE]');
+    my (@tok, @lps, @off);
+    for my $e (@$ev) {
+        my $l = $e->{choices}[0]{logprobs} or next;
+        push @tok, @{ $l->{tokens} };
+        push @lps, @{ $l->{token_logprobs} };
+        push @off, @{ $l->{text_offset} };
+    }
+    is_deeply(\@tok, $lp->{tokens}, 'streamed tokens as the plain answer');
+    is_deeply(\@lps, $lp->{token_logprobs}, 'streamed logprobs as well');
+    is_deeply(\@off, $lp->{text_offset}, 'streamed offsets as well');
+}
+
+# --- penalties ----------------------------------------------------------------
+
+{
+    my (undef, $g) = post('/v1/completions', { %cmpl, temperature => 0,
+                          max_tokens => 64 });
+    my (undef, $p) = post('/v1/completions', { %cmpl, temperature => 0,
+                          max_tokens => 64, presence_penalty => 2,
+                          frequency_penalty => 2, logprobs => 5 });
+    my $pl = $p->{choices}[0]{logprobs};
+    isnt($p->{choices}[0]{text}, $g->{choices}[0]{text},
+         'penalties change a long answer');
+    # each token is the best raw alternative after the penalty: raw
+    # logprob - (2 + 2 * count) for tokens already generated
+    my (%count, $good);
+    for my $i (0 .. $#{ $pl->{tokens} }) {
+        my %top = %{ $pl->{top_logprobs}[$i] };
+        my $pen = sub {
+            my $t = shift;
+            return $top{$t} - ($count{$t} ? 2 + 2 * $count{$t} : 0);
+        };
+        my $me = $pen->($pl->{tokens}[$i]);
+        $good++ unless grep { $pen->($_) > $me + 1e-4 } keys %top;
+        $count{ $pl->{tokens}[$i] }++;
+    }
+    is($good, scalar @{ $pl->{tokens} },
+       'penalised greedy: each token the best alternative after penalties');
+
+    my (undef, $neg) = post('/v1/completions', { %cmpl, temperature => 0,
+                            frequency_penalty => -2 });
+    ok($neg->{choices}[0]{text} ne $gtext, 'a negative penalty changes it');
+}
+
+# --- chat ----------------------------------------------------------------------
+
+{
+    my ($cst, $r) = post('/v1/chat/completions', { messages => \@msgs,
+                          max_tokens => 12, temperature => 0,
+                          logprobs => JSON::PP::true, top_logprobs => 10 });
+    is($cst, 200, 'chat with logprobs');
+    my $content = $r->{choices}[0]{logprobs}{content};
+    is(scalar @$content, $r->{usage}{completion_tokens},
+       'chat: an entry per completion token');
+    my ($good, $sorted, $bytes) = (0, 0, 0);
+    for my $e (@$content) {
+        my @top = @{ $e->{top_logprobs} };
+        $good++ if @top == 10 && $top[0]{token} eq $e->{token}
+                   && $top[0]{logprob} == $e->{logprob};
+        $sorted++ unless grep { $top[$_]{logprob} > $top[$_ - 1]{logprob} }
+                         1 .. $#top;
+        $bytes++ if Encode::decode_utf8(pack('C*', @{ $e->{bytes} }))
+                    eq $e->{token};
+    }
+    is($good, scalar @$content, 'chat greedy: the token leads its 10');
+    is($sorted, scalar @$content, 'chat: alternatives most likely first');
+    is($bytes, scalar @$content, 'chat: bytes are the token\'s UTF-8');
+    is(join('', map { $_->{token} } @$content),
+       $r->{choices}[0]{message}{content}, 'chat: tokens spell the answer');
+
+    my ($sst, $ev, $done) = stream('/v1/chat/completions', {
+        messages => \@msgs, max_tokens => 12, temperature => 0,
+        logprobs => JSON::PP::true, top_logprobs => 2,
+        stream => JSON::PP::true,
+        stream_options => { include_usage => JSON::PP::true } });
+    my @got;
+    for my $e (@$ev) {
+        next unless @{ $e->{choices} // [] };
+        my $l = $e->{choices}[0]{logprobs} or next;
+        push @got, @{ $l->{content} };
+    }
+    ok($done, 'chat stream with logprobs ends with [DONE]');
+    is(scalar @got, $r->{usage}{completion_tokens},
+       'chat stream: every token\'s logprobs once');
+    is_deeply([map { $_->{logprob} } @got],
+              [map { $_->{logprob} } @$content],
+              'chat stream: the plain answer\'s logprobs');
+
+    my (undef, $no) = post('/v1/chat/completions', { messages => \@msgs,
+                           max_tokens => 2, logprobs => JSON::PP::false });
+    is($no->{choices}[0]{logprobs}, undef, 'logprobs false: null');
+    my (undef, $zero) = post('/v1/chat/completions', { messages => \@msgs,
+                             max_tokens => 2, logprobs => JSON::PP::true });
+    ok(!grep({ @{ $_->{top_logprobs} } } @{ $zero->{choices}[0]{logprobs}
+                                            {content} }),
+       'logprobs without top_logprobs: no alternatives');
+}
+
+# --- 400s ------------------------------------------------------------------------
+
+my @bad = (
+    ['/v1/completions', { prompt => 'a', top_k => -2 }, 'top_k',
+     qr/`top_k` must be -1 or 0/],
+    ['/v1/completions', { prompt => 'a', top_k => 1.5 }, 'top_k',
+     qr/expected an integer/],
+    ['/v1/completions', { prompt => 'a', top_k => '3' }, 'top_k',
+     qr/expected an integer/],
+    ['/v1/completions', { prompt => 'a', presence_penalty => 2.5 },
+     'presence_penalty', qr/between -2 and 2/],
+    ['/v1/chat/completions', { messages => \@msgs,
+      frequency_penalty => -2.01 }, 'frequency_penalty',
+     qr/between -2 and 2/],
+    ['/v1/completions', { prompt => 'a', frequency_penalty => 'x' },
+     'frequency_penalty', qr/expected a number/],
+    ['/v1/completions', { prompt => 'a', logprobs => 6 }, 'logprobs',
+     qr/from 0 to 5/],
+    ['/v1/completions', { prompt => 'a', logprobs => -1 }, 'logprobs',
+     qr/from 0 to 5/],
+    ['/v1/completions', { prompt => 'a', logprobs => JSON::PP::true },
+     'logprobs', qr/expected an integer/],
+    ['/v1/completions', { prompt => 'a', top_logprobs => 2 },
+     'top_logprobs', qr/Unrecognized request argument/],
+    ['/v1/chat/completions', { messages => \@msgs, logprobs => 1 },
+     'logprobs', qr/expected a boolean/],
+    ['/v1/chat/completions', { messages => \@msgs,
+      logprobs => JSON::PP::true, top_logprobs => 21 }, 'top_logprobs',
+     qr/from 0 to 20/],
+    ['/v1/chat/completions', { messages => \@msgs, top_logprobs => 3 },
+     'top_logprobs', qr/requires `logprobs`/],
+    ['/v1/chat/completions', { messages => \@msgs,
+      logprobs => JSON::PP::false, top_logprobs => 3 }, 'top_logprobs',
+     qr/requires `logprobs`/],
+    # the backend's limits: --max-logprobs 10, --logprobs-tokens 64
+    ['/v1/chat/completions', { messages => \@msgs,
+      logprobs => JSON::PP::true, top_logprobs => 11 }, 'top_logprobs',
+     qr/at most 10 alternatives/],
+    ['/v1/completions', { prompt => 'a', logprobs => 1, max_tokens => 65 },
+     'max_tokens', qr/at most 64/],
+);
+for my $b (@bad) {
+    my ($path, $req, $param, $msg) = @$b;
+    my ($bst, $r, $body) = post($path, $req);
+    my $what = $json->encode($req);
+    is($bst, 400, "400: $what");
+    is($r->{error}{param}, $param, "param $param: $what");
+    like($r->{error}{message} // $body, $msg, "message: $what");
+}
+{
+    my ($ost, $r) = post('/v1/completions', { prompt => 'a', max_tokens => 2,
+                         top_k => undef, presence_penalty => undef,
+                         frequency_penalty => undef, logprobs => undef });
+    is($ost, 200, 'null sampling fields are their defaults');
+    is($r->{choices}[0]{logprobs}, undef, 'logprobs null: null');
+}
+
+kill 'TERM', $nginx;
+waitpid($nginx, 0);
+remove_tree($dir);
+done_testing();
