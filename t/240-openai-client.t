@@ -1,5 +1,6 @@
 # The official openai Python client, unchanged, against ngx-gpu:
-# completions and chat, streaming and not, stop, errors
+# completions and chat, streaming and not, stop, logprobs (OpenAI's shapes
+# parsed by the client), top_k and penalties, errors
 # (t/openai_client_test.py).  On the scripted byte-level model when
 # ../shared is there (answers checked word for word), else on the random
 # tiny model with the ChatML template forced (shapes only).

@@ -150,6 +150,79 @@ def main():
             return
         raise AssertionError("no NotFoundError")
 
+    def completion_logprobs():
+        r = client.completions.create(model=model, prompt="x", max_tokens=8,
+                                      temperature=0, logprobs=3)
+        lp, n = r.choices[0].logprobs, r.usage.completion_tokens
+        assert len(lp.tokens) == len(lp.token_logprobs) == n, lp
+        assert len(lp.top_logprobs) == len(lp.text_offset) == n, lp
+        assert all(isinstance(t, str) for t in lp.tokens), lp.tokens
+        for t, v, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+            assert v <= 0 and 3 <= len(top) <= 4, (t, v, top)
+            assert abs(max(top.values()) - v) < 1e-6, (t, v, top)
+        # a token that ends inside a character shows U+FFFD for its bytes
+        assert lp.text_offset[0] == 0 and lp.text_offset == sorted(
+            lp.text_offset), lp.text_offset
+        for t in lp.tokens:
+            assert "\ufffd" in t or t in r.choices[0].text, (t, r)
+
+    def completion_logprobs_stream():
+        toks = []
+        for ev in client.completions.create(model=model, prompt="x",
+                                            max_tokens=8, temperature=0,
+                                            logprobs=2, stream=True):
+            if ev.choices[0].logprobs is not None:
+                toks += ev.choices[0].logprobs.tokens
+        r = client.completions.create(model=model, prompt="x", max_tokens=8,
+                                      temperature=0, logprobs=2)
+        assert toks == r.choices[0].logprobs.tokens, (toks, r)
+
+    def chat_logprobs():
+        r = client.chat.completions.create(model=model, messages=msgs,
+                                           max_tokens=8, temperature=0,
+                                           logprobs=True, top_logprobs=2)
+        content = r.choices[0].logprobs.content
+        assert len(content) == r.usage.completion_tokens, content
+        for e in content:
+            assert isinstance(e.token, str) and e.logprob <= 0, e
+            assert bytes(e.bytes).decode("utf-8", "replace") == e.token \
+                or "\ufffd" in e.token, e
+            assert len(e.top_logprobs) == 2, e
+            assert e.top_logprobs[0].logprob == e.logprob, e
+            assert e.top_logprobs[1].logprob <= e.logprob, e
+
+    def chat_logprobs_stream():
+        got = []
+        for ev in client.chat.completions.create(
+                model=model, messages=msgs, max_tokens=8, temperature=0,
+                logprobs=True, top_logprobs=1, stream=True,
+                stream_options={"include_usage": True}):
+            if ev.choices and ev.choices[0].logprobs is not None:
+                got += ev.choices[0].logprobs.content or []
+            if ev.usage is not None:
+                usage = ev.usage
+        assert len(got) == usage.completion_tokens, (got, usage)
+        assert all(len(e.top_logprobs) == 1 for e in got), got
+
+    def sampling_fields():
+        a = client.chat.completions.create(
+            model=model, messages=msgs, max_tokens=8, temperature=1.5,
+            seed=7, presence_penalty=0.5, frequency_penalty=0.5,
+            extra_body={"top_k": 1})
+        b = client.chat.completions.create(
+            model=model, messages=msgs, max_tokens=8, temperature=0,
+            presence_penalty=0.5, frequency_penalty=0.5)
+        same(a.choices[0].message.content, b.choices[0].message.content)
+
+    def bad_top_logprobs():
+        try:
+            client.chat.completions.create(model=model, messages=msgs,
+                                           logprobs=True, top_logprobs=21)
+        except openai.BadRequestError as e:
+            assert e.body["param"] == "top_logprobs", e.body
+            return
+        raise AssertionError("no BadRequestError")
+
     for name, fn in [("models.list", models), ("completions", completion),
                      ("completions stream", completion_stream),
                      ("completions stop", completion_stop),
@@ -157,7 +230,15 @@ def main():
                      ("chat stream with usage", chat_stream),
                      ("chat stream with stop", chat_stop_stream),
                      ("400 as BadRequestError", bad_request),
-                     ("404 as NotFoundError", unknown_model)]:
+                     ("404 as NotFoundError", unknown_model),
+                     ("completions logprobs", completion_logprobs),
+                     ("completions logprobs stream",
+                      completion_logprobs_stream),
+                     ("chat logprobs", chat_logprobs),
+                     ("chat logprobs stream", chat_logprobs_stream),
+                     ("top_k and penalties", sampling_fields),
+                     ("top_logprobs 21 as BadRequestError",
+                      bad_top_logprobs)]:
         check(name, fn)
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0
