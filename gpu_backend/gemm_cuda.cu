@@ -13,7 +13,7 @@
 
 #define MAX_SHAPES  128
 #define CANDIDATES  8
-#define TUNE_RUNS   10
+#define TUNE_RUNS   20
 
 typedef struct {
     int                      M, K, N;
@@ -119,33 +119,49 @@ lt_run(gemm_t *g, const shape_t *sh, const cublasLtMatmulAlgo_t *algo,
                           g->stream);
 }
 
-/* mean time of TUNE_RUNS runs in ms, after one warm-up; -1 if it fails;
- * algo NULL times gemv_cuda.cu's kernel */
+/*
+ * mean device time of one run in ms, -1 if it fails; algo NULL times
+ * gemv_cuda.cu's kernel.  TUNE_RUNS runs are captured into a graph and
+ * the graph's replay is timed, as the decode graphs will run them: timed
+ * one call at a time, a small product measures the host's cost of the
+ * call (cuBLASLt's is several µs) rather than the device's.
+ */
 static float
 timed(gemm_t *g, const shape_t *sh, const cublasLtMatmulAlgo_t *algo,
     float *out, const void *in, const void *w)
 {
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
     float ms = -1.0f;
     int i;
 
-    if (lt_run(g, sh, algo, out, in, w) != CUBLAS_STATUS_SUCCESS) {
-        return -1.0f;
-    }
-    cudaEventRecord(g->ev0, g->stream);
-    for (i = 0; i < TUNE_RUNS; i++) {
-        if (lt_run(g, sh, algo, out, in, w) != CUBLAS_STATUS_SUCCESS) {
-            cudaStreamSynchronize(g->stream);
-            return -1.0f;
-        }
-    }
-    cudaEventRecord(g->ev1, g->stream);
-    if (cudaEventSynchronize(g->ev1) != cudaSuccess
-        || cudaEventElapsedTime(&ms, g->ev0, g->ev1) != cudaSuccess)
+    if (lt_run(g, sh, algo, out, in, w) != CUBLAS_STATUS_SUCCESS
+        || cudaStreamBeginCapture(g->stream, cudaStreamCaptureModeThreadLocal)
+           != cudaSuccess)
     {
         cudaGetLastError();
         return -1.0f;
     }
-    return ms / TUNE_RUNS;
+    for (i = 0; i < TUNE_RUNS && st == CUBLAS_STATUS_SUCCESS; i++) {
+        st = lt_run(g, sh, algo, out, in, w);
+    }
+    if (cudaStreamEndCapture(g->stream, &graph) != cudaSuccess
+        || st != CUBLAS_STATUS_SUCCESS
+        || cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess
+        || cudaGraphLaunch(exec, g->stream) != cudaSuccess     /* warm-up */
+        || cudaEventRecord(g->ev0, g->stream) != cudaSuccess
+        || cudaGraphLaunch(exec, g->stream) != cudaSuccess
+        || cudaEventRecord(g->ev1, g->stream) != cudaSuccess
+        || cudaEventSynchronize(g->ev1) != cudaSuccess
+        || cudaEventElapsedTime(&ms, g->ev0, g->ev1) != cudaSuccess)
+    {
+        ms = -1.0f;
+    }
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    return ms > 0.0f ? ms / TUNE_RUNS : -1.0f;
 }
 
 int
