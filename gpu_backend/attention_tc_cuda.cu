@@ -24,7 +24,7 @@
  *      it, into f32 accumulators held in registers.
  *
  * q comes from the f32 qkv buffer and is rounded to the storage dtype
- * once, when it is staged.  Which rows are prefill rows is decided on the
+ * when it is staged (in bf16 as two parts, hi + lo: see fa_split_q).  Which rows are prefill rows is decided on the
  * device (kc_att_multi: the token's item has a neighbouring token in the
  * step), the same way in both kernels, so a mixed step needs no host-side
  * list: decode rows go to the per-token kernel with its context splits.
@@ -125,6 +125,30 @@ fa_pack(float lo, float hi, __half)
     return *reinterpret_cast<uint32_t *>(&v);
 }
 
+/*
+ * q as hi + lo, both in T, for bf16 only.  q rounded once to bf16 (8
+ * bits) puts ~2e-3 relative noise on every score; a model that norms the
+ * attention output before the residual add (GLM-4) carries it undamped
+ * into the residual stream, and its bf16 logits then missed the 2e-2
+ * check against Hugging Face (2.70e-2, against 1.52e-2 with the f32 q of
+ * the per-token kernel).  With the rest in a second product, q is exact
+ * to ~2^-16 for twice the Q K^T products.  (Splitting P instead was
+ * measured and did not help.)  f16 keeps 11 bits: no split.
+ */
+template <typename T> struct fa_split_q { static const bool v = false; };
+template <> struct fa_split_q<__nv_bfloat16> { static const bool v = true; };
+
+/* the bf16 rounding error of (lo, hi), given their rounded pair */
+__device__ __forceinline__ uint32_t
+fa_pack_rest(float lo, float hi, uint32_t packed)
+{
+    __nv_bfloat162 r = *reinterpret_cast<__nv_bfloat162 *>(&packed);
+    float2 f = __bfloat1622float2(r);
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo - f.x, hi - f.y);
+
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
 /* --- the kernel -------------------------------------------------------------- */
 
 template <typename T, int HD>
@@ -174,7 +198,7 @@ attention_tc_kernel(T *out, const float *qkv, const T *kv,
         int item = tk[a].item, b = a + 1, max_pos = -1, min_pos = INT_MAX;
         int n_tiles, n_full, rl, rh, pl, ph;
         const int32_t *table;
-        uint32_t qa[KS][4];
+        uint32_t qa[KS][4], qr[fa_split_q<T>::v ? KS : 1][4];
         float o[DT][4], m_l = -INFINITY, m_h = -INFINITY, l_l = 0.0f,
               l_h = 0.0f;
 
@@ -191,29 +215,39 @@ attention_tc_kernel(T *out, const float *qkv, const T *kv,
         }
         table = st.tables + st.item_table[item];
 
-        /* the tile's rows: q rounded to T, and each row's position */
-        for (int c = tid; c < FA_BM * CPR; c += FA_THREADS) {
-            int r = c / CPR, d0 = (c - r * CPR) * 8;
-            int t = t0 + r / gc, hr = r % gc;
-            int live = r / gc < tq && t >= a && t < b && hr < gh;
-            uint32_t w[4] = { 0, 0, 0, 0 };
+        /* the tile's rows: q rounded to T (part 0), or what that rounding
+         * left out (part 1, see fa_split_q), and each row's position */
+        auto stage_q = [&](int part) {
+            for (int c = tid; c < FA_BM * CPR; c += FA_THREADS) {
+                int r = c / CPR, d0 = (c - r * CPR) * 8;
+                int t = t0 + r / gc, hr = r % gc;
+                int live = r / gc < tq && t >= a && t < b && hr < gh;
+                uint32_t w[4] = { 0, 0, 0, 0 };
 
-            if (live) {
-                const float4 *q = reinterpret_cast<const float4 *>(
-                    qkv + (size_t) t * qkv_stride + (size_t) (h0 + hr) * HD
-                    + d0);
-                float4 x = q[0], y = q[1];
-                w[0] = fa_pack(x.x, x.y, T());
-                w[1] = fa_pack(x.z, x.w, T());
-                w[2] = fa_pack(y.x, y.y, T());
-                w[3] = fa_pack(y.z, y.w, T());
+                if (live) {
+                    const float4 *q = reinterpret_cast<const float4 *>(
+                        qkv + (size_t) t * qkv_stride
+                        + (size_t) (h0 + hr) * HD + d0);
+                    float4 x = q[0], y = q[1];
+                    w[0] = fa_pack(x.x, x.y, T());
+                    w[1] = fa_pack(x.z, x.w, T());
+                    w[2] = fa_pack(y.x, y.y, T());
+                    w[3] = fa_pack(y.z, y.w, T());
+                    if (part == 1) {
+                        w[0] = fa_pack_rest(x.x, x.y, w[0]);
+                        w[1] = fa_pack_rest(x.z, x.w, w[1]);
+                        w[2] = fa_pack_rest(y.x, y.y, w[2]);
+                        w[3] = fa_pack_rest(y.z, y.w, w[3]);
+                    }
+                }
+                *reinterpret_cast<uint4 *>(&sm.q[r][d0]) =
+                    make_uint4(w[0], w[1], w[2], w[3]);
+                if (d0 == 0) {
+                    sm.pos[r] = live ? tk[t].pos : -1;
+                }
             }
-            *reinterpret_cast<uint4 *>(&sm.q[r][d0]) =
-                make_uint4(w[0], w[1], w[2], w[3]);
-            if (d0 == 0) {
-                sm.pos[r] = live ? tk[t].pos : -1;
-            }
-        }
+        };
+        stage_q(0);
 
         /* K/V tile j into buffer j & 1: rows past max_pos are zeros, so
          * stale cache rows (NaN, say) never reach a product */
@@ -245,6 +279,16 @@ attention_tc_kernel(T *out, const float *qkv, const T *kv,
         for (int ks = 0; ks < KS; ks++) {
             fa_ldsm4(qa[ks], &sm.q[warp * 16 + (lane & 15)]
                                   [ks * 16 + (lane >> 4) * 8]);
+        }
+        if (fa_split_q<T>::v) {
+            __syncthreads();                /* every warp has its qa */
+            stage_q(1);
+            __syncthreads();
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) {
+                fa_ldsm4(qr[ks], &sm.q[warp * 16 + (lane & 15)]
+                                      [ks * 16 + (lane >> 4) * 8]);
+            }
         }
         rl = warp * 16 + (lane >> 2);
         rh = rl + 8;
@@ -283,6 +327,10 @@ attention_tc_kernel(T *out, const float *qkv, const T *kv,
                                            [ks * 16 + ((lane >> 3) & 1) * 8]);
                     fa_mma(s[2 * np], qa[ks], kb[0], kb[1], T());
                     fa_mma(s[2 * np + 1], qa[ks], kb[2], kb[3], T());
+                    if (fa_split_q<T>::v) {
+                        fa_mma(s[2 * np], qr[ks], kb[0], kb[1], T());
+                        fa_mma(s[2 * np + 1], qr[ks], kb[2], kb[3], T());
+                    }
                 }
             }
 
