@@ -16,6 +16,8 @@
 
 #include <yajl/yajl_tree.h>
 
+#include "errbuf.h"
+#include "readfile.h"
 #include "channel.h"
 #include "chat_template.h"
 #include "unicode.h"
@@ -46,18 +48,6 @@ static const struct {
 };
 
 
-static void
-ct_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0) {
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 
 const char *
@@ -68,31 +58,6 @@ chat_template_names(void)
 
 
 /* ---- loading -------------------------------------------------------- */
-
-/* a whole file, NUL-terminated; NULL with errno if unreadable */
-static char *
-slurp(const char *path)
-{
-    struct stat  sb;
-    FILE        *f;
-    char        *buf;
-    size_t       n;
-
-    f = fopen(path, "rb");
-    if (f == NULL) {
-        return NULL;
-    }
-    if (fstat(fileno(f), &sb) != 0 || (buf = malloc(sb.st_size + 1)) == NULL)
-    {
-        fclose(f);
-        return NULL;
-    }
-    n = fread(buf, 1, (size_t) sb.st_size, f);
-    fclose(f);
-    buf[n] = '\0';
-    return buf;
-}
-
 
 /* a special token as tokenizer_config writes it: "x" or {"content": "x"} */
 static char *
@@ -280,14 +245,15 @@ chat_template_load(const char *dir, const char *force, chat_template_t *ct,
     memset(ct, 0, sizeof(*ct));
 
     snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir);
-    text = slurp(path);
+    /* absent or unreadable: no template from it */
+    text = read_file(path, (size_t) 16 << 20, NULL, NULL, 0);
     if (text != NULL) {
         jerr[0] = '\0';
         root = yajl_tree_parse(text, jerr, sizeof(jerr));
         free(text);
         if (root == NULL) {
             jerr[strcspn(jerr, "\n")] = '\0';
-            ct_err(err, errlen, "%s: bad JSON: %s", path, jerr);
+            set_err(err, errlen, "%s: bad JSON: %s", path, jerr);
             return -1;
         }
         ct->bos = token_string(yajl_tree_get(root, bos, yajl_t_any));
@@ -298,7 +264,7 @@ chat_template_load(const char *dir, const char *force, chat_template_t *ct,
     if (tmpl == NULL) {
         /* newer transformers save the template in a file of its own */
         snprintf(path, sizeof(path), "%s/chat_template.jinja", dir);
-        tmpl = slurp(path);
+        tmpl = read_file(path, (size_t) 16 << 20, NULL, NULL, 0);
     }
     if (tmpl != NULL) {
         recognise(ct, tmpl);
@@ -311,8 +277,8 @@ chat_template_load(const char *dir, const char *force, chat_template_t *ct,
             }
         }
         if (i == sizeof(families) / sizeof(families[0])) {
-            ct_err(err, errlen, "--chat-template \"%s\" is unknown (known: "
-                   "%s)", force, chat_template_names());
+            set_err(err, errlen, "--chat-template \"%s\" is unknown (known: "
+                    "%s)", force, chat_template_names());
             free(tmpl);
             return -1;
         }
@@ -640,8 +606,8 @@ render_llama2(const chat_template_t *ct, const chat_msg_t *m, int n,
     }
     for (i = first; i < n; i++) {
         if ((m[i].role == GPU_ROLE_USER) != ((i - first) % 2 == 0)) {
-            ct_err(msg, msglen, "Conversation roles must alternate "
-                   "user/assistant/user/assistant/...");
+            set_err(msg, msglen, "Conversation roles must alternate "
+                    "user/assistant/user/assistant/...");
             free(tmp.p);
             return -1;
         }
@@ -738,11 +704,11 @@ chat_render(const chat_template_t *ct, const char *rec, size_t len,
     int          n, rc;
 
     if (ct->family == CHAT_NONE) {
-        ct_err(msg, msglen, "this model has no chat template ngx-gpu knows");
+        set_err(msg, msglen, "this model has no chat template ngx-gpu knows");
         return -1;
     }
     if (parse_records(rec, len, &m, &n) != 0) {
-        ct_err(msg, msglen, "malformed chat messages");
+        set_err(msg, msglen, "malformed chat messages");
         return -1;
     }
     out->len = 0;

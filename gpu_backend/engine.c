@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "errbuf.h"
 #include "engine_impl.h"
 
 /* defaults for options left 0 */
@@ -25,18 +26,6 @@ struct engine_s {
     char                 err[256];    /* why the last step failed */
 };
 
-static void
-e_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0) {
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* device string -> ops and device index; 0 or -1 */
 static int
@@ -65,28 +54,28 @@ pick_engine(const char *dev, const engine_ops_t **ops, int *index,
         if (dev[4] == ':') {
             i = strtol(dev + 5, &end, 10);
             if (end == dev + 5 || *end != '\0' || i < 0) {
-                e_err(err, errlen, "device \"%s\": expected cuda:N", dev);
+                set_err(err, errlen, "device \"%s\": expected cuda:N", dev);
                 return -1;
             }
         }
         if (i >= engine_cuda_ops.n_devices()) {
             const char *why = engine_cuda_ops.probe_error
                               ? engine_cuda_ops.probe_error() : "";
-            e_err(err, errlen, "device \"%s\": %d CUDA device(s) found%s%s",
-                  dev, engine_cuda_ops.n_devices(), why[0] ? ": " : "", why);
+            set_err(err, errlen, "device \"%s\": %d CUDA device(s) found%s%s",
+                    dev, engine_cuda_ops.n_devices(), why[0] ? ": " : "", why);
             return -1;
         }
         *ops = &engine_cuda_ops;
         *index = (int) i;
         return 0;
 #else
-        e_err(err, errlen, "device \"%s\": this build has no CUDA engine",
-              dev);
+        set_err(err, errlen, "device \"%s\": this build has no CUDA engine",
+                dev);
         return -1;
 #endif
     }
-    e_err(err, errlen, "unknown device \"%s\" (expected cpu, cuda, cuda:N or "
-          "auto)", dev);
+    set_err(err, errlen, "unknown device \"%s\" (expected cpu, cuda, cuda:N "
+            "or auto)", dev);
     return -1;
 }
 
@@ -106,8 +95,8 @@ engine_create(const model_t *m, const engine_opts_t *o, char *err,
         || r.kv_block_size < 0 || r.kv_blocks < 0 || r.kv_fraction < 0
         || r.kv_fraction > 1)
     {
-        e_err(err, errlen, "engine options: negative value (or kv_fraction "
-              "above 1)");
+        set_err(err, errlen, "engine options: negative value (or kv_fraction "
+                "above 1)");
         return NULL;
     }
     r.threads = r.threads ? r.threads : 1;
@@ -118,7 +107,7 @@ engine_create(const model_t *m, const engine_opts_t *o, char *err,
 
     e = calloc(1, sizeof(*e));
     if (e == NULL) {
-        e_err(err, errlen, "out of memory");
+        set_err(err, errlen, "out of memory");
         return NULL;
     }
     e->ops = ops;
@@ -132,7 +121,7 @@ engine_create(const model_t *m, const engine_opts_t *o, char *err,
     if (kv_pool_init(&e->kv, kv_blocks, r.kv_block_size, r.max_seqs,
                      m->cfg.max_seq_len) != 0)
     {
-        e_err(err, errlen, "out of memory for the KV block tables");
+        set_err(err, errlen, "out of memory for the KV block tables");
         engine_destroy(e);
         return NULL;
     }
@@ -199,57 +188,57 @@ check_items(engine_t *e, const engine_item_t *items, int n)
     int i, j, total = 0;
 
     if (n < 0 || n > e->opts.max_seqs) {
-        e_err(e->err, sizeof(e->err), "%d items, at most %d (max_seqs)", n,
-              e->opts.max_seqs);
+        set_err(e->err, sizeof(e->err), "%d items, at most %d (max_seqs)", n,
+                e->opts.max_seqs);
         return -1;
     }
     for (i = 0; i < n; i++) {
         const engine_item_t *it = &items[i];
 
         if (it->seq < 0 || it->seq >= e->opts.max_seqs) {
-            e_err(e->err, sizeof(e->err), "item %d: seq %d out of range", i,
-                  it->seq);
+            set_err(e->err, sizeof(e->err), "item %d: seq %d out of range", i,
+                    it->seq);
             return -1;
         }
         if (it->n_tokens < 1 || it->pos < 0 || it->tokens == NULL) {
-            e_err(e->err, sizeof(e->err), "item %d: no tokens or a negative "
-                  "position", i);
+            set_err(e->err, sizeof(e->err), "item %d: no tokens or a negative "
+                    "position", i);
             return -1;
         }
         if ((int64_t) it->pos + it->n_tokens
             > kv_pool_capacity(&e->kv, it->seq))
         {
-            e_err(e->err, sizeof(e->err), "item %d: seq %d position %d is "
-                  "past its %d reserved positions", i, it->seq,
-                  it->pos + it->n_tokens - 1,
-                  kv_pool_capacity(&e->kv, it->seq));
+            set_err(e->err, sizeof(e->err), "item %d: seq %d position %d is "
+                    "past its %d reserved positions", i, it->seq,
+                    it->pos + it->n_tokens - 1,
+                    kv_pool_capacity(&e->kv, it->seq));
             return -1;
         }
         for (j = 0; j < it->n_tokens; j++) {
             if (it->tokens[j] < 0 || it->tokens[j] >= e->vocab_size) {
-                e_err(e->err, sizeof(e->err), "item %d: token %d is not in "
-                      "the vocabulary", i, it->tokens[j]);
+                set_err(e->err, sizeof(e->err), "item %d: token %d is not in "
+                        "the vocabulary", i, it->tokens[j]);
                 return -1;
             }
         }
         if (it->n_logprobs < 0 || it->n_logprobs > ENGINE_MAX_LOGPROBS
             || it->n_gen < 0 || (it->n_gen > 0 && it->gen == NULL))
         {
-            e_err(e->err, sizeof(e->err), "item %d: n_logprobs %d or n_gen "
-                  "%d out of range", i, it->n_logprobs, it->n_gen);
+            set_err(e->err, sizeof(e->err), "item %d: n_logprobs %d or n_gen "
+                    "%d out of range", i, it->n_logprobs, it->n_gen);
             return -1;
         }
         for (j = 0; it->sample && j < it->n_gen; j++) {
             if (it->gen[j] < 0 || it->gen[j] >= e->vocab_size) {
-                e_err(e->err, sizeof(e->err), "item %d: generated token %d "
-                      "is not in the vocabulary", i, it->gen[j]);
+                set_err(e->err, sizeof(e->err), "item %d: generated token %d "
+                        "is not in the vocabulary", i, it->gen[j]);
                 return -1;
             }
         }
         total += it->n_tokens;
         if (total > e->opts.max_batch_tokens) {
-            e_err(e->err, sizeof(e->err), "more than %d tokens in a step "
-                  "(max_batch_tokens)", e->opts.max_batch_tokens);
+            set_err(e->err, sizeof(e->err), "more than %d tokens in a step "
+                    "(max_batch_tokens)", e->opts.max_batch_tokens);
             return -1;
         }
     }

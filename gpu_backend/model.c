@@ -21,20 +21,10 @@
 
 #include <yajl/yajl_tree.h>
 
+#include "errbuf.h"
+#include "readfile.h"
 #include "model.h"
 
-static void
-m_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0) {
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static yajl_val
 cfg_get(yajl_val root, const char *key)
@@ -53,8 +43,8 @@ cfg_int(yajl_val root, const char *path, const char *key, int def, int lo,
 
     if (v == NULL || YAJL_IS_NULL(v)) {
         if (def < lo) {
-            m_err(err, errlen, "%s: required field \"%s\" is missing", path,
-                  key);
+            set_err(err, errlen, "%s: required field \"%s\" is missing", path,
+                    key);
             return -1;
         }
         *out = def;
@@ -63,8 +53,8 @@ cfg_int(yajl_val root, const char *path, const char *key, int def, int lo,
     if (!YAJL_IS_INTEGER(v) || YAJL_GET_INTEGER(v) < lo
         || YAJL_GET_INTEGER(v) > hi)
     {
-        m_err(err, errlen, "%s: \"%s\" must be an integer in [%d, %d]", path,
-              key, lo, hi);
+        set_err(err, errlen, "%s: \"%s\" must be an integer in [%d, %d]", path,
+                key, lo, hi);
         return -1;
     }
     *out = (int) YAJL_GET_INTEGER(v);
@@ -83,7 +73,8 @@ cfg_float(yajl_val root, const char *path, const char *key, double def,
         return 0;
     }
     if (!YAJL_IS_DOUBLE(v) || !(YAJL_GET_DOUBLE(v) > 0)) {
-        m_err(err, errlen, "%s: \"%s\" must be a positive number", path, key);
+        set_err(err, errlen, "%s: \"%s\" must be a positive number", path,
+                key);
         return -1;
     }
     *out = (float) YAJL_GET_DOUBLE(v);
@@ -102,7 +93,7 @@ cfg_bool(yajl_val root, const char *path, const char *key, int def,
         return 0;
     }
     if (!YAJL_IS_TRUE(v) && !YAJL_IS_FALSE(v)) {
-        m_err(err, errlen, "%s: \"%s\" must be true or false", path, key);
+        set_err(err, errlen, "%s: \"%s\" must be true or false", path, key);
         return -1;
     }
     *out = YAJL_IS_TRUE(v);
@@ -117,8 +108,8 @@ cfg_must_be_false(yajl_val root, const char *path, const char *key,
     yajl_val v = cfg_get(root, key);
 
     if (v != NULL && !YAJL_IS_NULL(v) && !YAJL_IS_FALSE(v)) {
-        m_err(err, errlen, "%s: \"%s\" is set: %s are not supported yet",
-              path, key, what);
+        set_err(err, errlen, "%s: \"%s\" is set: %s are not supported yet",
+                path, key, what);
         return -1;
     }
     return 0;
@@ -186,7 +177,7 @@ cfg_rope(yajl_val root, const char *path, const arch_info_t *ai,
         rp = NULL;
     }
     if (rp != NULL && !YAJL_IS_OBJECT(rp)) {
-        m_err(err, errlen, "%s: \"%s\" must be an object", path, where);
+        set_err(err, errlen, "%s: \"%s\" must be an object", path, where);
         return -1;
     }
     if (rp != NULL) {
@@ -195,8 +186,8 @@ cfg_rope(yajl_val root, const char *path, const arch_info_t *ai,
             t = yajl_tree_get(rp, k_t2, yajl_t_any);
         }
         if (t != NULL && !YAJL_IS_STRING(t)) {
-            m_err(err, errlen, "%s: %s: \"rope_type\" must be a string",
-                  path, where);
+            set_err(err, errlen, "%s: %s: \"rope_type\" must be a string",
+                    path, where);
             return -1;
         }
         type = t ? YAJL_GET_STRING(t) : "default";
@@ -213,8 +204,8 @@ cfg_rope(yajl_val root, const char *path, const arch_info_t *ai,
     {
         r = obj_number(rp, "rope_theta", &d);
         if (r < 0 || (r > 0 && !(d > 0))) {
-            m_err(err, errlen, "%s: %s: \"rope_theta\" must be a positive "
-                  "number", path, where);
+            set_err(err, errlen, "%s: %s: \"rope_theta\" must be a positive "
+                    "number", path, where);
             return -1;
         }
         if (r > 0) {
@@ -230,21 +221,22 @@ cfg_rope(yajl_val root, const char *path, const arch_info_t *ai,
         r = obj_number(rp, "partial_rotary_factor", &partial);
     }
     if (r < 0 || !(partial > 0 && partial <= 1)) {
-        m_err(err, errlen, "%s: \"partial_rotary_factor\" must be a number "
-              "in (0, 1]", path);
+        set_err(err, errlen, "%s: \"partial_rotary_factor\" must be a number "
+                "in (0, 1]", path);
         return -1;
     }
     if (partial != 1.0 && ai->arch != MODEL_GLM && ai->arch != MODEL_GLM4) {
-        m_err(err, errlen, "%s: \"partial_rotary_factor\" %g: partial RoPE "
-              "is supported for the GLM architectures only, not %s", path,
-              partial, ai->name);
+        set_err(err, errlen, "%s: \"partial_rotary_factor\" %g: partial RoPE "
+                "is supported for the GLM architectures only, not %s", path,
+                partial, ai->name);
         return -1;
     }
     c->rope_dim = (int) (c->head_dim * partial);
     if (c->rope_dim < 2 || c->rope_dim % 2 != 0) {
-        m_err(err, errlen, "%s: head_dim %d * partial_rotary_factor %g gives "
-              "%d rotary dims; RoPE needs an even number, at least 2", path,
-              c->head_dim, partial, c->rope_dim);
+        set_err(err, errlen, "%s: head_dim %d * partial_rotary_factor %g "
+                "gives %d rotary dims; RoPE needs an even number, at least 2",
+                path,
+                c->head_dim, partial, c->rope_dim);
         return -1;
     }
     c->rope_interleaved = ai->arch == MODEL_GLM || ai->arch == MODEL_GLM4;
@@ -253,14 +245,14 @@ cfg_rope(yajl_val root, const char *path, const arch_info_t *ai,
         return 0;
     }
     if (strcmp(type, "llama3") != 0) {
-        m_err(err, errlen, "%s: %s (%s) is set; this RoPE scaling is not "
-              "supported (only \"llama3\" is)", path, where, type);
+        set_err(err, errlen, "%s: %s (%s) is set; this RoPE scaling is not "
+                "supported (only \"llama3\" is)", path, where, type);
         return -1;
     }
     if (ai->arch != MODEL_LLAMA) {
-        m_err(err, errlen, "%s: %s (llama3) is set; Llama-3 RoPE scaling "
-              "is supported for LlamaForCausalLM only, not %s", path, where,
-              ai->name);
+        set_err(err, errlen, "%s: %s (llama3) is set; Llama-3 RoPE scaling "
+                "is supported for LlamaForCausalLM only, not %s", path, where,
+                ai->name);
         return -1;
     }
     {
@@ -272,27 +264,28 @@ cfg_rope(yajl_val root, const char *path, const arch_info_t *ai,
         for (i = 0; i < 4; i++) {
             r = obj_number(rp, keys[i], &v[i]);
             if (r <= 0 || !(v[i] > 0)) {
-                m_err(err, errlen, "%s: %s (llama3): \"%s\" %s", path, where,
-                      keys[i], r == 0 ? "is missing"
+                set_err(err, errlen, "%s: %s (llama3): \"%s\" %s", path, where,
+                        keys[i], r == 0 ? "is missing"
                                       : "must be a positive number");
                 return -1;
             }
         }
         if (v[0] < 1) {
-            m_err(err, errlen, "%s: %s (llama3): \"factor\" %g must be at "
-                  "least 1", path, where, v[0]);
+            set_err(err, errlen, "%s: %s (llama3): \"factor\" %g must be at "
+                    "least 1", path, where, v[0]);
             return -1;
         }
         if (!(v[2] > v[1])) {
-            m_err(err, errlen, "%s: %s (llama3): \"high_freq_factor\" %g must "
-                  "be larger than \"low_freq_factor\" %g", path, where, v[2],
-                  v[1]);
+            set_err(err, errlen, "%s: %s (llama3): \"high_freq_factor\" %g "
+                    "must be larger than \"low_freq_factor\" %g", path, where,
+                    v[2],
+                    v[1]);
             return -1;
         }
         if (v[3] != (double) (int) v[3] || v[3] > (1 << 24)) {
-            m_err(err, errlen, "%s: %s (llama3): "
-                  "\"original_max_position_embeddings\" must be an integer",
-                  path, where);
+            set_err(err, errlen, "%s: %s (llama3): "
+                    "\"original_max_position_embeddings\" must be an integer",
+                    path, where);
             return -1;
         }
         c->rope_llama3 = 1;
@@ -315,8 +308,8 @@ cfg_check(yajl_val root, const char *path, model_config_t *c, char *err,
 
     v = cfg_get(root, "architectures");
     if (!YAJL_IS_ARRAY(v) || v->u.array.len == 0) {
-        m_err(err, errlen, "%s: no \"architectures\" list (expected e.g. "
-              "[\"LlamaForCausalLM\"])", path);
+        set_err(err, errlen, "%s: no \"architectures\" list (expected e.g. "
+                "[\"LlamaForCausalLM\"])", path);
         return -1;
     }
     for (i = 0; i < v->u.array.len && ai == NULL; i++) {
@@ -330,9 +323,9 @@ cfg_check(yajl_val root, const char *path, model_config_t *c, char *err,
     }
     if (ai == NULL) {
         const char *a = YAJL_GET_STRING(v->u.array.values[0]);
-        m_err(err, errlen, "%s: architecture \"%s\" is not supported (these "
-              "are: LlamaForCausalLM, Qwen2ForCausalLM, GlmForCausalLM, "
-              "Glm4ForCausalLM)", path, a ? a : "(not a string)");
+        set_err(err, errlen, "%s: architecture \"%s\" is not supported (these "
+                "are: LlamaForCausalLM, Qwen2ForCausalLM, GlmForCausalLM, "
+                "Glm4ForCausalLM)", path, a ? a : "(not a string)");
         return -1;
     }
     snprintf(c->architecture, sizeof(c->architecture), "%s", ai->name);
@@ -370,13 +363,13 @@ cfg_check(yajl_val root, const char *path, model_config_t *c, char *err,
         return -1;
     }
     if (c->n_heads % c->n_kv_heads != 0) {
-        m_err(err, errlen, "%s: num_attention_heads %d is not a multiple of "
-              "num_key_value_heads %d", path, c->n_heads, c->n_kv_heads);
+        set_err(err, errlen, "%s: num_attention_heads %d is not a multiple of "
+                "num_key_value_heads %d", path, c->n_heads, c->n_kv_heads);
         return -1;
     }
     if (c->head_dim % 2 != 0) {
-        m_err(err, errlen, "%s: head_dim %d is odd; RoPE needs pairs", path,
-              c->head_dim);
+        set_err(err, errlen, "%s: head_dim %d is odd; RoPE needs pairs", path,
+                c->head_dim);
         return -1;
     }
     if (cfg_rope(root, path, ai, c, err, errlen) != 0) {
@@ -387,9 +380,9 @@ cfg_check(yajl_val root, const char *path, model_config_t *c, char *err,
     if (v != NULL && !YAJL_IS_NULL(v)
         && (!YAJL_IS_STRING(v) || strcmp(v->u.string, "silu") != 0))
     {
-        m_err(err, errlen, "%s: hidden_act \"%s\" is not supported (only "
-              "\"silu\" is)", path,
-              YAJL_IS_STRING(v) ? YAJL_GET_STRING(v) : "(not a string)");
+        set_err(err, errlen, "%s: hidden_act \"%s\" is not supported (only "
+                "\"silu\" is)", path,
+                YAJL_IS_STRING(v) ? YAJL_GET_STRING(v) : "(not a string)");
         return -1;
     }
 
@@ -432,22 +425,22 @@ cfg_check(yajl_val root, const char *path, model_config_t *c, char *err,
         return -1;
     }
     if (flag) {
-        m_err(err, errlen, "%s: \"use_sliding_window\" is true: "
-              "sliding-window attention is not supported yet", path);
+        set_err(err, errlen, "%s: \"use_sliding_window\" is true: "
+                "sliding-window attention is not supported yet", path);
         return -1;
     }
     v = cfg_get(root, "layer_types");
     if (v != NULL && !YAJL_IS_NULL(v)) {
         if (!YAJL_IS_ARRAY(v)) {
-            m_err(err, errlen, "%s: \"layer_types\" must be a list", path);
+            set_err(err, errlen, "%s: \"layer_types\" must be a list", path);
             return -1;
         }
         for (i = 0; i < v->u.array.len; i++) {
             const char *lt = YAJL_GET_STRING(v->u.array.values[i]);
             if (lt == NULL || strcmp(lt, "full_attention") != 0) {
-                m_err(err, errlen, "%s: layer_types[%zu] is \"%s\": only "
-                      "\"full_attention\" layers are supported (no sliding "
-                      "window yet)", path, i, lt ? lt : "(not a string)");
+                set_err(err, errlen, "%s: layer_types[%zu] is \"%s\": only "
+                        "\"full_attention\" layers are supported (no sliding "
+                        "window yet)", path, i, lt ? lt : "(not a string)");
                 return -1;
             }
         }
@@ -469,9 +462,9 @@ cfg_check(yajl_val root, const char *path, model_config_t *c, char *err,
     v = cfg_get(root, "eos_token_id");
     if (YAJL_IS_ARRAY(v)) {
         if (v->u.array.len > sizeof(c->eos_ids) / sizeof(c->eos_ids[0])) {
-            m_err(err, errlen, "%s: eos_token_id lists %zu ids, at most %zu "
-                  "are supported", path, v->u.array.len,
-                  sizeof(c->eos_ids) / sizeof(c->eos_ids[0]));
+            set_err(err, errlen, "%s: eos_token_id lists %zu ids, at most %zu "
+                    "are supported", path, v->u.array.len,
+                    sizeof(c->eos_ids) / sizeof(c->eos_ids[0]));
             return -1;
         }
         for (i = 0; i < v->u.array.len; i++) {
@@ -479,8 +472,8 @@ cfg_check(yajl_val root, const char *path, model_config_t *c, char *err,
             if (!YAJL_IS_INTEGER(e) || YAJL_GET_INTEGER(e) < 0
                 || YAJL_GET_INTEGER(e) >= c->vocab_size)
             {
-                m_err(err, errlen, "%s: eos_token_id has an entry that is not "
-                      "a token id", path);
+                set_err(err, errlen, "%s: eos_token_id has an entry that is "
+                        "not a token id", path);
                 return -1;
             }
             c->eos_ids[c->n_eos++] = (int) YAJL_GET_INTEGER(e);
@@ -502,44 +495,25 @@ model_config_load(const char *path, model_config_t *c, char *err,
 {
     char *json, ebuf[256];
     yajl_val root;
-    FILE *fp;
-    long len;
     int rc;
 
     memset(c, 0, sizeof(*c));
-    fp = fopen(path, "rb");
-    if (fp == NULL) {
-        m_err(err, errlen, "%s: %s", path, strerror(errno));
+    json = read_file(path, (size_t) 1 << 20, NULL, err, errlen);
+    if (json == NULL) {
         return -1;
     }
-    if (fseek(fp, 0, SEEK_END) != 0 || (len = ftell(fp)) < 0
-        || fseek(fp, 0, SEEK_SET) != 0 || len > (1 << 20))
-    {
-        m_err(err, errlen, "%s: cannot read (or larger than 1 MiB)", path);
-        fclose(fp);
-        return -1;
-    }
-    json = malloc((size_t) len + 1);
-    if (json == NULL || fread(json, 1, (size_t) len, fp) != (size_t) len) {
-        m_err(err, errlen, "%s: cannot read", path);
-        free(json);
-        fclose(fp);
-        return -1;
-    }
-    fclose(fp);
-    json[len] = '\0';
 
     ebuf[0] = '\0';
     root = yajl_tree_parse(json, ebuf, sizeof(ebuf));
     free(json);
     if (root == NULL) {
         ebuf[strcspn(ebuf, "\n")] = '\0';
-        m_err(err, errlen, "%s: not valid JSON: %s", path,
-              ebuf[0] ? ebuf : "parse error");
+        set_err(err, errlen, "%s: not valid JSON: %s", path,
+                ebuf[0] ? ebuf : "parse error");
         return -1;
     }
     if (!YAJL_IS_OBJECT(root)) {
-        m_err(err, errlen, "%s: not a JSON object", path);
+        set_err(err, errlen, "%s: not a JSON object", path);
         yajl_tree_free(root);
         return -1;
     }
@@ -557,7 +531,7 @@ need(const model_t *m, const char *wfile, const char *name, int64_t d0,
     int ndim = d1 ? 2 : 1;
 
     if (t == NULL) {
-        m_err(err, errlen, "%s: tensor '%s' is missing", wfile, name);
+        set_err(err, errlen, "%s: tensor '%s' is missing", wfile, name);
         return NULL;
     }
     if (t->ndim != ndim || t->shape[0] != d0 || (d1 && t->shape[1] != d1)) {
@@ -570,19 +544,19 @@ need(const model_t *m, const char *wfile, const char *name, int64_t d0,
         }
         strncat(found, "]", sizeof(found) - strlen(found) - 1);
         if (d1) {
-            m_err(err, errlen, "%s: tensor '%s' has shape %s, expected "
-                  "[%lld, %lld]", t->file, name, found, (long long) d0,
-                  (long long) d1);
+            set_err(err, errlen, "%s: tensor '%s' has shape %s, expected "
+                    "[%lld, %lld]", t->file, name, found, (long long) d0,
+                    (long long) d1);
         } else {
-            m_err(err, errlen, "%s: tensor '%s' has shape %s, expected [%lld]",
-                  t->file, name, found, (long long) d0);
+            set_err(err, errlen, "%s: tensor '%s' has shape %s, expected "
+                    "[%lld]", t->file, name, found, (long long) d0);
         }
         return NULL;
     }
     if (t->dtype == ST_OTHER) {
-        m_err(err, errlen, "%s: tensor '%s' has dtype %s, which cannot be "
-              "computed (F32, F16 or BF16 expected)", t->file, name,
-              t->dtype_name);
+        set_err(err, errlen, "%s: tensor '%s' has dtype %s, which cannot be "
+                "computed (F32, F16 or BF16 expected)", t->file, name,
+                t->dtype_name);
         return NULL;
     }
     return t;
@@ -632,7 +606,7 @@ model_load(const char *dir, model_t *m, char *err, size_t errlen)
         n--;                        /* "dir/" names the same model */
     }
     if (n >= sizeof(m->dir)) {
-        m_err(err, errlen, "%s: path too long", dir);
+        set_err(err, errlen, "%s: path too long", dir);
         return -1;
     }
     memcpy(m->dir, dir, n);
@@ -653,8 +627,8 @@ model_load(const char *dir, model_t *m, char *err, size_t errlen)
         snprintf(path, sizeof(path), "%s/model.safetensors.index.json",
                  m->dir);
         if (access(path, F_OK) != 0) {
-            m_err(err, errlen, "%s: no model.safetensors or "
-                  "model.safetensors.index.json", m->dir);
+            set_err(err, errlen, "%s: no model.safetensors or "
+                    "model.safetensors.index.json", m->dir);
             return -1;
         }
     }
@@ -667,7 +641,7 @@ model_load(const char *dir, model_t *m, char *err, size_t errlen)
     kv_dim = (int64_t) c->n_kv_heads * c->head_dim;
     m->layers = calloc((size_t) c->n_layers, sizeof(*m->layers));
     if (m->layers == NULL) {
-        m_err(err, errlen, "%s: out of memory", m->dir);
+        set_err(err, errlen, "%s: out of memory", m->dir);
         goto fail;
     }
 

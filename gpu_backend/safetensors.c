@@ -23,6 +23,8 @@
 
 #include <yajl/yajl_tree.h>
 
+#include "errbuf.h"
+#include "readfile.h"
 #include "safetensors.h"
 
 typedef struct {
@@ -56,18 +58,6 @@ static const struct {
     { "F8_E5M2", ST_OTHER, 1 },
 };
 
-static void
-st_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0) {
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 size_t
 st_dtype_size(st_dtype_e d)
@@ -97,23 +87,23 @@ st_map(st_file_t *f, const char *path, char *err, size_t errlen)
 
     f->path = strdup(path);
     if (f->path == NULL) {
-        st_err(err, errlen, "%s: out of memory", path);
+        set_err(err, errlen, "%s: out of memory", path);
         return -1;
     }
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        st_err(err, errlen, "%s: %s", path, strerror(errno));
+        set_err(err, errlen, "%s: %s", path, strerror(errno));
         return -1;
     }
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        st_err(err, errlen, "%s: not a regular file", path);
+        set_err(err, errlen, "%s: not a regular file", path);
         close(fd);
         return -1;
     }
     f->size = (size_t) sb.st_size;
     if (f->size < 8) {
-        st_err(err, errlen, "%s: %zu bytes is too short for a safetensors "
-               "file (truncated file?)", path, f->size);
+        set_err(err, errlen, "%s: %zu bytes is too short for a safetensors "
+                "file (truncated file?)", path, f->size);
         close(fd);
         return -1;
     }
@@ -121,7 +111,7 @@ st_map(st_file_t *f, const char *path, char *err, size_t errlen)
     close(fd);
     if (f->map == MAP_FAILED) {
         f->map = NULL;
-        st_err(err, errlen, "%s: mmap: %s", path, strerror(errno));
+        set_err(err, errlen, "%s: mmap: %s", path, strerror(errno));
         return -1;
     }
     return 0;
@@ -172,26 +162,26 @@ st_add_tensor(st_set_t *s, const st_file_t *f, size_t data_size,
     int known = 0;
 
     if (!YAJL_IS_OBJECT(desc)) {
-        st_err(err, errlen, "%s: tensor '%s' is not a JSON object", p, name);
+        set_err(err, errlen, "%s: tensor '%s' is not a JSON object", p, name);
         return -1;
     }
     if (strlen(name) >= sizeof(t->name)) {
-        st_err(err, errlen, "%s: tensor name '%.60s...' is longer than %zu "
-               "bytes", p, name, sizeof(t->name) - 1);
+        set_err(err, errlen, "%s: tensor name '%.60s...' is longer than %zu "
+                "bytes", p, name, sizeof(t->name) - 1);
         return -1;
     }
     dt = yajl_tree_get(desc, k_dtype, yajl_t_string);
     shape = yajl_tree_get(desc, k_shape, yajl_t_array);
     offs = yajl_tree_get(desc, k_offs, yajl_t_array);
     if (dt == NULL || shape == NULL || offs == NULL) {
-        st_err(err, errlen, "%s: tensor '%s' lacks a string \"dtype\", an "
-               "array \"shape\" or an array \"data_offsets\"", p, name);
+        set_err(err, errlen, "%s: tensor '%s' lacks a string \"dtype\", an "
+                "array \"shape\" or an array \"data_offsets\"", p, name);
         return -1;
     }
 
     t = st_new_tensor(s);
     if (t == NULL) {
-        st_err(err, errlen, "%s: out of memory", p);
+        set_err(err, errlen, "%s: out of memory", p);
         return -1;
     }
     snprintf(t->name, sizeof(t->name), "%s", name);
@@ -208,21 +198,21 @@ st_add_tensor(st_set_t *s, const st_file_t *f, size_t data_size,
      * engine needs the tensor (esize 0 skips the size check below) */
 
     if (shape->u.array.len > ST_MAX_DIMS) {
-        st_err(err, errlen, "%s: tensor '%s' has %zu dimensions, at most %d "
-               "are supported", p, name, shape->u.array.len, ST_MAX_DIMS);
+        set_err(err, errlen, "%s: tensor '%s' has %zu dimensions, at most %d "
+                "are supported", p, name, shape->u.array.len, ST_MAX_DIMS);
         return -1;
     }
     t->ndim = (int) shape->u.array.len;
     for (i = 0; i < shape->u.array.len; i++) {
         int64_t d = json_uint(shape->u.array.values[i]);
         if (d < 0) {
-            st_err(err, errlen, "%s: tensor '%s' has a shape entry that is "
-                   "not a non-negative integer", p, name);
+            set_err(err, errlen, "%s: tensor '%s' has a shape entry that is "
+                    "not a non-negative integer", p, name);
             return -1;
         }
         if (d > 0 && numel > INT64_MAX / 16 / d) {
-            st_err(err, errlen, "%s: tensor '%s' has an impossibly large "
-                   "shape", p, name);
+            set_err(err, errlen, "%s: tensor '%s' has an impossibly large "
+                    "shape", p, name);
             return -1;
         }
         t->shape[i] = d;
@@ -234,27 +224,27 @@ st_add_tensor(st_set_t *s, const st_file_t *f, size_t data_size,
         || (b = json_uint(offs->u.array.values[0])) < 0
         || (e = json_uint(offs->u.array.values[1])) < 0)
     {
-        st_err(err, errlen, "%s: tensor '%s' data_offsets is not two "
-               "non-negative integers", p, name);
+        set_err(err, errlen, "%s: tensor '%s' data_offsets is not two "
+                "non-negative integers", p, name);
         return -1;
     }
     if (b > e) {
-        st_err(err, errlen, "%s: tensor '%s' data_offsets [%lld,%lld] end "
-               "before they begin", p, name, (long long) b, (long long) e);
+        set_err(err, errlen, "%s: tensor '%s' data_offsets [%lld,%lld] end "
+                "before they begin", p, name, (long long) b, (long long) e);
         return -1;
     }
     if ((uint64_t) e > data_size) {
-        st_err(err, errlen, "%s: tensor '%s' data_offsets [%lld,%lld] exceed "
-               "the file's data size %zu (truncated file?)", p, name,
-               (long long) b, (long long) e, data_size);
+        set_err(err, errlen, "%s: tensor '%s' data_offsets [%lld,%lld] exceed "
+                "the file's data size %zu (truncated file?)", p, name,
+                (long long) b, (long long) e, data_size);
         return -1;
     }
     if (known && (uint64_t) (e - b) != (uint64_t) numel * esize) {
-        st_err(err, errlen, "%s: tensor '%s' has %lld %s elements (%lld "
-               "bytes) but data_offsets [%lld,%lld] span %lld bytes", p, name,
-               (long long) numel, t->dtype_name,
-               (long long) ((uint64_t) numel * esize), (long long) b,
-               (long long) e, (long long) (e - b));
+        set_err(err, errlen, "%s: tensor '%s' has %lld %s elements (%lld "
+                "bytes) but data_offsets [%lld,%lld] span %lld bytes", p, name,
+                (long long) numel, t->dtype_name,
+                (long long) ((uint64_t) numel * esize), (long long) b,
+                (long long) e, (long long) (e - b));
         return -1;
     }
     t->data = (const char *) f->map + (f->size - data_size) + b;
@@ -278,14 +268,14 @@ st_parse_file(st_set_t *s, const st_file_t *f, char *err, size_t errlen)
         hlen |= (uint64_t) m[i] << (8 * i);
     }
     if (hlen > f->size - 8) {
-        st_err(err, errlen, "%s: header length %llu exceeds the file size "
-               "%zu (truncated file?)", f->path, (unsigned long long) hlen,
-               f->size);
+        set_err(err, errlen, "%s: header length %llu exceeds the file size "
+                "%zu (truncated file?)", f->path, (unsigned long long) hlen,
+                f->size);
         return -1;
     }
     if (hlen < 2) {
-        st_err(err, errlen, "%s: header length %llu is too short for a JSON "
-               "object", f->path, (unsigned long long) hlen);
+        set_err(err, errlen, "%s: header length %llu is too short for a JSON "
+                "object", f->path, (unsigned long long) hlen);
         return -1;
     }
     data_size = f->size - 8 - (size_t) hlen;
@@ -293,14 +283,14 @@ st_parse_file(st_set_t *s, const st_file_t *f, char *err, size_t errlen)
     /* yajl wants a NUL-terminated string; the map has none */
     json = malloc((size_t) hlen + 1);
     if (json == NULL) {
-        st_err(err, errlen, "%s: out of memory", f->path);
+        set_err(err, errlen, "%s: out of memory", f->path);
         return -1;
     }
     memcpy(json, m + 8, (size_t) hlen);
     json[hlen] = '\0';
     if (memchr(json, '\0', (size_t) hlen) != NULL) {
-        st_err(err, errlen, "%s: header contains a NUL byte (not a "
-               "safetensors file?)", f->path);
+        set_err(err, errlen, "%s: header contains a NUL byte (not a "
+                "safetensors file?)", f->path);
         free(json);
         return -1;
     }
@@ -310,12 +300,12 @@ st_parse_file(st_set_t *s, const st_file_t *f, char *err, size_t errlen)
     if (root == NULL) {
         /* yajl's message spans lines; keep the first */
         ebuf[strcspn(ebuf, "\n")] = '\0';
-        st_err(err, errlen, "%s: header is not valid JSON: %s", f->path,
-               ebuf[0] ? ebuf : "parse error");
+        set_err(err, errlen, "%s: header is not valid JSON: %s", f->path,
+                ebuf[0] ? ebuf : "parse error");
         return -1;
     }
     if (!YAJL_IS_OBJECT(root)) {
-        st_err(err, errlen, "%s: header is not a JSON object", f->path);
+        set_err(err, errlen, "%s: header is not a JSON object", f->path);
         yajl_tree_free(root);
         return -1;
     }
@@ -338,7 +328,7 @@ st_open_file(st_set_t *s, const char *path, char *err, size_t errlen)
 
     f = realloc(s->files, (size_t) (s->n_files + 1) * sizeof(*f));
     if (f == NULL) {
-        st_err(err, errlen, "%s: out of memory", path);
+        set_err(err, errlen, "%s: out of memory", path);
         return -1;
     }
     s->files = f;
@@ -367,7 +357,7 @@ st_index(st_set_t *s, char *err, size_t errlen)
     s->by_name = malloc((size_t) (s->n_tensors ? s->n_tensors : 1)
                         * sizeof(int));
     if (s->by_name == NULL) {
-        st_err(err, errlen, "out of memory");
+        set_err(err, errlen, "out of memory");
         return -1;
     }
     for (i = 0; i < s->n_tensors; i++) {
@@ -379,8 +369,8 @@ st_index(st_set_t *s, char *err, size_t errlen)
         const st_tensor_t *a = &s->tensors[s->by_name[i - 1]];
         const st_tensor_t *b = &s->tensors[s->by_name[i]];
         if (strcmp(a->name, b->name) == 0) {
-            st_err(err, errlen, "%s: tensor '%s' appears twice (also in %s)",
-                   b->file, b->name, a->file);
+            set_err(err, errlen, "%s: tensor '%s' appears twice (also in %s)",
+                    b->file, b->name, a->file);
             return -1;
         }
     }
@@ -396,50 +386,32 @@ st_open_index(st_set_t *s, const char *path, char *err, size_t errlen)
     const char *slash;
     yajl_val root = NULL, wm;
     size_t i, j, dlen;
-    FILE *fp;
-    long len;
     int rc = -1;
 
-    fp = fopen(path, "rb");
-    if (fp == NULL) {
-        st_err(err, errlen, "%s: %s", path, strerror(errno));
+    json = read_file(path, (size_t) 64 << 20, NULL, err, errlen);
+    if (json == NULL) {
         return -1;
     }
-    if (fseek(fp, 0, SEEK_END) != 0 || (len = ftell(fp)) < 0
-        || fseek(fp, 0, SEEK_SET) != 0 || len > (64 << 20))
-    {
-        st_err(err, errlen, "%s: cannot read (or larger than 64 MiB)", path);
-        fclose(fp);
-        return -1;
-    }
-    json = malloc((size_t) len + 1);
-    if (json == NULL || fread(json, 1, (size_t) len, fp) != (size_t) len) {
-        st_err(err, errlen, "%s: cannot read", path);
-        fclose(fp);
-        goto done;
-    }
-    fclose(fp);
-    json[len] = '\0';
 
     ebuf[0] = '\0';
     root = yajl_tree_parse(json, ebuf, sizeof(ebuf));
     if (root == NULL) {
         ebuf[strcspn(ebuf, "\n")] = '\0';
-        st_err(err, errlen, "%s: not valid JSON: %s", path,
-               ebuf[0] ? ebuf : "parse error");
+        set_err(err, errlen, "%s: not valid JSON: %s", path,
+                ebuf[0] ? ebuf : "parse error");
         goto done;
     }
     wm = yajl_tree_get(root, k_map, yajl_t_object);
     if (wm == NULL || wm->u.object.len == 0) {
-        st_err(err, errlen, "%s: no \"weight_map\" object naming the shards",
-               path);
+        set_err(err, errlen, "%s: no \"weight_map\" object naming the shards",
+                path);
         goto done;
     }
 
     slash = strrchr(path, '/');
     dlen = slash ? (size_t) (slash - path + 1) : 0;
     if (dlen >= sizeof(dir)) {
-        st_err(err, errlen, "%s: path too long", path);
+        set_err(err, errlen, "%s: path too long", path);
         goto done;
     }
     memcpy(dir, path, dlen);
@@ -452,9 +424,9 @@ st_open_index(st_set_t *s, const char *path, char *err, size_t errlen)
         if (file == NULL || file[0] == '\0' || strchr(file, '/') != NULL
             || strcmp(file, "..") == 0)
         {
-            st_err(err, errlen, "%s: weight_map entry for '%s' is not a file "
-                   "name in the index's directory", path,
-                   wm->u.object.keys[i]);
+            set_err(err, errlen, "%s: weight_map entry for '%s' is not a file "
+                    "name in the index's directory", path,
+                    wm->u.object.keys[i]);
             goto done;
         }
         for (j = 0; j < i && !seen; j++) {
@@ -466,7 +438,7 @@ st_open_index(st_set_t *s, const char *path, char *err, size_t errlen)
         if (snprintf(shard, sizeof(shard), "%s%s", dir, file)
             >= (int) sizeof(shard))
         {
-            st_err(err, errlen, "%s: shard path too long", path);
+            set_err(err, errlen, "%s: shard path too long", path);
             goto done;
         }
         if (st_open_file(s, shard, err, errlen) != 0) {
@@ -484,15 +456,15 @@ st_open_index(st_set_t *s, const char *path, char *err, size_t errlen)
         const st_tensor_t *t = st_find(s, name);
         const char *base;
         if (t == NULL) {
-            st_err(err, errlen, "%s: weight_map puts tensor '%s' in %s, which "
-                   "does not hold it", path, name, file);
+            set_err(err, errlen, "%s: weight_map puts tensor '%s' in %s, "
+                    "which does not hold it", path, name, file);
             goto done;
         }
         base = strrchr(t->file, '/');
         base = base ? base + 1 : t->file;
         if (strcmp(base, file) != 0) {
-            st_err(err, errlen, "%s: weight_map puts tensor '%s' in %s, but it "
-                   "is in %s", path, name, file, t->file);
+            set_err(err, errlen, "%s: weight_map puts tensor '%s' in %s, but "
+                    "it is in %s", path, name, file, t->file);
             goto done;
         }
     }
@@ -514,7 +486,7 @@ st_open(const char *path, char *err, size_t errlen)
 
     s = calloc(1, sizeof(*s));
     if (s == NULL) {
-        st_err(err, errlen, "%s: out of memory", path);
+        set_err(err, errlen, "%s: out of memory", path);
         return NULL;
     }
     if (ends_with(path, ".json")) {

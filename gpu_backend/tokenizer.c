@@ -42,6 +42,8 @@
 
 #include <yajl/yajl_tree.h>
 
+#include "errbuf.h"
+#include "readfile.h"
 #include "bytelevel.h"
 #include "pretok.h"
 #include "tokenizer.h"
@@ -140,18 +142,6 @@ struct tokenizer_s {
 };
 
 
-static void
-tk_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0) {
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 
 /* ---- UTF-8: characters are read with uc_utf8_len() (unicode.h) ---- */
@@ -1152,14 +1142,14 @@ load_vocab(tokenizer_t *t, yajl_val vocab, load_ctx_t *c)
 
     for (i = 0; i < n; i++) {
         if (!YAJL_IS_INTEGER(vocab->u.object.values[i])) {
-            tk_err(c->err, c->errlen, "%s: model.vocab[\"%s\"] is not an "
-                   "integer id", c->path, vocab->u.object.keys[i]);
+            set_err(c->err, c->errlen, "%s: model.vocab[\"%s\"] is not an "
+                    "integer id", c->path, vocab->u.object.keys[i]);
             return -1;
         }
         id = YAJL_GET_INTEGER(vocab->u.object.values[i]);
         if (id < 0 || id > 0x7fffffff - 1) {
-            tk_err(c->err, c->errlen, "%s: model.vocab[\"%s\"] = %lld is out "
-                   "of range", c->path, vocab->u.object.keys[i], id);
+            set_err(c->err, c->errlen, "%s: model.vocab[\"%s\"] = %lld is out "
+                    "of range", c->path, vocab->u.object.keys[i], id);
             return -1;
         }
         if (id > maxid) {
@@ -1186,8 +1176,8 @@ load_vocab(tokenizer_t *t, yajl_val vocab, load_ctx_t *c)
             continue;               /* duplicate key: first one wins */
         }
         if (t->piece[id] != NULL) {
-            tk_err(c->err, c->errlen, "%s: model.vocab: id %lld is used by "
-                   "both \"%s\" and \"%s\"", c->path, id, t->piece[id], k);
+            set_err(c->err, c->errlen, "%s: model.vocab: id %lld is used by "
+                    "both \"%s\" and \"%s\"", c->path, id, t->piece[id], k);
             return -1;
         }
         if ((t->piece[id] = strdup(k)) == NULL) {
@@ -1254,9 +1244,9 @@ load_merges(tokenizer_t *t, yajl_val merges, load_ctx_t *c)
         memcpy(ab + la, b, lb + 1);
         id = vocab_find(t, ab, la + lb);
         if (ia < 0 || ib < 0 || id < 0) {
-            tk_err(c->err, c->errlen, "%s: merge %zu (\"%.*s\" + \"%s\"): "
-                   "%s is not in the vocab", c->path, i, (int) la, a, b,
-                   id < 0 && ia >= 0 && ib >= 0 ? "the result" : "a part");
+            set_err(c->err, c->errlen, "%s: merge %zu (\"%.*s\" + \"%s\"): "
+                    "%s is not in the vocab", c->path, i, (int) la, a, b,
+                    id < 0 && ia >= 0 && ib >= 0 ? "the result" : "a part");
             free(ab);
             return -1;
         }
@@ -1276,8 +1266,8 @@ load_merges(tokenizer_t *t, yajl_val merges, load_ctx_t *c)
     return 0;
 
 bad:
-    tk_err(c->err, c->errlen, "%s: model.merges[%zu] is neither \"a b\" "
-           "nor [\"a\", \"b\"]", c->path, i);
+    set_err(c->err, c->errlen, "%s: model.merges[%zu] is neither \"a b\" "
+            "nor [\"a\", \"b\"]", c->path, i);
     return -1;
 }
 
@@ -1314,14 +1304,14 @@ load_normalizer(tokenizer_t *t, yajl_val n, load_ctx_t *c)
     }
     type = jstr(n, "type");
     if (type == NULL) {
-        tk_err(c->err, c->errlen, "%s: normalizer without a type", c->path);
+        set_err(c->err, c->errlen, "%s: normalizer without a type", c->path);
         return -1;
     }
     if (strcmp(type, "Sequence") == 0) {
         list = jget(n, "normalizers");
         if (!YAJL_IS_ARRAY(list)) {
-            tk_err(c->err, c->errlen, "%s: normalizer Sequence without "
-                   "\"normalizers\"", c->path);
+            set_err(c->err, c->errlen, "%s: normalizer Sequence without "
+                    "\"normalizers\"", c->path);
             return -1;
         }
         for (i = 0; i < list->u.array.len; i++) {
@@ -1333,8 +1323,8 @@ load_normalizer(tokenizer_t *t, yajl_val n, load_ctx_t *c)
     }
     if (strcmp(type, "Prepend") == 0) {
         if ((s = jstr(n, "prepend")) == NULL) {
-            tk_err(c->err, c->errlen, "%s: Prepend normalizer without "
-                   "\"prepend\"", c->path);
+            set_err(c->err, c->errlen, "%s: Prepend normalizer without "
+                    "\"prepend\"", c->path);
             return -1;
         }
         return add_norm_step(t, NORM_PREPEND, s, NULL);
@@ -1344,8 +1334,8 @@ load_normalizer(tokenizer_t *t, yajl_val n, load_ctx_t *c)
         s = jstr(pat, "String");
         r = jstr(n, "content");
         if (s == NULL || r == NULL) {
-            tk_err(c->err, c->errlen, "%s: Replace normalizer: only a "
-                   "{\"String\": ..} pattern is supported", c->path);
+            set_err(c->err, c->errlen, "%s: Replace normalizer: only a "
+                    "{\"String\": ..} pattern is supported", c->path);
             return -1;
         }
         return add_norm_step(t, NORM_REPLACE, s, r);
@@ -1353,8 +1343,8 @@ load_normalizer(tokenizer_t *t, yajl_val n, load_ctx_t *c)
     if (strcmp(type, "NFC") == 0) {
         return add_norm_step(t, NORM_NFC, "", NULL);
     }
-    tk_err(c->err, c->errlen, "%s: normalizer \"%s\" is not supported (only "
-           "NFC, Prepend, Replace and Sequence)", c->path, type);
+    set_err(c->err, c->errlen, "%s: normalizer \"%s\" is not supported (only "
+            "NFC, Prepend, Replace and Sequence)", c->path, type);
     return -1;
 }
 
@@ -1368,8 +1358,8 @@ load_metaspace(tokenizer_t *t, yajl_val p, load_ctx_t *c)
         rep = "\xe2\x96\x81";
     }
     if (strlen(rep) == 0 || strlen(rep) >= sizeof(t->meta_rep)) {
-        tk_err(c->err, c->errlen, "%s: Metaspace replacement \"%s\" is not "
-               "one character", c->path, rep);
+        set_err(c->err, c->errlen, "%s: Metaspace replacement \"%s\" is not "
+                "one character", c->path, rep);
         return -1;
     }
     t->meta = 1;
@@ -1387,8 +1377,8 @@ load_metaspace(tokenizer_t *t, yajl_val p, load_ctx_t *c)
     } else if (strcmp(sch, "never") == 0) {
         t->meta_scheme = META_NEVER;
     } else {
-        tk_err(c->err, c->errlen, "%s: Metaspace prepend_scheme \"%s\" is "
-               "unknown", c->path, sch);
+        set_err(c->err, c->errlen, "%s: Metaspace prepend_scheme \"%s\" is "
+                "unknown", c->path, sch);
         return -1;
     }
     t->meta_split = jbool(p, "split", 1);
@@ -1404,21 +1394,21 @@ load_split(tokenizer_t *t, yajl_val p, load_ctx_t *c)
     const char *beh = jstr(p, "behavior");
 
     if (re == NULL) {
-        tk_err(c->err, c->errlen, "%s: Split pre_tokenizer: only a "
-               "{\"Regex\": ..} pattern is supported", c->path);
+        set_err(c->err, c->errlen, "%s: Split pre_tokenizer: only a "
+                "{\"Regex\": ..} pattern is supported", c->path);
         return -1;
     }
     if (beh == NULL || strcmp(beh, "Isolated") != 0
         || jbool(p, "invert", 0))
     {
-        tk_err(c->err, c->errlen, "%s: Split pre_tokenizer: only behavior "
-               "\"Isolated\" without invert is supported", c->path);
+        set_err(c->err, c->errlen, "%s: Split pre_tokenizer: only behavior "
+                "\"Isolated\" without invert is supported", c->path);
         return -1;
     }
     if (pretok_parse(re, &t->split) != 0) {
-        tk_err(c->err, c->errlen, "%s: Split pre_tokenizer: the regex "
-               "\"%.120s\" is not one of the known GPT-2 / GPT-4 / Llama-3 "
-               "/ Qwen2 patterns", c->path, re);
+        set_err(c->err, c->errlen, "%s: Split pre_tokenizer: the regex "
+                "\"%.120s\" is not one of the known GPT-2 / GPT-4 / Llama-3 "
+                "/ Qwen2 patterns", c->path, re);
         return -1;
     }
     t->has_split = 1;
@@ -1440,8 +1430,8 @@ load_pre_tokenizer(tokenizer_t *t, yajl_val p, load_ctx_t *c)
     if (type != NULL && strcmp(type, "Sequence") == 0) {
         list = jget(p, "pretokenizers");
         if (!YAJL_IS_ARRAY(list)) {
-            tk_err(c->err, c->errlen, "%s: pre_tokenizer Sequence without "
-                   "\"pretokenizers\"", c->path);
+            set_err(c->err, c->errlen, "%s: pre_tokenizer Sequence without "
+                    "\"pretokenizers\"", c->path);
             return -1;
         }
         for (i = 0; i < list->u.array.len; i++) {
@@ -1459,9 +1449,9 @@ load_pre_tokenizer(tokenizer_t *t, yajl_val p, load_ctx_t *c)
         t->bl_prefix = jbool(p, "add_prefix_space", 1);
         if (jbool(p, "use_regex", 1)) {
             if (t->has_split) {
-                tk_err(c->err, c->errlen, "%s: a Split pre_tokenizer and a "
-                       "ByteLevel one with use_regex are not supported "
-                       "together", c->path);
+                set_err(c->err, c->errlen, "%s: a Split pre_tokenizer and a "
+                        "ByteLevel one with use_regex are not supported "
+                        "together", c->path);
                 return -1;
             }
             pretok_gpt2(&t->split);
@@ -1472,9 +1462,9 @@ load_pre_tokenizer(tokenizer_t *t, yajl_val p, load_ctx_t *c)
     if (type != NULL && strcmp(type, "Split") == 0 && !t->has_split) {
         return load_split(t, p, c);
     }
-    tk_err(c->err, c->errlen, "%s: pre_tokenizer \"%s\" is not supported "
-           "(only Metaspace, ByteLevel and one Split)", c->path,
-           type ? type : "?");
+    set_err(c->err, c->errlen, "%s: pre_tokenizer \"%s\" is not supported "
+            "(only Metaspace, ByteLevel and one Split)", c->path,
+            type ? type : "?");
     return -1;
 }
 
@@ -1578,9 +1568,9 @@ load_post_processor(tokenizer_t *t, yajl_val pp, load_ctx_t *c)
         }
         ids = template_ids(pp, item);
         if (!YAJL_IS_ARRAY(ids)) {
-            tk_err(c->err, c->errlen, "%s: post_processor template names a "
-                   "special token that \"special_tokens\" does not define",
-                   c->path);
+            set_err(c->err, c->errlen, "%s: post_processor template names a "
+                    "special token that \"special_tokens\" does not define",
+                    c->path);
             return -1;
         }
         for (k = 0; k < ids->u.array.len; k++) {
@@ -1589,8 +1579,8 @@ load_post_processor(tokenizer_t *t, yajl_val pp, load_ctx_t *c)
             }
             id = (int) YAJL_GET_INTEGER(ids->u.array.values[k]);
             if (id < 0 || id >= t->n_vocab) {
-                tk_err(c->err, c->errlen, "%s: post_processor adds id %d, "
-                       "outside the vocab", c->path, id);
+                set_err(c->err, c->errlen, "%s: post_processor adds id %d, "
+                        "outside the vocab", c->path, id);
                 return -1;
             }
             if ((after ? int_push(&t->suffix, &t->n_suffix, &t->cap_suffix,
@@ -1598,7 +1588,7 @@ load_post_processor(tokenizer_t *t, yajl_val pp, load_ctx_t *c)
                        : int_push(&t->prefix, &t->n_prefix, &t->cap_prefix,
                                   id)) != 0)
             {
-                tk_err(c->err, c->errlen, "%s: out of memory", c->path);
+                set_err(c->err, c->errlen, "%s: out of memory", c->path);
                 return -1;
             }
         }
@@ -1647,8 +1637,8 @@ load_added(tokenizer_t *t, yajl_val list, load_ctx_t *c)
         if (s == NULL || !YAJL_IS_INTEGER(idv) || YAJL_GET_INTEGER(idv) < 0
             || YAJL_GET_INTEGER(idv) > 0x7ffffffe)
         {
-            tk_err(c->err, c->errlen, "%s: added_tokens[%zu] lacks a "
-                   "\"content\" string or a valid \"id\"", c->path, i);
+            set_err(c->err, c->errlen, "%s: added_tokens[%zu] lacks a "
+                    "\"content\" string or a valid \"id\"", c->path, i);
             goto fail;
         }
         if (*s == '\0') {
@@ -1744,7 +1734,7 @@ load_added(tokenizer_t *t, yajl_val list, load_ctx_t *c)
     return 0;
 
 oom:
-    tk_err(c->err, c->errlen, "%s: out of memory", c->path);
+    set_err(c->err, c->errlen, "%s: out of memory", c->path);
 fail:
     free(out.p);
     free(tmp.p);
@@ -1903,43 +1893,6 @@ oom:
 }
 
 
-static char *
-read_file(const char *path, load_ctx_t *c)
-{
-    struct stat sb;
-    FILE       *f;
-    char       *buf;
-    size_t      n;
-
-    f = fopen(path, "rb");
-    if (f == NULL) {
-        tk_err(c->err, c->errlen, "%s: cannot open tokenizer: %s", path,
-               strerror(errno));
-        return NULL;
-    }
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        tk_err(c->err, c->errlen, "%s: not a regular file", path);
-        fclose(f);
-        return NULL;
-    }
-    buf = malloc((size_t) sb.st_size + 1);
-    if (buf == NULL) {
-        tk_err(c->err, c->errlen, "%s: out of memory", path);
-        fclose(f);
-        return NULL;
-    }
-    n = fread(buf, 1, (size_t) sb.st_size, f);
-    fclose(f);
-    if (n != (size_t) sb.st_size) {
-        tk_err(c->err, c->errlen, "%s: short read", path);
-        free(buf);
-        return NULL;
-    }
-    buf[n] = '\0';
-    return buf;
-}
-
-
 tokenizer_t *
 tokenizer_load(const char *path, char *err, size_t errlen)
 {
@@ -1953,7 +1906,8 @@ tokenizer_load(const char *path, char *err, size_t errlen)
     if (err != NULL && errlen > 0) {
         err[0] = '\0';
     }
-    if ((text = read_file(path, &c)) == NULL) {
+    text = read_file(path, (size_t) 256 << 20, NULL, err, errlen);
+    if (text == NULL) {
         return NULL;
     }
     jerr[0] = '\0';
@@ -1962,18 +1916,18 @@ tokenizer_load(const char *path, char *err, size_t errlen)
     if (root == NULL) {
         /* yajl's message spans lines; the first says what went wrong */
         jerr[strcspn(jerr, "\n")] = '\0';
-        tk_err(err, errlen, "%s: bad JSON: %s", path,
-               jerr[0] ? jerr : "parse error");
+        set_err(err, errlen, "%s: bad JSON: %s", path,
+                jerr[0] ? jerr : "parse error");
         return NULL;
     }
     if (!YAJL_IS_OBJECT(root)) {
-        tk_err(err, errlen, "%s: not a tokenizer.json (top level is not an "
-               "object)", path);
+        set_err(err, errlen, "%s: not a tokenizer.json (top level is not an "
+                "object)", path);
         goto fail;
     }
     model = jget(root, "model");
     if (!YAJL_IS_OBJECT(model)) {
-        tk_err(err, errlen, "%s: no \"model\" object", path);
+        set_err(err, errlen, "%s: no \"model\" object", path);
         goto fail;
     }
 
@@ -1984,14 +1938,14 @@ tokenizer_load(const char *path, char *err, size_t errlen)
                : YAJL_IS_ARRAY(jget(model, "vocab")) ? "Unigram" : "?";
     }
     if (strcmp(type, "BPE") != 0) {
-        tk_err(err, errlen, "%s: model type \"%s\" is not supported: "
-               "BPE only, SentencePiece-style or byte-level (Unigram not "
-               "supported yet)", path, type);
+        set_err(err, errlen, "%s: model type \"%s\" is not supported: "
+                "BPE only, SentencePiece-style or byte-level (Unigram not "
+                "supported yet)", path, type);
         goto fail;
     }
     v = jget(model, "vocab");
     if (!YAJL_IS_OBJECT(v)) {
-        tk_err(err, errlen, "%s: model has no \"vocab\" object", path);
+        set_err(err, errlen, "%s: model has no \"vocab\" object", path);
         goto fail;
     }
     if ((jstr(model, "continuing_subword_prefix")
@@ -1999,8 +1953,8 @@ tokenizer_load(const char *path, char *err, size_t errlen)
         || (jstr(model, "end_of_word_suffix")
             && *jstr(model, "end_of_word_suffix")))
     {
-        tk_err(err, errlen, "%s: BPE with continuing_subword_prefix or "
-               "end_of_word_suffix is not supported", path);
+        set_err(err, errlen, "%s: BPE with continuing_subword_prefix or "
+                "end_of_word_suffix is not supported", path);
         goto fail;
     }
 
@@ -2013,12 +1967,12 @@ tokenizer_load(const char *path, char *err, size_t errlen)
         goto fail;
     }
     if (t->n_vocab == 0) {
-        tk_err(err, errlen, "%s: model.vocab is empty", path);
+        set_err(err, errlen, "%s: model.vocab is empty", path);
         goto fail;
     }
     v = jget(model, "merges");
     if (v != NULL && !YAJL_IS_ARRAY(v) && !YAJL_IS_NULL(v)) {
-        tk_err(err, errlen, "%s: model.merges is not an array", path);
+        set_err(err, errlen, "%s: model.merges is not an array", path);
         goto fail;
     }
     if (load_merges(t, YAJL_IS_ARRAY(v) ? v : NULL, &c) != 0) {
@@ -2038,8 +1992,8 @@ tokenizer_load(const char *path, char *err, size_t errlen)
         goto fail;
     }
     if (t->byte_level != has_type(jget(root, "decoder"), "ByteLevel")) {
-        tk_err(err, errlen, "%s: a ByteLevel pre_tokenizer needs a ByteLevel "
-               "decoder and the other way round", path);
+        set_err(err, errlen, "%s: a ByteLevel pre_tokenizer needs a ByteLevel "
+                "decoder and the other way round", path);
         goto fail;
     }
     for (b = 0; b < 256; b++) {
@@ -2052,8 +2006,8 @@ tokenizer_load(const char *path, char *err, size_t errlen)
         }
         t->byte_id[b] = vocab_find(t, name, (size_t) i);
         if (t->byte_level && t->byte_id[b] < 0) {
-            tk_err(err, errlen, "%s: byte-level vocab lacks the piece for "
-                   "byte 0x%02x", path, b);
+            set_err(err, errlen, "%s: byte-level vocab lacks the piece for "
+                    "byte 0x%02x", path, b);
             goto fail;
         }
     }
@@ -2089,10 +2043,10 @@ tokenizer_load(const char *path, char *err, size_t errlen)
     return t;
 
 oom:
-    tk_err(err, errlen, "%s: out of memory", path);
+    set_err(err, errlen, "%s: out of memory", path);
 fail:
     if (err != NULL && errlen > 0 && err[0] == '\0') {
-        tk_err(err, errlen, "%s: out of memory", path);    /* unnamed */
+        set_err(err, errlen, "%s: out of memory", path);    /* unnamed */
     }
     tokenizer_free(t);
     yajl_tree_free(root);
