@@ -225,6 +225,8 @@ ngx_int_t ngx_http_gpu_metrics_add_zone(ngx_conf_t *cf,
 ngx_int_t ngx_http_gpu_metrics_log_handler(ngx_http_request_t *r);
 void ngx_http_gpu_metrics_ttft(ngx_http_request_t *r);
 ngx_int_t ngx_http_gpu_metrics_send(ngx_http_request_t *r);
+u_char *ngx_http_gpu_metrics_label(u_char *p, u_char *last,
+    ngx_str_t *value);
 
 /* ngx_http_gpu_load.c */
 ngx_int_t ngx_http_gpu_load_init(ngx_conf_t *cf,

@@ -45,8 +45,6 @@ static ngx_int_t ngx_http_gpu_load_header_filter(ngx_http_request_t *r);
 static ngx_int_t ngx_http_gpu_load_log_handler(ngx_http_request_t *r);
 static void ngx_http_gpu_load_update(ngx_atomic_t *v,
     ngx_atomic_uint_t sample);
-static u_char *ngx_http_gpu_load_label(u_char *p, u_char *last,
-    ngx_str_t *value);
 
 
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
@@ -408,7 +406,7 @@ ngx_http_gpu_load_metrics(u_char *p, u_char *last, ngx_http_request_t *r)
             }
 
             p = ngx_slprintf(p, last, "%s{model_name=\"", names[k]);
-            p = ngx_http_gpu_load_label(p, last, model);
+            p = ngx_http_gpu_metrics_label(p, last, model);
 
             if (k < 2) {
                 p = ngx_slprintf(p, last, "\"} %ui\n", v);
@@ -423,30 +421,3 @@ ngx_http_gpu_load_metrics(u_char *p, u_char *last, ngx_http_request_t *r)
     return p;
 }
 
-
-static u_char *
-ngx_http_gpu_load_label(u_char *p, u_char *last, ngx_str_t *value)
-{
-    u_char  c, *s, *end;
-
-    s = value->data;
-    end = s + value->len;
-
-    while (s < end && p + 2 <= last) {
-        c = *s++;
-
-        if (c == '\\' || c == '"') {
-            *p++ = '\\';
-            *p++ = c;
-
-        } else if (c == LF) {
-            *p++ = '\\';
-            *p++ = 'n';
-
-        } else {
-            *p++ = c;
-        }
-    }
-
-    return p;
-}

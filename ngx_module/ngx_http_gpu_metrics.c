@@ -41,8 +41,6 @@ static u_char *ngx_http_gpu_metrics_histogram(u_char *p, u_char *last,
     char *name, ngx_http_gpu_histogram_t *h);
 static u_char *ngx_http_gpu_metrics_family(u_char *p, u_char *last,
     char *name, char *type, char *help);
-static u_char *ngx_http_gpu_metrics_label(u_char *p, u_char *last,
-    ngx_str_t *value);
 static u_char *ngx_http_gpu_metrics_double(u_char *p, u_char *last,
     double value);
 
@@ -591,7 +589,7 @@ ngx_http_gpu_metrics_double(u_char *p, u_char *last, double value)
 
 /* a label value: backslash, double quote and line feed are escaped */
 
-static u_char *
+u_char *
 ngx_http_gpu_metrics_label(u_char *p, u_char *last, ngx_str_t *value)
 {
     u_char  c, *s, *end;
