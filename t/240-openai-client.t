@@ -6,7 +6,6 @@
 # tiny model with the ChatML template forced (shapes only).
 use lib 't/lib';
 use Test::More;
-use File::Path qw(make_path remove_tree);
 use IO::Socket::INET;
 use NgxGpuTest;
 
@@ -36,40 +35,7 @@ if (-f $qwen && system("$py -c 'import tokenizers, jinja2' 2>/dev/null") == 0)
                   args => ['--device', 'cpu', '--chat-template', 'chatml']);
 }
 
-# nginx on a free port, in a directory of its own
-my $l = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
-                              LocalPort => 0) or die "no free port: $!";
-my $port = $l->sockport;
-close $l;
-my $dir = "/tmp/ngx-gpu-openai-$$";
-make_path("$dir/logs");
-open my $c, '>', "$dir/nginx.conf" or die "$dir/nginx.conf: $!";
-print $c <<"CONF";
-load_module $ENV{TEST_NGINX_GPU_MODULE};
-daemon off;
-master_process off;
-error_log $dir/logs/error.log info;
-pid $dir/logs/nginx.pid;
-events { worker_connections 64; }
-http {
-    access_log off;
-    server {
-        listen 127.0.0.1:$port;
-        location /v1/ { gpu_pass unix:$ENV{TEST_NGINX_GPU_SOCKET}; }
-    }
-}
-CONF
-close $c;
-
-my $nginx = fork() // die "fork: $!";
-if ($nginx == 0) {
-    exec $ENV{TEST_NGINX_BINARY} // 'nginx', '-p', $dir, '-c',
-         "$dir/nginx.conf" or die "exec nginx: $!";
-}
-for (1 .. 100) {
-    last if IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port");
-    select(undef, undef, undef, 0.05);
-}
+my $port = start_gpu_nginx();
 
 my $out = qx{$py t/openai_client_test.py http://127.0.0.1:$port/v1 $name @expect 2>&1};
 my $ran = 0;
@@ -84,7 +50,4 @@ ok($out =~ /^(\d+) passed, 0 failed$/m, "the client script ran to its end")
 ok($ran >= 10, "all the client checks ran ($ran)");
 diag($out) if $out =~ /not ok/;
 
-kill 'TERM', $nginx;
-waitpid($nginx, 0);
-remove_tree($dir);
 done_testing();

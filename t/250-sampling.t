@@ -8,7 +8,6 @@
 # streamed logprobs are the plain answer's.
 use lib 't/lib';
 use Test::More;
-use File::Path qw(make_path remove_tree);
 use IO::Socket::INET;
 use JSON::PP;
 use Encode ();
@@ -18,39 +17,7 @@ my $model = model_dir_or_skip();
 start_backend(args => ['--device', 'cpu', '--chat-template', 'chatml',
                        '--max-logprobs', '10', '--logprobs-tokens', '64']);
 
-my $l = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
-                              LocalPort => 0) or die "no free port: $!";
-my $port = $l->sockport;
-close $l;
-my $dir = "/tmp/ngx-gpu-sampling-$$";
-make_path("$dir/logs");
-open my $c, '>', "$dir/nginx.conf" or die "$dir/nginx.conf: $!";
-print $c <<"CONF";
-load_module $ENV{TEST_NGINX_GPU_MODULE};
-daemon off;
-master_process off;
-error_log $dir/logs/error.log info;
-pid $dir/logs/nginx.pid;
-events { worker_connections 64; }
-http {
-    access_log off;
-    server {
-        listen 127.0.0.1:$port;
-        location /v1/ { gpu_pass unix:$ENV{TEST_NGINX_GPU_SOCKET}; }
-    }
-}
-CONF
-close $c;
-
-my $nginx = fork() // die "fork: $!";
-if ($nginx == 0) {
-    exec $ENV{TEST_NGINX_BINARY} // 'nginx', '-p', $dir, '-c',
-         "$dir/nginx.conf" or die "exec nginx: $!";
-}
-for (1 .. 100) {
-    last if IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port");
-    select(undef, undef, undef, 0.05);
-}
+my $port = start_gpu_nginx();
 
 my $json = JSON::PP->new->utf8->canonical;
 
@@ -333,7 +300,4 @@ for my $b (@bad) {
     is($r->{choices}[0]{logprobs}, undef, 'logprobs null: null');
 }
 
-kill 'TERM', $nginx;
-waitpid($nginx, 0);
-remove_tree($dir);
 done_testing();

@@ -27,13 +27,15 @@ use Time::HiRes qw(sleep time);
 
 our @EXPORT = qw(start_backend stop_backend backend_log backend_server_pid
                  kill_backend_in wait_backend_restart http_request http_abort
-                 http_concurrent model_dir_or_skip free_port fake_peer);
+                 http_concurrent model_dir_or_skip free_port fake_peer
+                 start_gpu_nginx);
 
 my $dir = "/tmp/ngx-gpu-t-$$";
 our $last_killed;                   # pid kill_backend_in() aimed at
 my %sup_pid;                        # backend name ('' by default) => pid
 my %log;
 my @fakes;                          # fake_peer() processes
+my @nginx;                          # start_gpu_nginx() processes
 
 
 # the model directory, or skip the whole file (visibly) without it
@@ -323,8 +325,53 @@ sub fake_peer {
 }
 
 
+# For suites that are scripts rather than data blocks (a real client, or
+# checks across several requests): one nginx, in its own directory under
+# this file's temporary one, on a free port, with `location /v1/ {
+# gpu_pass }` on the default backend's socket.  Returns the port; the
+# nginx is stopped at exit.
+sub start_gpu_nginx {
+    my $port = free_port();
+    my $nd = "$dir/nginx-$port";
+    make_path("$nd/logs");
+    open my $c, '>', "$nd/nginx.conf" or die "$nd/nginx.conf: $!";
+    print $c <<"CONF";
+load_module $ENV{TEST_NGINX_GPU_MODULE};
+daemon off;
+master_process off;
+error_log $nd/logs/error.log info;
+pid $nd/logs/nginx.pid;
+events { worker_connections 64; }
+http {
+    access_log off;
+    server {
+        listen 127.0.0.1:$port;
+        location /v1/ { gpu_pass unix:$ENV{TEST_NGINX_GPU_SOCKET}; }
+    }
+}
+CONF
+    close $c;
+
+    my $pid = fork() // die "fork: $!";
+    if ($pid == 0) {
+        exec $ENV{TEST_NGINX_BINARY} // 'nginx', '-p', $nd, '-c',
+             "$nd/nginx.conf" or die "exec nginx: $!";
+    }
+    push @nginx, $pid;
+    for (1 .. 100) {
+        return $port if IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port");
+        sleep 0.05;
+    }
+    die "nginx did not listen on $port: see $nd/logs/error.log\n";
+}
+
+
 END {
     local $?;                       # keep the test's exit status
+    for my $pid (@nginx) {
+        kill 'TERM', $pid;
+        waitpid($pid, 0);
+    }
     stop_backend($_) for keys %sup_pid;
     for my $pid (@fakes) {
         kill 'KILL', $pid;
