@@ -6,7 +6,6 @@
 # tiny model with the ChatML template forced (shapes only).
 use lib 't/lib';
 use Test::More;
-use IO::Socket::INET;
 use NgxGpuTest;
 
 my $py = 'build/venv/bin/python';

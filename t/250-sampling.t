@@ -8,7 +8,6 @@
 # streamed logprobs are the plain answer's.
 use lib 't/lib';
 use Test::More;
-use IO::Socket::INET;
 use JSON::PP;
 use Encode ();
 use NgxGpuTest;
