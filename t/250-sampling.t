@@ -1,7 +1,8 @@
 # Sampling fields on both endpoints against the real backend (stories260K
 # on the CPU engine): top_k, presence/frequency penalties, logprobs
 # (completions' integer form, chat's logprobs + top_logprobs), streamed
-# and not, and the 400s for values out of range.  The checks are
+# and not.  A script rather than data blocks: each check compares several
+# answers with each other (the 400s are blocks: t/255).  The checks are
 # deterministic: greedy and top_k 1 agree, the penalised greedy token is
 # the best of the raw alternatives after the penalty, logprobs are the
 # raw distribution's (sorted, the greedy token first, summing to <= 1),
@@ -242,61 +243,7 @@ is(join('', @{ $lp->{tokens} }), $gtext, 'the tokens spell the text');
        'logprobs without top_logprobs: no alternatives');
 }
 
-# --- 400s ------------------------------------------------------------------------
+# (the 400s are data blocks in t/255-sampling-errors.t)
 
-my @bad = (
-    ['/v1/completions', { prompt => 'a', top_k => -2 }, 'top_k',
-     qr/`top_k` must be -1 or 0/],
-    ['/v1/completions', { prompt => 'a', top_k => 1.5 }, 'top_k',
-     qr/expected an integer/],
-    ['/v1/completions', { prompt => 'a', top_k => '3' }, 'top_k',
-     qr/expected an integer/],
-    ['/v1/completions', { prompt => 'a', presence_penalty => 2.5 },
-     'presence_penalty', qr/between -2 and 2/],
-    ['/v1/chat/completions', { messages => \@msgs,
-      frequency_penalty => -2.01 }, 'frequency_penalty',
-     qr/between -2 and 2/],
-    ['/v1/completions', { prompt => 'a', frequency_penalty => 'x' },
-     'frequency_penalty', qr/expected a number/],
-    ['/v1/completions', { prompt => 'a', logprobs => 6 }, 'logprobs',
-     qr/from 0 to 5/],
-    ['/v1/completions', { prompt => 'a', logprobs => -1 }, 'logprobs',
-     qr/from 0 to 5/],
-    ['/v1/completions', { prompt => 'a', logprobs => JSON::PP::true },
-     'logprobs', qr/expected an integer/],
-    ['/v1/completions', { prompt => 'a', top_logprobs => 2 },
-     'top_logprobs', qr/Unrecognized request argument/],
-    ['/v1/chat/completions', { messages => \@msgs, logprobs => 1 },
-     'logprobs', qr/expected a boolean/],
-    ['/v1/chat/completions', { messages => \@msgs,
-      logprobs => JSON::PP::true, top_logprobs => 21 }, 'top_logprobs',
-     qr/from 0 to 20/],
-    ['/v1/chat/completions', { messages => \@msgs, top_logprobs => 3 },
-     'top_logprobs', qr/requires `logprobs`/],
-    ['/v1/chat/completions', { messages => \@msgs,
-      logprobs => JSON::PP::false, top_logprobs => 3 }, 'top_logprobs',
-     qr/requires `logprobs`/],
-    # the backend's limits: --max-logprobs 10, --logprobs-tokens 64
-    ['/v1/chat/completions', { messages => \@msgs,
-      logprobs => JSON::PP::true, top_logprobs => 11 }, 'top_logprobs',
-     qr/at most 10 alternatives/],
-    ['/v1/completions', { prompt => 'a', logprobs => 1, max_tokens => 65 },
-     'max_tokens', qr/at most 64/],
-);
-for my $b (@bad) {
-    my ($path, $req, $param, $msg) = @$b;
-    my ($bst, $r, $body) = post($path, $req);
-    my $what = $json->encode($req);
-    is($bst, 400, "400: $what");
-    is($r->{error}{param}, $param, "param $param: $what");
-    like($r->{error}{message} // $body, $msg, "message: $what");
-}
-{
-    my ($ost, $r) = post('/v1/completions', { prompt => 'a', max_tokens => 2,
-                         top_k => undef, presence_penalty => undef,
-                         frequency_penalty => undef, logprobs => undef });
-    is($ost, 200, 'null sampling fields are their defaults');
-    is($r->{choices}[0]{logprobs}, undef, 'logprobs null: null');
-}
 
 done_testing();
