@@ -9,8 +9,9 @@
 #     logits at the last prompt position (within 1e-4) and the chosen
 #     token is HF's argmax;
 #   - the same streamed: the same token and logprobs;
-#   - decoding: each step of a 4-token greedy answer has the logprobs of a
-#     fresh prefill of the prompt plus the tokens before it;
+#   - decoding: each step of a 4-token answer (after 9 and 1000 prompt
+#     tokens) has the logprobs of a fresh prefill of the prompt plus the
+#     tokens before it;
 #   - /v1/chat/completions with the family's template picked from the
 #     model's tokenizer_config.json (Qwen2 -> chatml, GLM / GLM-4 -> glm4,
 #     Llama-3 -> llama3): usage.prompt_tokens and the answer's logprobs
@@ -235,33 +236,40 @@ for my $n (@names) {
     is_deeply(\@lp, [$sres->[1]{choices}[0]{logprobs}],
               "$n: streamed: the logprobs of the plain answer");
 
-    # decoding: each step as a fresh prefill of everything before it
-    my @p = @{ $sreq->{prompt} };
-    # (drawn: greedy answers of random weights tend to repeat one token)
-    my ($dst, $d) = answer($n, '/v1/completions', { %base, prompt => \@p,
-        max_tokens => 4, temperature => 1, seed => 100 }, 4);
-    my $dlp = $d && $d->{choices}[0]{logprobs};
-    my @gen = map { $mm->{id}{$_} } @{ $dlp->{tokens} // [] };
-    ok($dst == 200 && @gen == 4 && !grep(!defined, @gen),
-       "$n: an answer of 4 tokens: " . $json->encode($dlp->{tokens}));
-    my @fresh = post_all($n, '/v1/completions', map {
-        { %base, prompt => [@p, @gen[0 .. $_ - 1]] }
-    } 1 .. $#gen);
-    my $bad = '';
-    for my $k (1 .. $#gen) {
-        my $a = top_ids($mm, $dlp, $k);
-        my $f = $fresh[$k - 1][1];
-        my $b = $f && @{ $f->{choices}[0]{logprobs}{tokens} }
-                && top_ids($mm, $f->{choices}[0]{logprobs}, 0);
-        # a drawn token outside the top 5 is a sixth alternative
-        delete $a->{ $gen[$k] } if $a && $b && keys %$a == 6;
-        if (!$a || !$b || join(',', sort keys %$a) ne join(',', sort keys %$b)
-            || grep { abs($a->{$_} - $b->{$_}) > $TOL } keys %$a)
-        {
-            $bad ||= "step $k: " . $json->encode([$a, $b]);
+    # decoding, after a short and a long prompt: each step has the
+    # logprobs of a fresh prefill of everything before it
+    for my $sq (@seqs[1, 3]) {
+        my @p = @{ $sq->{tokens} }[0 .. $sq->{n_prompt} - 1];
+        # (drawn: greedy answers of random weights tend to repeat a token)
+        my ($dst, $d) = answer($n, '/v1/completions', { %base,
+            prompt => \@p, max_tokens => 4, temperature => 1,
+            seed => 100 }, 4);
+        my $dlp = $d && $d->{choices}[0]{logprobs};
+        my @gen = map { $mm->{id}{$_} } @{ $dlp->{tokens} // [] };
+        ok($dst == 200 && @gen == 4 && !grep(!defined, @gen),
+           "$n: @{[ scalar @p ]}-token prompt: an answer of 4 tokens: "
+           . $json->encode($dlp->{tokens}));
+        my @fresh = post_all($n, '/v1/completions', map {
+            { %base, prompt => [@p, @gen[0 .. $_ - 1]] }
+        } 1 .. $#gen);
+        my $bad = '';
+        for my $k (1 .. $#gen) {
+            my $a = top_ids($mm, $dlp, $k);
+            my $f = $fresh[$k - 1][1];
+            my $b = $f && @{ $f->{choices}[0]{logprobs}{tokens} }
+                    && top_ids($mm, $f->{choices}[0]{logprobs}, 0);
+            # a drawn token outside the top 5 is a sixth alternative
+            delete $a->{ $gen[$k] } if $a && $b && keys %$a == 6;
+            if (!$a || !$b
+                || join(',', sort keys %$a) ne join(',', sort keys %$b)
+                || grep { abs($a->{$_} - $b->{$_}) > $TOL } keys %$a)
+            {
+                $bad ||= "step $k: " . $json->encode([$a, $b]);
+            }
         }
+        is($bad, '', "$n: @{[ scalar @p ]}-token prompt: decode steps "
+           . "agree with prefill");
     }
-    is($bad, '', "$n: decode steps agree with prefill");
 
     # chat, with the template from tokenizer_config.json
     my ($fi) = grep { $names[$_] eq $n } 0 .. $#names;
