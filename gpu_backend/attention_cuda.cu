@@ -257,13 +257,14 @@ kc_attention(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
               n_split);
     float scale = 1.0f / sqrtf((float) head_dim);
     static int tc_off = -1;         /* NGX_GPU_ATTENTION_TC=0: compare */
-    int tc;
+    int tc, skip;
 
     if (tc_off < 0) {
         const char *v = getenv("NGX_GPU_ATTENTION_TC");
         tc_off = v != NULL && strcmp(v, "0") == 0;
     }
-    tc = tiled && !tc_off && att_tc_supported(dt, head_dim);
+    tc = tiled == 1 && !tc_off && att_tc_supported(dt, head_dim);
+    skip = tc || tiled == 2;        /* prefill rows served elsewhere */
 
     /* prefill rows first, on tensor cores; the per-token kernel below
      * then leaves them alone.  A launch error shows in the caller's
@@ -277,7 +278,7 @@ kc_attention(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
 #define ATT_LAUNCH(HDM, SUB)                                              \
     launch<T, HDM, SUB>(s, grid, (T *) out, part, qkv, (const T *) kv_layer, \
         block_stride, st, n_heads, n_kv_heads, head_dim, block_size, scale, \
-        n_split, tc)
+        n_split, skip)
     KC_DISPATCH(dt,
         if (head_dim <= 16) ATT_LAUNCH(16, 32);
         else if (head_dim <= 32) ATT_LAUNCH(32, 32);
@@ -287,7 +288,7 @@ kc_attention(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
         if (n_split > 1) {
             combine_kernel<T><<<dim3(n_tok, n_heads),
                                 (head_dim + 31) / 32 * 32, 0, s>>>(
-                (T *) out, part, n_heads, head_dim, n_split, st, tc);
+                (T *) out, part, n_heads, head_dim, n_split, st, skip);
         });
 #undef ATT_LAUNCH
 }

@@ -93,6 +93,12 @@ typedef struct {
     void             *xb, *att, *hb, *xl;
     float            *att_part;         /* split attention's partials */
     size_t            att_part_floats;
+    /* cuDNN's fused attention for prefill rows (attention_cudnn.cu):
+     * wanted at start, its scratch in the arena, what this step does */
+    int               dnn_want, dnn_step, dnn_decode, dnn_fail;
+    kc_dnn_t         *dnn;
+    void             *dnn_scratch;
+    int              *dnn_items;        /* [4][max_seqs] host */
     int               n_sm;
     void             *blas_ws;
     int32_t          *d_out;            /* [max_seqs] sampled ids */
@@ -331,6 +337,25 @@ upload_weights(cu_engine_t *e, const model_t *m, char *err, size_t errlen)
 
 /* --- activations and step inputs ---------------------------------------- */
 
+/* what cuDNN's attention plans are built for (n_blocks: 0 before the
+ * KV pool exists; the scratch does not depend on it) */
+static kc_dnn_shape_t
+dnn_shape(const cu_engine_t *e)
+{
+    kc_dnn_shape_t sh;
+
+    sh.n_heads = e->cfg.n_heads;
+    sh.n_kv_heads = e->cfg.n_kv_heads;
+    sh.head_dim = e->cfg.head_dim;
+    sh.block_size = e->block_size;
+    sh.n_blocks = e->kvbuf != NULL ? e->n_kv_blocks + 1 : 0;
+    sh.block_stride = e->kv_block_stride;
+    sh.max_items = e->max_seqs;
+    sh.max_tokens = e->max_tokens;
+    sh.max_pages = e->max_blocks;
+    return sh;
+}
+
 static void
 carve_acts(cu_engine_t *e, carve_t *cv)
 {
@@ -358,6 +383,10 @@ carve_acts(cu_engine_t *e, carve_t *cv)
     e->att_part = (float *) carve(cv, e->att_part_floats * 4);
     e->blas_ws = carve(cv, BLAS_WS_BYTES);
     e->d_stage = (char *) carve(cv, e->stage_bytes);
+    if (e->dnn_want) {
+        kc_dnn_shape_t sh = dnn_shape(e);
+        e->dnn_scratch = carve(cv, kc_dnn_scratch_bytes(e->dt, &sh));
+    }
 }
 
 /* the staging layout: per-row arrays of max_seqs, then tokens and tables */
@@ -574,10 +603,20 @@ forward(cu_engine_t *e, int T, int R)
                    c->head_dim, c->rope_dim, c->rope_interleaved,
                    e->block_size);
         /* T > R: more token rows than logits rows, so some item has
-         * several tokens (a prefill chunk); decode graphs have T == R */
-        kc_attention(s, e->dt, e->att, e->att_part, n_split, T > R, e->qkv,
-                     kv_l, e->kv_block_stride, st, T, c->n_heads,
-                     c->n_kv_heads, c->head_dim, e->block_size);
+         * several tokens (a prefill chunk); decode graphs have T == R.
+         * With cuDNN (staged by cu_step, never in a graph) the prefill
+         * rows are its, the decode rows the per-token kernel's. */
+        if (e->dnn_step) {
+            if (kc_dnn_attention(e->dnn, s, e->att, e->qkv, kv_l, T) != 0) {
+                e->dnn_fail = 1;
+            }
+        }
+        if (!e->dnn_step || e->dnn_decode) {
+            kc_attention(s, e->dt, e->att, e->att_part, n_split,
+                         e->dnn_step ? 2 : T > R, e->qkv, kv_l,
+                         e->kv_block_stride, st, T, c->n_heads,
+                         c->n_kv_heads, c->head_dim, e->block_size);
+        }
         gemm(e, e->y, e->att, L->wo, T, e->q_dim, dim, &bs);
         if (c->post_norms) {
             /* Glm4: the attention output is normed before the residual
@@ -623,6 +662,44 @@ step_fail(cu_engine_t *e, const char *what, const char *why)
 {
     snprintf(e->err, sizeof(e->err), "cuda engine: %s: %s", what, why);
     return -1;
+}
+
+/*
+ * An eager step's prefill items (2+ tokens; the engine packs an item's
+ * tokens together) for cuDNN, after the step's inputs went up: sets
+ * dnn_step when its plans cover the step, dnn_decode when decode rows
+ * are left for the per-token kernel.  0, or -1 on a CUDA error.
+ */
+static int
+dnn_stage(cu_engine_t *e, const engine_item_t *items, int n)
+{
+    int *q_row = e->dnn_items, *q_len = q_row + e->max_seqs;
+    int *kv_len = q_len + e->max_seqs, *tab = kv_len + e->max_seqs;
+    int i, row = 0, np = 0, r;
+
+    e->dnn_step = 0;
+    e->dnn_decode = 0;
+    if (e->dnn == NULL) {
+        return 0;
+    }
+    for (i = 0; i < n; i++) {
+        if (items[i].n_tokens > 1) {
+            q_row[np] = row;
+            q_len[np] = items[i].n_tokens;
+            kv_len[np] = items[i].pos + items[i].n_tokens;
+            tab[np++] = e->h_item_table[i];
+        } else {
+            e->dnn_decode = 1;
+        }
+        row += items[i].n_tokens;
+    }
+    if (np == 0) {
+        return 0;
+    }
+    r = kc_dnn_stage(e->dnn, e->stream, np, q_row, q_len, kv_len, tab,
+                     e->dst.tables);
+    e->dnn_step = r == 1;
+    return r < 0 ? -1 : 0;
 }
 
 static int
@@ -704,9 +781,17 @@ cu_step(void *impl, const kv_pool_t *kv, const engine_item_t *items, int n,
             return step_fail(e, "graph launch", cudaGetErrorString(r));
         }
     } else {
+        if (dnn_stage(e, items, n) != 0) {
+            return step_fail(e, "cuDNN attention inputs", "upload failed");
+        }
         blas = forward(e, T, run_rows);
+        e->dnn_step = 0;
         if (blas != CUBLAS_STATUS_SUCCESS) {
             return step_fail(e, "cuBLAS", cublasGetStatusString(blas));
+        }
+        if (e->dnn_fail) {
+            e->dnn_fail = 0;
+            return step_fail(e, "cuDNN attention", kc_dnn_error(e->dnn));
         }
     }
     if (R > 0) {
@@ -856,6 +941,8 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
     e->use_graphs = env == NULL || strcmp(env, "0") != 0;
     env = getenv("NGX_GPU_GEMM_TUNE");
     e->tune = env == NULL || strcmp(env, "0") != 0;
+    env = getenv("NGX_GPU_CUDNN_ATTENTION");
+    e->dnn_want = env == NULL || strcmp(env, "0") != 0;
 
     /* the storage dtype: the option, else the checkpoint's */
     dts = o->dtype && o->dtype[0] ? o->dtype
@@ -868,6 +955,13 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
     }
     e->dt = (kc_dtype_t) d;
     e->esz = kc_dtype_size(e->dt);
+    /* cuDNN takes q rounded to bf16/f16.  GLM-4 in bf16 stays with our
+     * tensor-core kernel (q as hi + lo): its norm on the attention output
+     * passes the output's relative error to the residual undamped, and
+     * one bf16 rounding of q puts its logits over 2e-2 of HF's. */
+    if (e->dt == KC_F32 || (e->dt == KC_BF16 && c->post_norms)) {
+        e->dnn_want = 0;
+    }
     e->cuda_dt = e->dt == KC_F32 ? CUDA_R_32F
                  : e->dt == KC_BF16 ? CUDA_R_16BF : CUDA_R_16F;
     if (c->dim > KC_NORM_MAX_DIM) {
@@ -978,6 +1072,35 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
     e->kvbytes = (size_t) (nb + 1) * block_bytes;
     CU_TRY(dev_alloc(e, &e->kvbuf, e->kvbytes), "KV cache");
     CU_TRY(cudaMemset(e->kvbuf, 0, e->kvbytes), "KV cache");
+    if (e->dnn_want) {
+        kc_dnn_shape_t sh = dnn_shape(e);
+        kc_dnn_info_t in;
+        char why[600];
+        int mode = 0;
+
+        env = getenv("NGX_GPU_CUDNN_TABLES");
+        if (env != NULL) {
+            mode = strcmp(env, "packed") == 0 ? 1
+                   : strcmp(env, "padded") == 0 ? 2 : 0;
+        }
+        e->dnn_items = (int *) calloc((size_t) 4 * e->max_seqs, sizeof(int));
+        e->dnn = e->dnn_items == NULL ? NULL
+                 : kc_dnn_create(e->stream, e->dt, &sh, e->dnn_scratch, mode,
+                                 why, sizeof(why));
+        if (e->dnn == NULL) {
+            log_warn("cuda engine: prefill attention on our kernel: %s",
+                     e->dnn_items == NULL ? "out of memory" : why);
+        } else {
+            kc_dnn_info(e->dnn, &in);
+            log_info("cuda engine: prefill attention through cuDNN %zu: %d "
+                     "of %d plans (items up to %d, chunks up to %d, %s "
+                     "block tables) built in %.0f ms%s%s", in.version,
+                     in.plans, in.buckets, in.max_items, in.max_chunk,
+                     in.packed_tables ? "packed" : "padded", in.build_ms,
+                     in.why[0] ? "; first failure: " : "", in.why);
+        }
+        cudaGetLastError();
+    }
     /* the uploads and memsets ran on the legacy stream, which the
      * non-blocking step stream does not wait for */
     CU_TRY(cudaDeviceSynchronize(), "uploading the weights");
@@ -1071,6 +1194,8 @@ cu_destroy(void *impl)
     if (e->host_registered != NULL) {
         cudaHostUnregister(e->host_registered);
     }
+    kc_dnn_destroy(e->dnn);
+    free(e->dnn_items);
     gemm_destroy(e->gemm);
     if (e->blas != NULL) {
         cublasDestroy(e->blas);

@@ -112,6 +112,8 @@ void kc_rope_kv(cudaStream_t s, kc_dtype_t dt, float *qkv, void *kv_layer,
  * (token, head) rows; decode rows stay with the per-token kernel and its
  * splits.  tiled == 0 (decode graphs): the per-token kernel alone.  Both
  * give the same result to within rounding; neither needs more scratch.
+ * tiled == 2: the prefill rows are served elsewhere (cuDNN, below): the
+ * per-token kernel takes the decode rows only.
  */
 #define KC_ATT_MAX_HEAD_DIM  256
 #define KC_ATT_MAXG          8       /* query heads one block serves */
@@ -127,6 +129,62 @@ void kc_attention(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
     int n_split, int tiled, const float *qkv, const void *kv_layer,
     size_t block_stride, kc_step_t st, int T, int n_heads, int n_kv_heads,
     int head_dim, int block_size);
+
+/*
+ * cuDNN's fused attention for the prefill rows of a step
+ * (attention_cudnn.cu), K/V read through the block tables; the decode
+ * rows then go to kc_attention() with tiled == 2 (per-token kernel,
+ * prefill rows skipped).  Plans are built in kc_dnn_create for buckets
+ * of (prefill items, longest chunk); a step outside them, or whose
+ * bucket has no plan, uses kc_attention() as before.
+ */
+typedef struct kc_dnn_s kc_dnn_t;
+
+typedef struct {
+    int     n_heads, n_kv_heads, head_dim, block_size;
+    int     n_blocks;           /* KV blocks in the pool, scratch included */
+    size_t  block_stride;       /* elements from one block to the next */
+    int     max_items;          /* sequences a step may hold */
+    int     max_tokens;         /* token rows a step may hold */
+    int     max_pages;          /* block-table entries of a sequence */
+} kc_dnn_shape_t;
+
+typedef struct {
+    int         plans, buckets, packed_tables, max_items, max_chunk;
+    size_t      version;        /* cuDNN's, at run time */
+    double      build_ms;
+    const char *why;            /* the first reason a plan failed */
+} kc_dnn_info_t;
+
+/* device scratch kc_dnn_create takes (workspace, q, step inputs) */
+size_t kc_dnn_scratch_bytes(kc_dtype_t dt, const kc_dnn_shape_t *sh);
+
+/* tables_mode: 0 packed tables, else padded copies; 1 packed only; 2
+ * padded only.  NULL with the reason in err when no plan builds. */
+kc_dnn_t *kc_dnn_create(cudaStream_t s, kc_dtype_t dt,
+    const kc_dnn_shape_t *sh, void *scratch, int tables_mode, char *err,
+    size_t errlen);
+void kc_dnn_destroy(kc_dnn_t *d);
+void kc_dnn_info(const kc_dnn_t *d, kc_dnn_info_t *info);
+const char *kc_dnn_error(const kc_dnn_t *d);
+
+/*
+ * The step's n prefill items, in token order: item i's rows are q_row[i]
+ * .. q_row[i] + q_len[i] - 1 of the step, its context kv_len[i]
+ * positions, its block table at tables + table_off[i] (device).  Uploads
+ * them (from a ring of 4 pinned buffers: at most 3 steps may be queued
+ * behind the one staged).
+ * 1: kc_dnn_attention serves this step; 0: no plan, use kc_attention;
+ * -1: a CUDA error.
+ */
+int kc_dnn_stage(kc_dnn_t *d, cudaStream_t s, int n, const int *q_row,
+    const int *q_len, const int *kv_len, const int *table_off,
+    const int32_t *tables);
+
+/* the staged step's prefill rows of out ([T][n_heads * head_dim]); 0, or
+ * -1 with kc_dnn_error() set */
+int kc_dnn_attention(kc_dnn_t *d, cudaStream_t s, void *out,
+    const float *qkv, const void *kv_layer, int T);
 
 /* out[t][i] = silu(gu[t][i]) * gu[t][hidden + i], storage dtype */
 void kc_swiglu(cudaStream_t s, kc_dtype_t dt, void *out, const float *gu,
