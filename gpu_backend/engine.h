@@ -97,6 +97,32 @@ int engine_kv_block_size(const engine_t *e);
 int engine_step(engine_t *e, const engine_item_t *items, int n,
     int32_t *out_tokens, float *logits);
 
+/*
+ * The same step in two halves, so that the host's work between steps
+ * (the scheduler's bookkeeping, waking nginx workers) overlaps the
+ * device's: engine_step_begin() queues a step and returns; steps end in
+ * the order they began, engine_step_end() waiting for the oldest and
+ * giving its sampled tokens as engine_step() would (and filling the lp
+ * records of its items, which must stay valid until then).  At most
+ * ENGINE_MAX_PENDING steps may be begun and not ended.
+ *
+ * A decode item of the next step may use a token that the host has not
+ * seen yet: ENGINE_TOKEN_OF(i) as its one token stands for the token
+ * sampled for item i of the step begun last (which must sample).  The
+ * device reads it where it left it.  Not with penalties: they count the
+ * sampled tokens the host gives in gen.
+ */
+#define ENGINE_MAX_PENDING    2
+#define ENGINE_TOKEN_OF(i)    (-2 - (i))
+
+int engine_step_begin(engine_t *e, const engine_item_t *items, int n);
+int engine_step_end(engine_t *e, int32_t *out_tokens);
+/* steps begun and not yet ended */
+int engine_steps_pending(const engine_t *e);
+/* 1 if engine_step_begin() returns before the step has run (the CUDA
+ * engine); 0 if it runs the step there and then (the CPU one) */
+int engine_runs_async(const engine_t *e);
+
 /* why the last engine_step() returned -1 ("" after a good step) */
 const char *engine_last_error(const engine_t *e);
 

@@ -55,6 +55,19 @@ typedef struct {
     void   *w_down;                     /* [dim, hidden] */
 } cu_layer_t;
 
+/* one step queued on the stream (see pend in cu_engine_t) */
+typedef struct {
+    char               *h_stage;        /* pinned */
+    int32_t            *h_out;          /* pinned, [max_seqs] */
+    engine_logprobs_t  *h_lp;           /* pinned, [max_seqs] */
+    int32_t            *row_item;       /* [max_seqs] row -> item, -1 */
+    int32_t            *item_row;       /* [max_seqs] item -> its row */
+    engine_logprobs_t **row_lp;         /* [max_seqs] where a row's goes */
+    uint8_t            *row_sample;     /* [max_seqs] */
+    int                 R;
+    cudaEvent_t         done;
+} cu_pending_t;
+
 typedef struct {
     model_config_t    cfg;
     int               device;
@@ -126,6 +139,15 @@ typedef struct {
     kc_step_t         dst;              /* device pointers */
     int32_t          *h_out;            /* pinned, [max_seqs] */
     int32_t          *row_item;         /* [max_seqs] row -> item, -1 pad */
+
+    /*
+     * Steps begun and not ended (engine_step_begin/end), oldest first.
+     * Each has its own pinned staging, ids and logprobs, bound to the
+     * h_* pointers above while it is packed; the device staging is one,
+     * the stream orders its reuse.
+     */
+    cu_pending_t      pend[ENGINE_MAX_PENDING];
+    int               p_head, p_n, p_last;  /* p_last: begun last, -1 */
 
     int               n_buckets;
     int               buckets[MAX_BUCKETS];
@@ -702,19 +724,58 @@ dnn_stage(cu_engine_t *e, const engine_item_t *items, int n)
     return r < 0 ? -1 : 0;
 }
 
-static int
-cu_step(void *impl, const kv_pool_t *kv, const engine_item_t *items, int n,
-    int32_t *out_tokens, float *logits)
+/* pend[k]'s host buffers become the ones a step is packed into */
+static void
+stage_bind(cu_engine_t *e, int k)
 {
-    cu_engine_t *e = (cu_engine_t *) impl;
+    cu_pending_t *p = &e->pend[k];
+    kc_step_t h = stage_ptrs(e, p->h_stage);
+    ks_rows_t hr = stage_rows(e, p->h_stage);
+
+    e->h_stage = p->h_stage;
+    e->h_out = p->h_out;
+    e->h_lp = p->h_lp;
+    e->row_item = p->row_item;
+    e->h_item_table = (int32_t *) h.item_table;
+    e->h_row_tok = (int32_t *) h.row_tok;
+    e->h_temp = (float *) h.temperature;
+    e->h_top_p = (float *) h.top_p;
+    e->h_unif = (float *) h.uniform;
+    e->h_top_k = (int32_t *) hr.top_k;
+    e->h_presence = (float *) hr.presence;
+    e->h_frequency = (float *) hr.frequency;
+    e->h_count_row = (int32_t *) hr.count_row;
+    e->h_n_lp = (int32_t *) hr.n_logprobs;
+    e->h_var = (int32_t *) h.tables;
+}
+
+/*
+ * Queue a step: pack, upload, run, and the sampled ids (logprobs, and
+ * the logits when asked) down into pend[k], whose event says when they
+ * are there.  A token ENGINE_TOKEN_OF(i) becomes the row of item i of the
+ * step begun last, which the embedding reads from d_out: that step's
+ * samples, still there since only this step's sampling overwrites them.
+ */
+static int
+cu_begin(cu_engine_t *e, const kv_pool_t *kv, const engine_item_t *items,
+    int n, float *logits)
+{
     int vocab = e->cfg.vocab_size, bs = e->block_size;
     int T = 0, R = 0, n_var, i, j, b = -1, decode = 1, rows, run_rows;
-    int any_lp = 0;
+    int any_lp = 0, k;
     cublasStatus_t blas = CUBLAS_STATUS_SUCCESS;
     cudaError_t r;
     size_t bytes;
+    cu_pending_t *p, *last;
 
     e->err[0] = '\0';
+    if (e->p_n == ENGINE_MAX_PENDING) {
+        return step_fail(e, "begin", "too many steps pending");
+    }
+    k = (e->p_head + e->p_n) % ENGINE_MAX_PENDING;
+    p = &e->pend[k];
+    last = e->p_last >= 0 ? &e->pend[e->p_last] : NULL;
+    stage_bind(e, k);
     for (i = 0; i < n; i++) {
         T += items[i].n_tokens;
         decode &= items[i].n_tokens == 1;
@@ -733,6 +794,15 @@ cu_step(void *impl, const kv_pool_t *kv, const engine_item_t *items, int n,
         for (j = 0; j < it->n_tokens; j++, T++) {
             kc_token_t *tk = (kc_token_t *) e->h_var + T;
             tk->tok = it->tokens[j];
+            if (tk->tok < 0) {
+                /* engine.c checked: item "from" of the last step sampled */
+                int from = ENGINE_TOKEN_OF(0) - tk->tok;
+                if (last == NULL || last->item_row[from] < 0) {
+                    return step_fail(e, "begin", "a token of a step that "
+                                     "did not sample it");
+                }
+                tk->tok = ENGINE_TOKEN_OF(last->item_row[from]);
+            }
             tk->pos = it->pos + j;
             tk->item = i;
         }
@@ -752,6 +822,8 @@ cu_step(void *impl, const kv_pool_t *kv, const engine_item_t *items, int n,
             } else {
                 stage_row_off(e, R);
             }
+            p->row_lp[R] = it->sample ? it->lp : NULL;
+            p->row_sample[R] = it->sample != 0;
             e->row_item[R++] = i;
         }
     }
@@ -820,25 +892,84 @@ cu_step(void *impl, const kv_pool_t *kv, const engine_item_t *items, int n,
             }
         }
     }
-    r = cudaStreamSynchronize(e->stream);
+    r = cudaEventRecord(p->done, e->stream);
+    if (r != cudaSuccess) {
+        return step_fail(e, "step", cudaGetErrorString(r));
+    }
+
+    /* item -> row, for the next step's ENGINE_TOKEN_OF() */
+    for (i = 0; i < n; i++) {
+        p->item_row[i] = -1;
+    }
+    for (j = 0; j < R; j++) {
+        if (e->row_item[j] >= 0 && p->row_sample[j]) {
+            p->item_row[e->row_item[j]] = j;
+        }
+    }
+    p->R = R;
+    e->p_last = k;
+    e->p_n++;
+    return 0;
+}
+
+/* wait for the oldest step queued; its ids and logprobs out */
+static int
+cu_end(cu_engine_t *e, int32_t *out_tokens)
+{
+    cu_pending_t *p = &e->pend[e->p_head];
+    cudaError_t r;
+    int i, j;
+
+    if (e->p_n == 0) {
+        return step_fail(e, "end", "no step begun");
+    }
+    e->p_head = (e->p_head + 1) % ENGINE_MAX_PENDING;
+    e->p_n--;
+
+    r = cudaEventSynchronize(p->done);
     if (r == cudaSuccess) {
         r = cudaGetLastError();
     }
     if (r != cudaSuccess) {
         return step_fail(e, "step", cudaGetErrorString(r));
     }
-    if (out_tokens != NULL) {
-        for (j = 0; j < R; j++) {
-            i = e->row_item[j];
-            if (i >= 0 && items[i].sample) {
-                out_tokens[i] = e->h_out[j];
-                if (items[i].lp != NULL) {
-                    *items[i].lp = e->h_lp[j];
-                }
+    for (j = 0; j < p->R; j++) {
+        i = p->row_item[j];
+        if (i >= 0 && p->row_sample[j]) {
+            if (out_tokens != NULL) {
+                out_tokens[i] = p->h_out[j];
+            }
+            if (p->row_lp[j] != NULL) {
+                *p->row_lp[j] = p->h_lp[j];
             }
         }
     }
     return 0;
+}
+
+static int
+cu_step(void *impl, const kv_pool_t *kv, const engine_item_t *items, int n,
+    int32_t *out_tokens, float *logits)
+{
+    cu_engine_t *e = (cu_engine_t *) impl;
+
+    if (cu_begin(e, kv, items, n, logits) != 0) {
+        return -1;
+    }
+    return cu_end(e, out_tokens);
+}
+
+static int
+cu_step_begin(void *impl, const kv_pool_t *kv, const engine_item_t *items,
+    int n)
+{
+    return cu_begin((cu_engine_t *) impl, kv, items, n, NULL);
+}
+
+static int
+cu_step_end(void *impl, int32_t *out_tokens)
+{
+    return cu_end((cu_engine_t *) impl, out_tokens);
 }
 
 /* --- decode graphs -------------------------------------------------------- */
@@ -978,10 +1109,9 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
 
     e->layers = (cu_layer_t *) calloc((size_t) c->n_layers,
                                       sizeof(*e->layers));
-    e->row_item = (int32_t *) calloc((size_t) e->max_seqs, sizeof(int32_t));
     /* the counts start zeroed with the activations: each counts 0 */
     e->counted = (int *) calloc((size_t) e->max_seqs, sizeof(int));
-    if (e->layers == NULL || e->row_item == NULL || e->counted == NULL) {
+    if (e->layers == NULL || e->counted == NULL) {
         cu_fail(err, errlen, "cuda engine: out of memory");
         goto fail_early;
     }
@@ -1105,30 +1235,36 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
      * non-blocking step stream does not wait for */
     CU_TRY(cudaDeviceSynchronize(), "uploading the weights");
 
-    /* pinned staging: the step's inputs up, the sampled ids down */
-    CU_TRY(cudaHostAlloc((void **) &e->h_stage, e->stage_bytes,
-                         cudaHostAllocDefault), "pinned staging");
-    CU_TRY(cudaHostAlloc((void **) &e->h_out, (size_t) e->max_seqs * 4,
-                         cudaHostAllocDefault), "pinned staging");
-    CU_TRY(cudaHostAlloc((void **) &e->h_lp, (size_t) e->max_seqs
-                         * sizeof(engine_logprobs_t), cudaHostAllocDefault),
-           "pinned staging");
-    memset(e->h_stage, 0, e->stage_bytes);
-    {
-        kc_step_t h = stage_ptrs(e, e->h_stage);
-        ks_rows_t hr = stage_rows(e, e->h_stage);
-        e->h_item_table = (int32_t *) h.item_table;
-        e->h_row_tok = (int32_t *) h.row_tok;
-        e->h_temp = (float *) h.temperature;
-        e->h_top_p = (float *) h.top_p;
-        e->h_unif = (float *) h.uniform;
-        e->h_top_k = (int32_t *) hr.top_k;
-        e->h_presence = (float *) hr.presence;
-        e->h_frequency = (float *) hr.frequency;
-        e->h_count_row = (int32_t *) hr.count_row;
-        e->h_n_lp = (int32_t *) hr.n_logprobs;
-        e->h_var = (int32_t *) h.tables;
+    /* pinned staging, one set a pending step: the step's inputs up,
+     * the sampled ids and logprobs down */
+    for (int i = 0; i < ENGINE_MAX_PENDING; i++) {
+        cu_pending_t *p = &e->pend[i];
+
+        CU_TRY(cudaHostAlloc((void **) &p->h_stage, e->stage_bytes,
+                             cudaHostAllocDefault), "pinned staging");
+        CU_TRY(cudaHostAlloc((void **) &p->h_out, (size_t) e->max_seqs * 4,
+                             cudaHostAllocDefault), "pinned staging");
+        CU_TRY(cudaHostAlloc((void **) &p->h_lp, (size_t) e->max_seqs
+                             * sizeof(engine_logprobs_t),
+                             cudaHostAllocDefault), "pinned staging");
+        CU_TRY(cudaEventCreateWithFlags(&p->done, cudaEventDisableTiming),
+               "step events");
+        memset(p->h_stage, 0, e->stage_bytes);
+        p->row_item = (int32_t *) calloc((size_t) e->max_seqs, 4);
+        p->item_row = (int32_t *) calloc((size_t) e->max_seqs, 4);
+        p->row_sample = (uint8_t *) calloc((size_t) e->max_seqs, 1);
+        p->row_lp = (engine_logprobs_t **) calloc((size_t) e->max_seqs,
+                                                  sizeof(void *));
+        if (p->row_item == NULL || p->item_row == NULL
+            || p->row_sample == NULL || p->row_lp == NULL)
+        {
+            cu_fail(err, errlen, "cuda engine: out of host memory");
+            goto fail;
+        }
     }
+    e->p_last = -1;
+    e->dst.prev_out = e->d_out;
+    stage_bind(e, 0);
 
     /* without graphs every step runs eagerly: slower, still right */
     if (e->use_graphs && make_graphs(e, err, errlen) != 0) {
@@ -1206,12 +1342,21 @@ cu_destroy(void *impl)
     cudaFree(e->kvbuf);
     cudaFree(e->abuf);
     cudaFree(e->wbuf);
-    cudaFreeHost(e->h_stage);
-    cudaFreeHost(e->h_out);
-    cudaFreeHost(e->h_lp);
+    for (b = 0; b < ENGINE_MAX_PENDING; b++) {
+        cu_pending_t *p = &e->pend[b];
+        cudaFreeHost(p->h_stage);
+        cudaFreeHost(p->h_out);
+        cudaFreeHost(p->h_lp);
+        if (p->done != NULL) {
+            cudaEventDestroy(p->done);
+        }
+        free(p->row_item);
+        free(p->item_row);
+        free(p->row_sample);
+        free(p->row_lp);
+    }
     free(e->counted);
     free(e->layers);
-    free(e->row_item);
     free(e);
 }
 
@@ -1296,4 +1441,6 @@ extern "C" const engine_ops_t engine_cuda_ops = {
     cu_probe_error,
     cu_step_error,
     cu_register_host,
+    cu_step_begin,
+    cu_step_end,
 };

@@ -41,6 +41,13 @@ typedef struct {
     /* page-lock host memory for the device; 0 or -1 with err set */
     int        (*register_host)(void *impl, void *p, size_t len, char *err,
                    size_t errlen);
+    /* queue a step / wait for the oldest queued one (engine.h's
+     * engine_step_begin/end; tokens may be ENGINE_TOKEN_OF(i), checked
+     * against the step begun last); without them engine.c runs step()
+     * at begin, after putting the tokens in */
+    int        (*step_begin)(void *impl, const kv_pool_t *kv,
+                   const engine_item_t *items, int n);
+    int        (*step_end)(void *impl, int32_t *out_tokens);
 } engine_ops_t;
 
 extern const engine_ops_t  engine_cpu_ops;

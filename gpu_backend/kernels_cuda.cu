@@ -90,7 +90,13 @@ template <typename T>
 __global__ void
 embed_kernel(float *x, const T *emb, kc_step_t st, int dim)
 {
-    const T *row = emb + (size_t) st.tokens[blockIdx.x].tok * dim;
+    int32_t tok = st.tokens[blockIdx.x].tok;
+    const T *row;
+
+    if (tok < 0) {
+        tok = st.prev_out[-2 - tok];    /* sampled by the step before */
+    }
+    row = emb + (size_t) tok * dim;
     float *out = x + (size_t) blockIdx.x * dim;
 
     for (int d = threadIdx.x; d < dim; d += blockDim.x) {

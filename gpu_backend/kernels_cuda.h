@@ -59,6 +59,9 @@ typedef struct {
     const float       *temperature;  /* [R] <= 0: greedy */
     const float       *top_p;        /* [R] >= 1: no nucleus cut */
     const float       *uniform;      /* [R] the draw in [0, 1) */
+    /* the ids the step before sampled, row by row: a token tok < 0 is
+     * prev_out[-2 - tok] (engine.h's ENGINE_TOKEN_OF, by row) */
+    const int32_t     *prev_out;
 } kc_step_t;
 
 /*
@@ -69,7 +72,7 @@ typedef struct {
  * GPU a thread reads one position's whole head with 16-byte loads.)
  */
 
-/* x[t] = f32(emb[tokens[t].tok]), t < T */
+/* x[t] = f32(emb[tokens[t].tok]), t < T (tok < 0: see prev_out) */
 void kc_embed(cudaStream_t s, kc_dtype_t dt, float *x, const void *emb,
     kc_step_t st, int T, int dim);
 

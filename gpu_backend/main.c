@@ -44,6 +44,7 @@ typedef struct {
     int          max_new_tokens;
     int          max_logprobs;
     int          logprobs_tokens;
+    int          overlap;               /* 1 on, 0 off, -1 auto */
     engine_opts_t     engine;
     scheduler_opts_t  sched;
 } options_t;
@@ -84,6 +85,10 @@ usage(FILE *f)
 "                        llama3, llama3.1, glm4 (default: recognised\n"
 "                        from tokenizer_config.json)\n"
 "  --socket-mode OCTAL   socket file permissions (default 0666)\n"
+"  --overlap-steps M     on, off or auto: build and begin the next step\n"
+"                        while the device runs the last one (default\n"
+"                        auto: on with an engine that runs steps\n"
+"                        asynchronously, the CUDA one)\n"
 "  --step-delay-us N     throttle: sleep after every step (tests)\n"
 "  --pid-file PATH       write the supervisor's pid\n"
 "  --no-supervise        run the server in this process, no restarts\n"
@@ -133,6 +138,7 @@ parse_options(int argc, char **argv, options_t *o)
         { "chat-template", required_argument, NULL, 'C' },
         { "socket-mode", required_argument, NULL, 'M' },
         { "step-delay-us", required_argument, NULL, 'D' },
+        { "overlap-steps", required_argument, NULL, 'O' },
         { "pid-file", required_argument, NULL, 'p' },
         { "no-supervise", no_argument, NULL, 'x' },
         { "help", no_argument, NULL, 'h' },
@@ -144,6 +150,7 @@ parse_options(int argc, char **argv, options_t *o)
     o->slots = 256;
     o->max_logprobs = GPU_LOGPROBS_MAX;
     o->socket_mode = 0666;
+    o->overlap = -1;
     o->engine.device = "auto";
     o->engine.threads = 1;
     o->engine.max_seqs = 64;
@@ -211,6 +218,19 @@ parse_options(int argc, char **argv, options_t *o)
         case 'D':
             o->sched.step_delay_us = parse_int(optarg, "--step-delay-us", 0,
                                                10000000);
+            break;
+        case 'O':
+            if (strcmp(optarg, "on") == 0) {
+                o->overlap = 1;
+            } else if (strcmp(optarg, "off") == 0) {
+                o->overlap = 0;
+            } else if (strcmp(optarg, "auto") == 0) {
+                o->overlap = -1;
+            } else {
+                fprintf(stderr, "gpu_backend: --overlap-steps must be on, "
+                        "off or auto\n");
+                exit(2);
+            }
             break;
         case 'p': o->pid_file = optarg; break;
         case 'x': o->supervise = 0; break;
@@ -360,6 +380,8 @@ serve(options_t *o, int listen_fd, int ready_fd)
              engine_name(engine));
     h->stats.kv_blocks_total = (uint32_t) engine_kv_blocks_total(engine);
 
+    o->sched.overlap_steps = o->overlap >= 0 ? o->overlap
+                                             : engine_runs_async(engine);
     srv = server_create(listen_fd, memfd, h);
     sched = scheduler_create(&o->sched, h, &model, tok, engine,
                              server_notify, srv);

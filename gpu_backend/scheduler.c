@@ -54,7 +54,26 @@ typedef struct {
     stop_set_t  stops;              /* points into the slot */
     uint32_t    out_w;              /* text written; out_len <= out_w */
     int         stopped;            /* a stop string was found */
+    uint32_t    epoch;              /* new with each admission */
+    int         n_inflight;         /* sampled tokens the host has not
+                                       seen yet (0 or 1 when building) */
+    int         last_item;          /* its item in the step begun last */
 } seq_t;
+
+
+/*
+ * One step's items and results.  Two of them: with overlapped steps the
+ * next one is built and begun while the last one is still on the
+ * device, and its results are read after.
+ */
+typedef struct {
+    engine_item_t      *items;
+    int                *item_seq;
+    uint32_t           *item_epoch;     /* the seq's epoch when built */
+    int32_t            *sampled;
+    engine_logprobs_t  *lp_out;
+    int                 n;
+} step_buf_t;
 
 
 struct scheduler_s {
@@ -81,10 +100,11 @@ struct scheduler_s {
     int32_t                *seq_tokens;     /* [max_seqs * ctx_len] */
     int                     n_running;
 
-    engine_item_t          *items;
-    int                    *item_seq;
-    int32_t                *sampled;
-    engine_logprobs_t      *lp_out;         /* [max_seqs] */
+    step_buf_t              buf[2];
+    int                     next;           /* the buffer built next */
+    int                     n_pending;      /* steps begun, not read */
+    int                     overlap;        /* build the next step while
+                                               the last one runs */
     unsigned char          *text_buf;       /* one token's bytes */
     unsigned char          *clean_buf;      /* its sanitized form */
     int                     text_cap;
@@ -232,18 +252,28 @@ scheduler_create(const scheduler_opts_t *o, gpu_channel_header_t *region,
     s->seqs = calloc(o->max_seqs, sizeof(seq_t));
     s->seq_tokens = calloc((size_t) o->max_seqs * s->ctx_len,
                            sizeof(int32_t));
-    s->items = calloc(o->max_seqs, sizeof(engine_item_t));
-    s->item_seq = calloc(o->max_seqs, sizeof(int));
-    s->sampled = calloc(o->max_seqs, sizeof(int32_t));
-    s->lp_out = calloc(o->max_seqs, sizeof(engine_logprobs_t));
+    for (i = 0; i < 2; i++) {
+        step_buf_t *b = &s->buf[i];
+        b->items = calloc(o->max_seqs, sizeof(engine_item_t));
+        b->item_seq = calloc(o->max_seqs, sizeof(int));
+        b->item_epoch = calloc(o->max_seqs, sizeof(uint32_t));
+        b->sampled = calloc(o->max_seqs, sizeof(int32_t));
+        b->lp_out = calloc(o->max_seqs, sizeof(engine_logprobs_t));
+        if (b->items == NULL || b->item_seq == NULL || b->item_epoch == NULL
+            || b->sampled == NULL || b->lp_out == NULL)
+        {
+            scheduler_destroy(s);
+            return NULL;
+        }
+    }
+    s->overlap = o->overlap_steps;
     s->text_cap = tokenizer_max_token_bytes(tok) + 16;
     s->text_buf = malloc(s->text_cap + 16);
     s->clean_buf = malloc(3 * (s->text_cap + 16));
 
     if (s->wait_q == NULL || s->slot_ids == NULL || s->slot_n_ids == NULL
-        || s->seqs == NULL || s->seq_tokens == NULL || s->items == NULL
-        || s->item_seq == NULL || s->sampled == NULL || s->text_buf == NULL
-        || s->clean_buf == NULL || s->lp_out == NULL)
+        || s->seqs == NULL || s->seq_tokens == NULL || s->text_buf == NULL
+        || s->clean_buf == NULL)
     {
         scheduler_destroy(s);
         return NULL;
@@ -289,10 +319,18 @@ scheduler_destroy(scheduler_t *s)
     free(s->slot_n_ids);
     free(s->seqs);
     free(s->seq_tokens);
-    free(s->items);
-    free(s->item_seq);
-    free(s->sampled);
-    free(s->lp_out);
+    while (s->n_pending > 0 && s->engine != NULL
+           && engine_step_end(s->engine, NULL) == 0)
+    {
+        s->n_pending--;
+    }
+    for (i = 0; i < 2; i++) {
+        free(s->buf[i].items);
+        free(s->buf[i].item_seq);
+        free(s->buf[i].item_epoch);
+        free(s->buf[i].sampled);
+        free(s->buf[i].lp_out);
+    }
     free(s->text_buf);
     free(s->clean_buf);
     free(s->chat_buf.p);
@@ -587,6 +625,9 @@ admit(scheduler_t *s)
         stop_init(&q->stops, slot);
         q->out_w = 0;
         q->stopped = 0;
+        q->epoch++;
+        q->n_inflight = 0;
+        q->last_item = -1;
         slot->n_prompt_tokens = (uint32_t) q->n_prompt;
         s->n_running++;
 
@@ -767,7 +808,7 @@ seq_token(scheduler_t *s, int i, int32_t t, engine_logprobs_t *lp)
 int
 scheduler_has_work(const scheduler_t *s)
 {
-    return s->n_running > 0 || s->wait_n > 0;
+    return s->n_running > 0 || s->wait_n > 0 || s->n_pending > 0;
 }
 
 
@@ -808,12 +849,144 @@ batch_histogram(scheduler_t *s, int n)
 }
 
 
+/*
+ * The items of the next step into b: decode tokens first, then prefill
+ * chunks within what is left of the token budget.  A sequence whose last
+ * token is still on the device (sampled by the step begun last) decodes
+ * it as ENGINE_TOKEN_OF(its item there), unless that token ends it by
+ * length anyway.  *sync: a sequence had to be left out because the host
+ * must see its token first (penalties count the host's tokens); the
+ * caller reads the last step and builds again.
+ */
+static int
+build(scheduler_t *s, step_buf_t *b, int *sync)
+{
+    int             i, n, budget, pending, pass, total, k, feed;
+    seq_t          *q;
+    engine_item_t  *it;
+
+    n = 0;
+    budget = s->opts.max_batch_tokens;
+    *sync = 0;
+
+    for (pass = 0; pass < 2; pass++) {
+        for (i = 0; i < s->opts.max_seqs && budget > 0; i++) {
+            q = &s->seqs[i];
+            if (!q->active) {
+                continue;
+            }
+
+            feed = q->n_inflight > 0;
+            total = q->n_prompt + q->n_gen + q->n_inflight;
+            pending = total - q->n_done;
+
+            if ((pass == 0) != (feed || (pending == 1 && q->n_gen > 0))) {
+                continue;
+            }
+            if (feed) {
+                if (q->n_gen + q->n_inflight >= q->max_tokens
+                    || total >= s->ctx_len)
+                {
+                    continue;           /* it ends with that token */
+                }
+                if (q->presence != 0.0f || q->frequency != 0.0f
+                    || q->last_item < 0)
+                {
+                    *sync = 1;
+                    continue;
+                }
+            }
+
+            k = pending < budget ? pending : budget;
+            it = &b->items[n];
+            it->seq = i;
+            it->pos = q->n_done;
+            it->n_tokens = k;
+            if (feed) {
+                /* the token's slot in q->tokens, for after the step */
+                q->tokens[q->n_done] = ENGINE_TOKEN_OF(q->last_item);
+            }
+            it->tokens = q->tokens + q->n_done;
+            it->sample = (q->n_done + k == total);
+            it->temperature = q->temperature;
+            it->top_p = q->top_p;
+            it->rng = &q->rng;
+            it->top_k = q->top_k;
+            it->presence_penalty = q->presence;
+            it->frequency_penalty = q->frequency;
+            it->gen = q->tokens + q->n_prompt;
+            it->n_gen = q->n_gen;
+            it->n_logprobs = q->logprobs > 0 ? q->logprobs : 0;
+            it->lp = q->logprobs >= 0 ? &b->lp_out[n] : NULL;
+            b->item_seq[n] = i;
+            b->item_epoch[n] = q->epoch;
+            budget -= k;
+            n++;
+        }
+    }
+    b->n = n;
+    return n;
+}
+
+
+/* the sequences of b's step move on: positions stored, tokens sampled */
+static void
+launched(scheduler_t *s, step_buf_t *b)
+{
+    int     k;
+    seq_t  *q;
+
+    for (k = 0; k < s->opts.max_seqs; k++) {
+        s->seqs[k].last_item = -1;
+    }
+    for (k = 0; k < b->n; k++) {
+        q = &s->seqs[b->item_seq[k]];
+        q->n_done += b->items[k].n_tokens;
+        if (b->items[k].sample) {
+            q->n_inflight++;
+            q->last_item = k;
+        }
+    }
+}
+
+
+/* read the oldest step begun: its tokens go to their sequences */
+static int
+finish(scheduler_t *s, step_buf_t *b)
+{
+    int     k, i;
+    seq_t  *q;
+
+    if (engine_step_end(s->engine, b->sampled) != 0) {
+        s->n_pending--;
+        return -1;
+    }
+    s->n_pending--;
+    batch_histogram(s, b->n);
+
+    for (k = 0; k < b->n; k++) {
+        i = b->item_seq[k];
+        q = &s->seqs[i];
+        if (!q->active || q->epoch != b->item_epoch[k]
+            || !b->items[k].sample)
+        {
+            continue;       /* ended (or cancelled) after it was built */
+        }
+        q->n_inflight--;
+        __atomic_add_fetch(&s->h->stats.generation_tokens, 1,
+                           __ATOMIC_RELAXED);
+        seq_token(s, i, b->sampled[k], &b->lp_out[k]);
+    }
+    return 0;
+}
+
+
 int
 scheduler_step(scheduler_t *s)
 {
-    int             i, k, n, budget, pending, pass, total;
-    seq_t          *q;
-    engine_item_t  *it;
+    int          i, n, sync;
+    seq_t       *q;
+    step_buf_t  *b, *last;
 
     /* cancelled sequences leave before the step */
     for (i = 0; i < s->opts.max_seqs; i++) {
@@ -829,73 +1002,38 @@ scheduler_step(scheduler_t *s)
 
     admit(s);
 
-    /* decode tokens first, then prefill chunks within what is left */
-    n = 0;
-    budget = s->opts.max_batch_tokens;
+    b = &s->buf[s->next];
+    last = &s->buf[s->next ^ 1];
 
-    for (pass = 0; pass < 2; pass++) {
-        for (i = 0; i < s->opts.max_seqs && budget > 0; i++) {
-            q = &s->seqs[i];
-            if (!q->active) {
-                continue;
-            }
-
-            total = q->n_prompt + q->n_gen;
-            pending = total - q->n_done;
-
-            if ((pass == 0) != (pending == 1 && q->n_gen > 0)) {
-                continue;
-            }
-
-            k = pending < budget ? pending : budget;
-            it = &s->items[n];
-            it->seq = i;
-            it->pos = q->n_done;
-            it->n_tokens = k;
-            it->tokens = q->tokens + q->n_done;
-            it->sample = (q->n_done + k == total);
-            it->temperature = q->temperature;
-            it->top_p = q->top_p;
-            it->rng = &q->rng;
-            it->top_k = q->top_k;
-            it->presence_penalty = q->presence;
-            it->frequency_penalty = q->frequency;
-            it->gen = q->tokens + q->n_prompt;
-            it->n_gen = q->n_gen;
-            it->n_logprobs = q->logprobs > 0 ? q->logprobs : 0;
-            it->lp = q->logprobs >= 0 ? &s->lp_out[n] : NULL;
-            s->item_seq[n] = i;
-            budget -= k;
-            n++;
+    n = build(s, b, &sync);
+    if (s->n_pending > 0 && (sync || n == 0 || !s->overlap)) {
+        /* the host must see the last step's tokens first */
+        if (finish(s, last) != 0) {
+            return -1;
         }
+        n = build(s, b, &sync);
     }
 
-    if (n == 0) {
-        stats_update(s);
-        return 0;
-    }
+    if (n > 0) {
+        if (engine_step_begin(s->engine, b->items, n) != 0) {
+            return -1;
+        }
+        s->n_pending++;
+        launched(s, b);
+        s->next ^= 1;
 
-    if (engine_step(s->engine, s->items, n, s->sampled, NULL) != 0) {
-        return -1;
-    }
-
-    batch_histogram(s, n);
-
-    for (k = 0; k < n; k++) {
-        i = s->item_seq[k];
-        q = &s->seqs[i];
-        q->n_done += s->items[k].n_tokens;
-
-        if (s->items[k].sample) {
-            __atomic_add_fetch(&s->h->stats.generation_tokens, 1,
-                               __ATOMIC_RELAXED);
-            seq_token(s, i, s->sampled[k], &s->lp_out[k]);
+        /* while this step runs, the one before it is read; without
+         * overlap, this one */
+        if (s->n_pending > 1 ? finish(s, last) : !s->overlap
+                                                 ? finish(s, b) : 0)
+        {
+            return -1;
         }
     }
 
     stats_update(s);
 
-    if (s->opts.step_delay_us > 0) {
+    if (n > 0 && s->opts.step_delay_us > 0) {
         usleep(s->opts.step_delay_us);
     }
 

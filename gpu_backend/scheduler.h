@@ -27,6 +27,9 @@ typedef struct {
     int       max_batch_tokens;   /* tokens in a step at most */
     int       batch_wait_us;      /* wait to fill an empty batch */
     int       step_delay_us;      /* throttle: sleep after each step */
+    int       overlap_steps;      /* build and begin the next step before
+                                     reading the last one (engine.h's
+                                     engine_step_begin/end) */
 } scheduler_opts_t;
 
 /* called for each worker whose slots changed, once per step at most */

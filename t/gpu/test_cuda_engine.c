@@ -24,6 +24,7 @@
 #include "engine.h"
 #include "model.h"
 #include "sampler.h"
+#include "overlap_check.h"
 
 #define TOL_F32   1e-4
 #define TOL_HALF  2e-2
@@ -407,6 +408,16 @@ main(void)
         test_batch(NULL, 1);
         test_batch("bfloat16", 0);
         test_sampling();
+        {
+            /* two decode items a step: the bucket-2 graph */
+            engine_t *e = make(&stories, "cuda", NULL, 4, 64, 0);
+            if (e != NULL) {
+                CHECK(engine_runs_async(e), "the cuda engine runs steps "
+                      "asynchronously");
+                overlap_check(e, 403, "cuda engine");
+                engine_destroy(e);
+            }
+        }
         test_errors();
     }
     test_hf();

@@ -10,6 +10,9 @@ package NgxGpuTest;
 #   TEST_NGINX_GPU_BACKEND  the gpu_backend binary
 #   TEST_NGINX_GPU_MODEL    the converted stories260K model directory
 #   TEST_NGINX_GPU_MODULE   the module .so, for load_module in main_config
+#   TEST_NGINX_GPU_BACKEND_ARGS  options added to every backend's (t/run
+#                           runs the scheduler's suites again with
+#                           --overlap-steps on)
 # Set here:
 #   TEST_NGINX_GPU_SOCKET   the backend's Unix socket, for gpu_pass
 #   TEST_NGINX_GPU_SOCKET_B the socket of start_backend(name => 'b', ...),
@@ -74,7 +77,8 @@ sub start_backend {
         open STDOUT, '>>', $log or die;
         open STDERR, '>>', $log or die;
         POSIX::setsid();
-        exec $bin, '--model', $model, '--socket', $sock, @args
+        exec $bin, '--model', $model, '--socket', $sock, @args,
+             split(' ', $ENV{TEST_NGINX_GPU_BACKEND_ARGS} // '')
             or die "exec $bin: $!";
     }
 

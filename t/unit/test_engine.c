@@ -11,6 +11,7 @@
 #include "unit.h"
 #include "engine.h"
 #include "model.h"
+#include "overlap_check.h"
 
 /*
  * Greedy decoding from BOS (id 1), 60 tokens.  Checked when written: they
@@ -493,6 +494,13 @@ main(void)
     test_mixed_batch(1);
     test_mixed_batch(2);
     test_seeded();
+    {
+        engine_t *e = make_engine(1, 2, 64, 0);
+        if (e != NULL) {
+            overlap_check(e, 403, "cpu engine");
+            engine_destroy(e);
+        }
+    }
     test_kv();
     test_errors();
     model_free(&model);
