@@ -42,6 +42,8 @@ extern "C" {
 #define ALIGN          256
 #define BLAS_WS_BYTES  ((size_t) 32 << 20)
 #define MAX_BUCKETS    16
+#define MIX_BUCKETS    3
+static const int mixp[MIX_BUCKETS] = { 16, 64, 128 };
 #define CONV_CHUNK     ((size_t) 1 << 22)  /* elements converted at a time */
 #define HEADROOM       ((size_t) 256 << 20) /* left free for the runtime */
 
@@ -152,6 +154,10 @@ typedef struct {
     int               n_buckets;
     int               buckets[MAX_BUCKETS];
     cudaGraphExec_t   graphs[MAX_BUCKETS];
+    /* steps of decode tokens and one short prefill chunk (a request
+     * joining running ones): bucket b of items, and room for mixp[p]
+     * chunk tokens after the bucket's rows */
+    cudaGraphExec_t   mgraphs[MAX_BUCKETS][MIX_BUCKETS];
 
     void             *host_registered;
     uint64_t          rng;              /* for items without their own */
@@ -415,7 +421,7 @@ carve_acts(cu_engine_t *e, carve_t *cv)
 static void
 stage_layout(cu_engine_t *e)
 {
-    size_t S = (size_t) e->max_seqs;
+    size_t S = (size_t) e->max_seqs + 1;    /* + a mixed graph's padding */
     size_t var = 3 * (size_t) e->max_tokens
                  + S * (size_t) e->max_blocks + S + 1;
 
@@ -427,7 +433,7 @@ stage_layout(cu_engine_t *e)
 static kc_step_t
 stage_ptrs(cu_engine_t *e, char *base)
 {
-    size_t S = (size_t) e->max_seqs;
+    size_t S = (size_t) e->max_seqs + 1;
     kc_step_t st;
 
     st.item_table = (const int32_t *) base;
@@ -444,7 +450,7 @@ stage_ptrs(cu_engine_t *e, char *base)
 static ks_rows_t
 stage_rows(cu_engine_t *e, char *base)
 {
-    size_t S = (size_t) e->max_seqs;
+    size_t S = (size_t) e->max_seqs + 1;
     ks_rows_t rw;
 
     rw.top_k = (const int32_t *) (base + 5 * S * 4);
@@ -546,6 +552,61 @@ stage_pad(cu_engine_t *e, int from, int B, int *n_var)
     }
 }
 
+/*
+ * The padding of a mixed-graph step: token rows [t0, T) are one dummy
+ * item (index n) whose tokens all sit at position 0 of the scratch
+ * block; logits rows [r0, R) are off and read the last token row.
+ */
+static void
+stage_pad_mixed(cu_engine_t *e, int n, int t0, int T, int r0, int R,
+    int *n_var)
+{
+    int t, r;
+
+    e->h_item_table[n] = *n_var;
+    e->h_var[(*n_var)++] = e->n_kv_blocks;              /* scratch */
+    for (t = t0; t < T; t++) {
+        kc_token_t *tk = (kc_token_t *) e->h_var + t;
+        tk->tok = 0;
+        tk->pos = 0;
+        tk->item = n;
+    }
+    for (r = r0; r < R; r++) {
+        e->h_row_tok[r] = T - 1;
+        stage_row_off(e, r);
+        e->row_item[r] = -1;
+    }
+}
+
+static int bucket_of(const cu_engine_t *e, int n);
+
+/* the mixed graph for a step of n items, the last a chunk of P tokens
+ * and the others single tokens; -1 if none fits */
+static int
+mixed_of(const cu_engine_t *e, const engine_item_t *items, int n, int *p)
+{
+    int b, i, P = items[n - 1].n_tokens;
+
+    if (P < 2) {
+        return -1;
+    }
+    for (i = 0; i < n - 1; i++) {
+        if (items[i].n_tokens != 1) {
+            return -1;
+        }
+    }
+    b = bucket_of(e, n);
+    if (b < 0) {
+        return -1;
+    }
+    for (*p = 0; *p < MIX_BUCKETS; (*p)++) {
+        if (P <= mixp[*p]) {
+            return e->mgraphs[b][*p] != NULL ? b : -1;
+        }
+    }
+    return -1;
+}
+
 /* --- the forward pass --------------------------------------------------- */
 
 /* out[M,N] (f32) = in[M,K] @ w[N,K]^T, in and w in the storage dtype */
@@ -560,19 +621,29 @@ gemm(cu_engine_t *e, float *out, const void *in, const void *w, int M,
     }
 }
 
-/* pick the fastest cuBLASLt kernel for each product of a B-row step */
+/* pick the fastest kernel for each layer product of a T-row step */
 static void
-tune_gemms(cu_engine_t *e, int B)
+tune_layer_gemms(cu_engine_t *e, int T)
 {
     const model_config_t *c = &e->cfg;
     const cu_layer_t *L = &e->layers[0];
     int dim = c->dim, h = c->hidden_dim;
 
-    gemm_tune(e->gemm, e->qkv, e->xb, L->w_qkv, B, dim, e->qkv_dim);
-    gemm_tune(e->gemm, e->y, e->att, L->wo, B, e->q_dim, dim);
-    gemm_tune(e->gemm, e->gu, e->xb, L->w_gate_up, B, dim, 2 * h);
-    gemm_tune(e->gemm, e->y, e->hb, L->w_down, B, h, dim);
-    gemm_tune(e->gemm, e->logits, e->xl, e->lm_head, B, dim, c->vocab_size);
+    gemm_tune(e->gemm, e->qkv, e->xb, L->w_qkv, T, dim, e->qkv_dim);
+    gemm_tune(e->gemm, e->y, e->att, L->wo, T, e->q_dim, dim);
+    gemm_tune(e->gemm, e->gu, e->xb, L->w_gate_up, T, dim, 2 * h);
+    gemm_tune(e->gemm, e->y, e->hb, L->w_down, T, h, dim);
+}
+
+/* ... and the LM head's too, for a B-row decode step */
+static void
+tune_gemms(cu_engine_t *e, int B)
+{
+    const model_config_t *c = &e->cfg;
+
+    tune_layer_gemms(e, B);
+    gemm_tune(e->gemm, e->logits, e->xl, e->lm_head, B, c->dim,
+              c->vocab_size);
 }
 
 /* blocks per context for attention over T tokens: enough blocks for two
@@ -598,10 +669,12 @@ att_splits(const cu_engine_t *e, int T)
 /*
  * T rows of tokens (padding included), R rows of logits: everything
  * between the upload of the step's inputs and the download of the
- * sampled ids.  Also what a decode graph records.
+ * sampled ids.  Also what a graph records.  tiled: the step may hold a
+ * prefill chunk (an item of several tokens), whose rows the tensor-core
+ * kernel takes; 0 in a decode graph.
  */
 static cublasStatus_t
-forward(cu_engine_t *e, int T, int R)
+forward(cu_engine_t *e, int T, int R, int tiled)
 {
     const model_config_t *c = &e->cfg;
     cudaStream_t s = e->stream;
@@ -624,9 +697,7 @@ forward(cu_engine_t *e, int T, int R)
                    L->b_qkv, e->inv_freq, T, c->n_heads, c->n_kv_heads,
                    c->head_dim, c->rope_dim, c->rope_interleaved,
                    e->block_size);
-        /* T > R: more token rows than logits rows, so some item has
-         * several tokens (a prefill chunk); decode graphs have T == R.
-         * With cuDNN (staged by cu_step, never in a graph) the prefill
+        /* With cuDNN (staged by cu_begin, never in a graph) the prefill
          * rows are its, the decode rows the per-token kernel's. */
         if (e->dnn_step) {
             if (kc_dnn_attention(e->dnn, s, e->att, e->qkv, kv_l, T) != 0) {
@@ -635,7 +706,7 @@ forward(cu_engine_t *e, int T, int R)
         }
         if (!e->dnn_step || e->dnn_decode) {
             kc_attention(s, e->dt, e->att, e->att_part, n_split,
-                         e->dnn_step ? 2 : T > R, e->qkv, kv_l,
+                         e->dnn_step ? 2 : tiled, e->qkv, kv_l,
                          e->kv_block_stride, st, T, c->n_heads,
                          c->n_kv_heads, c->head_dim, e->block_size);
         }
@@ -767,6 +838,7 @@ cu_begin(cu_engine_t *e, const kv_pool_t *kv, const engine_item_t *items,
     cudaError_t r;
     size_t bytes;
     cu_pending_t *p, *last;
+    int mp = -1, mb = -1;
 
     e->err[0] = '\0';
     if (e->p_n == ENGINE_MAX_PENDING) {
@@ -782,8 +854,12 @@ cu_begin(cu_engine_t *e, const kv_pool_t *kv, const engine_item_t *items,
     }
     if (decode && e->use_graphs) {
         b = bucket_of(e, n);
+    } else if (e->use_graphs && logits == NULL) {
+        mb = mixed_of(e, items, n, &mp);
     }
-    rows = b >= 0 ? e->buckets[b] : T;          /* token rows computed */
+    /* token rows computed */
+    rows = b >= 0 ? e->buckets[b]
+           : mb >= 0 ? e->buckets[mb] + mixp[mp] : T;
 
     /* 1. pack the inputs: tokens, then each item's block table */
     n_var = 3 * rows;
@@ -812,7 +888,7 @@ cu_begin(cu_engine_t *e, const kv_pool_t *kv, const engine_item_t *items,
         n_var += nb;
 
         /* a logits row for every item in a graph; else only those used */
-        if (b >= 0 || it->sample || logits != NULL) {
+        if (b >= 0 || mb >= 0 || it->sample || logits != NULL) {
             e->h_row_tok[R] = T - 1;
             if (it->sample) {
                 if (stage_row_sample(e, R, it) != 0) {
@@ -830,6 +906,9 @@ cu_begin(cu_engine_t *e, const kv_pool_t *kv, const engine_item_t *items,
     if (b >= 0) {
         stage_pad(e, n, rows, &n_var);
         R = rows;
+    } else if (mb >= 0) {
+        stage_pad_mixed(e, n, T, rows, R, e->buckets[mb], &n_var);
+        R = e->buckets[mb];
     }
     run_rows = R;
     if (R == 0) {
@@ -847,8 +926,9 @@ cu_begin(cu_engine_t *e, const kv_pool_t *kv, const engine_item_t *items,
     if (r != cudaSuccess) {
         return step_fail(e, "upload", cudaGetErrorString(r));
     }
-    if (b >= 0) {
-        r = cudaGraphLaunch(e->graphs[b], e->stream);
+    if (b >= 0 || mb >= 0) {
+        r = cudaGraphLaunch(b >= 0 ? e->graphs[b] : e->mgraphs[mb][mp],
+                            e->stream);
         if (r != cudaSuccess) {
             return step_fail(e, "graph launch", cudaGetErrorString(r));
         }
@@ -856,7 +936,9 @@ cu_begin(cu_engine_t *e, const kv_pool_t *kv, const engine_item_t *items,
         if (dnn_stage(e, items, n) != 0) {
             return step_fail(e, "cuDNN attention inputs", "upload failed");
         }
-        blas = forward(e, T, run_rows);
+        /* T > R: more token rows than logits rows, so some item has
+         * several tokens */
+        blas = forward(e, T, run_rows, T > run_rows);
         e->dnn_step = 0;
         if (blas != CUBLAS_STATUS_SUCCESS) {
             return step_fail(e, "cuBLAS", cublasGetStatusString(blas));
@@ -1000,7 +1082,7 @@ make_graphs(cu_engine_t *e, char *err, size_t errlen)
                                e->var_off + (size_t) n_var * 4,
                                cudaMemcpyHostToDevice, e->stream),
                "warm-up upload");
-        bs = forward(e, B, B);
+        bs = forward(e, B, B, 0);
         CU_TRY(cudaStreamSynchronize(e->stream), "warm-up step");
         CU_TRY(cudaGetLastError(), "warm-up step");
         if (bs != CUBLAS_STATUS_SUCCESS) {
@@ -1015,7 +1097,7 @@ make_graphs(cu_engine_t *e, char *err, size_t errlen)
         CU_TRY(cudaStreamBeginCapture(e->stream,
                                       cudaStreamCaptureModeThreadLocal),
                "graph capture");
-        bs = forward(e, B, B);
+        bs = forward(e, B, B, 0);
         CU_TRY(cudaStreamEndCapture(e->stream, &g), "graph capture");
         if (bs != CUBLAS_STATUS_SUCCESS) {
             cudaGraphDestroy(g);
@@ -1025,6 +1107,57 @@ make_graphs(cu_engine_t *e, char *err, size_t errlen)
         CU_TRY(cudaGraphInstantiate(&e->graphs[b], g, 0), "graph instantiate");
         cudaGraphDestroy(g);
         g = NULL;
+    }
+
+    /* mixed: bucket b's rows, then room for a chunk of mixp[p] tokens;
+     * the warm-up and the capture run on padding only.
+     * NGX_GPU_MIXED_GRAPHS=0: none (such steps run eagerly) */
+    if (getenv("NGX_GPU_MIXED_GRAPHS") != NULL
+        && strcmp(getenv("NGX_GPU_MIXED_GRAPHS"), "0") == 0)
+    {
+        return 0;
+    }
+    for (b = 0; b < e->n_buckets; b++) {
+        int p, T;
+
+        B = e->buckets[b];
+        for (p = 0; p < MIX_BUCKETS; p++) {
+            T = B + mixp[p];
+            if (T > e->max_tokens) {
+                continue;
+            }
+            n_var = 3 * T;
+            stage_pad_mixed(e, 0, 0, T, 0, B, &n_var);
+            CU_TRY(cudaMemcpyAsync(e->d_stage, e->h_stage,
+                                   e->var_off + (size_t) n_var * 4,
+                                   cudaMemcpyHostToDevice, e->stream),
+                   "warm-up upload");
+            bs = forward(e, T, B, 1);
+            CU_TRY(cudaStreamSynchronize(e->stream), "warm-up step");
+            CU_TRY(cudaGetLastError(), "warm-up step");
+            if (bs != CUBLAS_STATUS_SUCCESS) {
+                return cu_fail(err, errlen, "cuda engine: cuBLAS: %s",
+                               cublasGetStatusString(bs));
+            }
+            if (e->tune) {
+                tune_layer_gemms(e, T);
+                CU_TRY(cudaStreamSynchronize(e->stream), "tuning");
+            }
+            CU_TRY(cudaStreamBeginCapture(e->stream,
+                                          cudaStreamCaptureModeThreadLocal),
+                   "graph capture");
+            bs = forward(e, T, B, 1);
+            CU_TRY(cudaStreamEndCapture(e->stream, &g), "graph capture");
+            if (bs != CUBLAS_STATUS_SUCCESS) {
+                cudaGraphDestroy(g);
+                return cu_fail(err, errlen, "cuda engine: cuBLAS in a "
+                               "graph: %s", cublasGetStatusString(bs));
+            }
+            CU_TRY(cudaGraphInstantiate(&e->mgraphs[b][p], g, 0),
+                   "graph instantiate");
+            cudaGraphDestroy(g);
+            g = NULL;
+        }
     }
     return 0;
 
@@ -1275,6 +1408,12 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
                 cudaGraphExecDestroy(e->graphs[b]);
                 e->graphs[b] = NULL;
             }
+            for (int p = 0; p < MIX_BUCKETS; p++) {
+                if (e->mgraphs[b][p] != NULL) {
+                    cudaGraphExecDestroy(e->mgraphs[b][p]);
+                    e->mgraphs[b][p] = NULL;
+                }
+            }
         }
         e->n_buckets = 0;
         e->use_graphs = 0;
@@ -1293,14 +1432,24 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
                      "with gemv_cuda's", tuned, improved, gemv);
         }
     }
-    log_info("cuda engine on %s: %s (sm_%d%d, %zu MiB); weights %s %zu MiB, "
-             "activations %zu MiB, KV cache %d blocks of %d tokens (%zu "
-             "MiB); %d decode graphs up to batch %d%s", e->name, prop.name,
-             prop.major, prop.minor, total_b >> 20, kc_dtype_name(e->dt),
-             e->wbytes >> 20, e->abytes >> 20, e->n_kv_blocks,
-             e->block_size, e->kvbytes >> 20, e->n_buckets,
-             e->n_buckets ? e->buckets[e->n_buckets - 1] : 0,
-             e->use_graphs ? "" : " (graphs off: NGX_GPU_CUDA_GRAPHS=0)");
+    {
+        int n_mixed = 0, bb, pp;
+        for (bb = 0; bb < e->n_buckets; bb++) {
+            for (pp = 0; pp < MIX_BUCKETS; pp++) {
+                n_mixed += e->mgraphs[bb][pp] != NULL;
+            }
+        }
+        log_info("cuda engine on %s: %s (sm_%d%d, %zu MiB); weights %s %zu "
+                 "MiB, activations %zu MiB, KV cache %d blocks of %d tokens "
+                 "(%zu MiB); %d decode graphs up to batch %d, %d more with "
+                 "a prompt chunk of up to %d tokens%s", e->name, prop.name,
+                 prop.major, prop.minor, total_b >> 20, kc_dtype_name(e->dt),
+                 e->wbytes >> 20, e->abytes >> 20, e->n_kv_blocks,
+                 e->block_size, e->kvbytes >> 20, e->n_buckets,
+                 e->n_buckets ? e->buckets[e->n_buckets - 1] : 0, n_mixed,
+                 mixp[MIX_BUCKETS - 1],
+                 e->use_graphs ? "" : " (graphs off: NGX_GPU_CUDA_GRAPHS=0)");
+    }
     return e;
 
 fail:
@@ -1325,6 +1474,11 @@ cu_destroy(void *impl)
     for (b = 0; b < e->n_buckets; b++) {
         if (e->graphs[b] != NULL) {
             cudaGraphExecDestroy(e->graphs[b]);
+        }
+        for (int p = 0; p < MIX_BUCKETS; p++) {
+            if (e->mgraphs[b][p] != NULL) {
+                cudaGraphExecDestroy(e->mgraphs[b][p]);
+            }
         }
     }
     if (e->host_registered != NULL) {
