@@ -38,37 +38,18 @@
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
+#include "cudnn_graph.h"
 #include "kernels_cuda.h"
 
 #define DNN_WS_BYTES   ((size_t) 16 << 20)  /* cuDNN's workspace, at most */
 #define DNN_ALIGN      256
 #define DNN_SLOTS      4
 
-typedef cudnnBackendDescriptor_t bd_t;
-
-/* every descriptor of one graph, destroyed together */
-struct dnn_descs {
-    std::vector<bd_t> all;
-    bd_t make(cudnnBackendDescriptorType_t t) {
-        bd_t d = NULL;
-        if (cudnnBackendCreateDescriptor(t, &d) == CUDNN_STATUS_SUCCESS) {
-            all.push_back(d);
-        }
-        return d;
-    }
-    void clear() {
-        for (size_t i = all.size(); i-- > 0;) {
-            cudnnBackendDestroyDescriptor(all[i]);
-        }
-        all.clear();
-    }
-};
-
 struct dnn_plan {
     int        B, Sq;           /* items, longest chunk (bucket) */
     bd_t       plan;            /* NULL: not built, our kernel serves */
     int64_t    ws;
-    dnn_descs  D;
+    cg_descs  D;
 };
 
 struct kc_dnn_s {
@@ -144,210 +125,41 @@ kc_dnn_scratch_bytes(kc_dtype_t dt, const kc_dnn_shape_t *sh)
 
 /* --- graph ---------------------------------------------------------------- */
 
-#define DN(x) do {                                                        \
-    cudnnStatus_t s_ = (x);                                               \
-    if (s_ != CUDNN_STATUS_SUCCESS) {                                     \
-        char w_[400] = "";                                                \
-        cudnnGetLastErrorString(w_, sizeof(w_));                          \
-        if (d->why[0] == '\0') {                                          \
-            snprintf(d->why, sizeof(d->why), "line %d: %s: %s", __LINE__, \
-                     cudnnGetErrorString(s_), w_);                        \
-        }                                                                 \
-        return NULL;                                                      \
-    }                                                                     \
-} while (0)
-
 enum {
     U_Q = 1, U_K, U_V, U_O, U_SCALE, U_NEGMAX, U_SQ, U_SKV, U_PTK, U_PTV,
     U_QOFF, U_OOFF, U_PTKOFF, U_PTVOFF, U_VIRT = 100
 };
 
+/* y = the pages of container that table lists, seq_kv long each */
 static bd_t
-tensor(kc_dnn_s *d, dnn_descs &D, int64_t uid, cudnnDataType_t dt,
-    const int64_t *dims, const int64_t *strides, bool virt, bool by_value,
-    bd_t ragged)
-{
-    bd_t t = D.make(CUDNN_BACKEND_TENSOR_DESCRIPTOR);
-    int64_t align = 16;
-
-    if (t == NULL) {
-        return NULL;
-    }
-    DN(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_DATA_TYPE,
-                                CUDNN_TYPE_DATA_TYPE, 1, &dt));
-    DN(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_DIMENSIONS,
-                                CUDNN_TYPE_INT64, 4, dims));
-    DN(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_STRIDES,
-                                CUDNN_TYPE_INT64, 4, strides));
-    DN(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_UNIQUE_ID,
-                                CUDNN_TYPE_INT64, 1, &uid));
-    DN(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT,
-                                CUDNN_TYPE_INT64, 1, &align));
-    DN(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_IS_VIRTUAL,
-                                CUDNN_TYPE_BOOLEAN, 1, &virt));
-    if (by_value) {
-        DN(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_IS_BY_VALUE,
-                                    CUDNN_TYPE_BOOLEAN, 1, &by_value));
-    }
-    if (ragged != NULL) {
-        DN(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_RAGGED_OFFSET_DESC,
-                                    CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
-                                    &ragged));
-    }
-    DN(cudnnBackendFinalize(t));
-    return t;
-}
-
-/* y = mode(x [, b] [, t]); axis >= 0 for GEN_INDEX */
-static bd_t
-pointwise(kc_dnn_s *d, dnn_descs &D, cudnnPointwiseMode_t mode,
-    cudnnDataType_t prec, bd_t x, bd_t b, bd_t t, bd_t y, int64_t axis)
-{
-    bd_t pw = D.make(CUDNN_BACKEND_POINTWISE_DESCRIPTOR);
-    bd_t op = D.make(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR);
-
-    if (pw == NULL || op == NULL || x == NULL || y == NULL) {
-        return NULL;
-    }
-    DN(cudnnBackendSetAttribute(pw, CUDNN_ATTR_POINTWISE_MODE,
-                                CUDNN_TYPE_POINTWISE_MODE, 1, &mode));
-    DN(cudnnBackendSetAttribute(pw, CUDNN_ATTR_POINTWISE_MATH_PREC,
-                                CUDNN_TYPE_DATA_TYPE, 1, &prec));
-    if (axis >= 0) {
-        DN(cudnnBackendSetAttribute(pw, CUDNN_ATTR_POINTWISE_AXIS,
-                                    CUDNN_TYPE_INT64, 1, &axis));
-    }
-    DN(cudnnBackendFinalize(pw));
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &pw));
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x));
-    if (b != NULL) {
-        DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC,
-                                    CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b));
-    }
-    if (t != NULL) {
-        DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_TDESC,
-                                    CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &t));
-    }
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y));
-    DN(cudnnBackendFinalize(op));
-    return op;
-}
-
-static bd_t
-reduction(kc_dnn_s *d, dnn_descs &D, cudnnReduceTensorOp_t rop, bd_t x,
-    bd_t y)
-{
-    bd_t rd = D.make(CUDNN_BACKEND_REDUCTION_DESCRIPTOR);
-    bd_t op = D.make(CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR);
-    cudnnDataType_t f = CUDNN_DATA_FLOAT;
-
-    if (rd == NULL || op == NULL || x == NULL || y == NULL) {
-        return NULL;
-    }
-    DN(cudnnBackendSetAttribute(rd, CUDNN_ATTR_REDUCTION_OPERATOR,
-                                CUDNN_TYPE_REDUCTION_OPERATOR_TYPE, 1, &rop));
-    DN(cudnnBackendSetAttribute(rd, CUDNN_ATTR_REDUCTION_COMP_TYPE,
-                                CUDNN_TYPE_DATA_TYPE, 1, &f));
-    DN(cudnnBackendFinalize(rd));
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_REDUCTION_XDESC,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x));
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_REDUCTION_YDESC,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y));
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_REDUCTION_DESC,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &rd));
-    DN(cudnnBackendFinalize(op));
-    return op;
-}
-
-/* c = a b; m, n, k: per-item overrides of the product's extents, or NULL */
-static bd_t
-matmul(kc_dnn_s *d, dnn_descs &D, bd_t a, bd_t b, bd_t c, bd_t m, bd_t n,
-    bd_t k)
-{
-    bd_t mm = D.make(CUDNN_BACKEND_MATMUL_DESCRIPTOR);
-    bd_t op = D.make(CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR);
-    cudnnDataType_t f = CUDNN_DATA_FLOAT;
-
-    if (mm == NULL || op == NULL || a == NULL || b == NULL || c == NULL) {
-        return NULL;
-    }
-    DN(cudnnBackendSetAttribute(mm, CUDNN_ATTR_MATMUL_COMP_TYPE,
-                                CUDNN_TYPE_DATA_TYPE, 1, &f));
-    DN(cudnnBackendFinalize(mm));
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_ADESC,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &a));
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_BDESC,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b));
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_CDESC,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c));
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_DESC,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &mm));
-    if (m != NULL) {
-        DN(cudnnBackendSetAttribute(op,
-               CUDNN_ATTR_OPERATION_MATMUL_GEMM_M_OVERRIDE_DESC,
-               CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &m));
-    }
-    if (n != NULL) {
-        DN(cudnnBackendSetAttribute(op,
-               CUDNN_ATTR_OPERATION_MATMUL_GEMM_N_OVERRIDE_DESC,
-               CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n));
-    }
-    if (k != NULL) {
-        DN(cudnnBackendSetAttribute(op,
-               CUDNN_ATTR_OPERATION_MATMUL_GEMM_K_OVERRIDE_DESC,
-               CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &k));
-    }
-    DN(cudnnBackendFinalize(op));
-    return op;
-}
-
-static bd_t
-paged_load(kc_dnn_s *d, dnn_descs &D, bd_t container, bd_t table,
-    bd_t seq_kv, bd_t y)
+paged_load(cg_descs &D, bd_t container, bd_t table, bd_t seq_kv, bd_t y)
 {
     bd_t op = D.make(CUDNN_BACKEND_OPERATION_PAGED_CACHE_LOAD_DESCRIPTOR);
 
     if (op == NULL || container == NULL || table == NULL || y == NULL) {
         return NULL;
     }
-    DN(cudnnBackendSetAttribute(op,
-           CUDNN_ATTR_OPERATION_PAGED_CACHE_LOAD_CONTAINER_DESC,
-           CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &container));
-    DN(cudnnBackendSetAttribute(op,
-           CUDNN_ATTR_OPERATION_PAGED_CACHE_LOAD_PAGE_TABLE_DESC,
-           CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &table));
-    DN(cudnnBackendSetAttribute(op,
-           CUDNN_ATTR_OPERATION_PAGED_CACHE_LOAD_SEQUENCE_DESC,
-           CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &seq_kv));
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_PAGED_CACHE_LOAD_YDESC,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y));
-    DN(cudnnBackendFinalize(op));
+    CG_SET(D, op, CUDNN_ATTR_OPERATION_PAGED_CACHE_LOAD_CONTAINER_DESC,
+           CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &container);
+    CG_SET(D, op, CUDNN_ATTR_OPERATION_PAGED_CACHE_LOAD_PAGE_TABLE_DESC,
+           CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &table);
+    CG_SET(D, op, CUDNN_ATTR_OPERATION_PAGED_CACHE_LOAD_SEQUENCE_DESC,
+           CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &seq_kv);
+    CG_SET(D, op, CUDNN_ATTR_OPERATION_PAGED_CACHE_LOAD_YDESC,
+           CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y);
+    CG_TRY(D, cudnnBackendFinalize(op));
     return op;
 }
-
-#undef DN
-#define DG(x) do {                                                        \
-    cudnnStatus_t s_ = (x);                                               \
-    if (s_ != CUDNN_STATUS_SUCCESS) {                                     \
-        char w_[400] = "";                                                \
-        cudnnGetLastErrorString(w_, sizeof(w_));                          \
-        if (d->why[0] == '\0') {                                          \
-            snprintf(d->why, sizeof(d->why), "line %d: %s: %s", __LINE__, \
-                     cudnnGetErrorString(s_), w_);                        \
-        }                                                                 \
-        return -1;                                                        \
-    }                                                                     \
-} while (0)
 
 /* build P's graph and its plan: the heuristics' first configuration that
  * finalizes with a workspace that fits */
 static int
 build_plan(kc_dnn_s *d, dnn_plan *P)
 {
-    dnn_descs &D = P->D;
+    cg_descs &D = P->D;
+
+    D.why = d->why;
+    D.why_len = sizeof(d->why);
     const kc_dnn_shape_t *sh = &d->sh;
     cudnnDataType_t st = d->dt == KC_BF16 ? CUDNN_DATA_BFLOAT16
                                           : CUDNN_DATA_HALF;
@@ -372,21 +184,20 @@ build_plan(kc_dnn_s *d, dnn_plan *P)
     int64_t o_dim[4] = { B + 1, 1, 1, 1 };
     int64_t pt_dim[4] = { B, 1, Pg, 1 }, pt_str[4] = { Pg, Pg, 1, 1 };
     int64_t one[4] = { 1, 1, 1, 1 };
-    int64_t uid = U_VIRT, n_cfg = 0;
+    int64_t uid = U_VIRT;
     std::vector<bd_t> ops;
     bd_t q, kc, vc, o, scale, negmax, sq, skv, ptk, ptv, kt, v;
     bd_t qoff, ooff, ptkoff = NULL, ptvoff = NULL;
     bd_t s, ss, row, col, rm, cm, pm, s2, r2, r3, r4, c2, cmask, s3;
-    bd_t mx, sub, ex, sum, lg, sta, p, g, heur, cfgs[8];
-    cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
+    bd_t mx, sub, ex, sum, lg, sta, p;
 
-    qoff = tensor(d, D, U_QOFF, i32, o_dim, b_str, false, false, NULL);
-    ooff = tensor(d, D, U_OOFF, i32, o_dim, b_str, false, false, NULL);
+    qoff = cg_tensor(D, U_QOFF, i32, o_dim, b_str, false, false, NULL);
+    ooff = cg_tensor(D, U_OOFF, i32, o_dim, b_str, false, false, NULL);
     if (d->packed) {
-        ptkoff = tensor(d, D, U_PTKOFF, i32, o_dim, b_str, false, false,
-                        NULL);
-        ptvoff = tensor(d, D, U_PTVOFF, i32, o_dim, b_str, false, false,
-                        NULL);
+        ptkoff = cg_tensor(D, U_PTKOFF, i32, o_dim, b_str, false, false,
+                           NULL);
+        ptvoff = cg_tensor(D, U_PTVOFF, i32, o_dim, b_str, false, false,
+                           NULL);
         if (ptkoff == NULL || ptvoff == NULL) {
             return -1;
         }
@@ -394,149 +205,100 @@ build_plan(kc_dnn_s *d, dnn_plan *P)
     if (qoff == NULL || ooff == NULL) {
         return -1;
     }
-    q = tensor(d, D, U_Q, st, q_dim, q_str, false, false, qoff);
-    o = tensor(d, D, U_O, st, q_dim, q_str, false, false, ooff);
-    kc = tensor(d, D, U_K, st, c_dim, c_str, false, false, NULL);
-    vc = tensor(d, D, U_V, st, c_dim, c_str, false, false, NULL);
-    scale = tensor(d, D, U_SCALE, f, one, one, false, true, NULL);
-    negmax = tensor(d, D, U_NEGMAX, f, one, one, false, true, NULL);
-    sq = tensor(d, D, U_SQ, i32, b_dim, b_str, false, false, NULL);
-    skv = tensor(d, D, U_SKV, i32, b_dim, b_str, false, false, NULL);
-    ptk = tensor(d, D, U_PTK, i32, pt_dim, pt_str, false, false, ptkoff);
-    ptv = tensor(d, D, U_PTV, i32, pt_dim, pt_str, false, false, ptvoff);
-    kt = tensor(d, D, uid++, st, kt_dim, kt_str, true, false, NULL);
-    v = tensor(d, D, uid++, st, v_dim, v_str, true, false, NULL);
-    s = tensor(d, D, uid++, f, s_dim, s_str, true, false, NULL);
-    ss = tensor(d, D, uid++, f, s_dim, s_str, true, false, NULL);
+    q = cg_tensor(D, U_Q, st, q_dim, q_str, false, false, qoff);
+    o = cg_tensor(D, U_O, st, q_dim, q_str, false, false, ooff);
+    kc = cg_tensor(D, U_K, st, c_dim, c_str, false, false, NULL);
+    vc = cg_tensor(D, U_V, st, c_dim, c_str, false, false, NULL);
+    scale = cg_tensor(D, U_SCALE, f, one, one, false, true, NULL);
+    negmax = cg_tensor(D, U_NEGMAX, f, one, one, false, true, NULL);
+    sq = cg_tensor(D, U_SQ, i32, b_dim, b_str, false, false, NULL);
+    skv = cg_tensor(D, U_SKV, i32, b_dim, b_str, false, false, NULL);
+    ptk = cg_tensor(D, U_PTK, i32, pt_dim, pt_str, false, false, ptkoff);
+    ptv = cg_tensor(D, U_PTV, i32, pt_dim, pt_str, false, false, ptvoff);
+    kt = cg_tensor(D, uid++, st, kt_dim, kt_str, true, false, NULL);
+    v = cg_tensor(D, uid++, st, v_dim, v_str, true, false, NULL);
+    s = cg_tensor(D, uid++, f, s_dim, s_str, true, false, NULL);
+    ss = cg_tensor(D, uid++, f, s_dim, s_str, true, false, NULL);
 
-    ops.push_back(paged_load(d, D, kc, ptk, skv, kt));
-    ops.push_back(paged_load(d, D, vc, ptv, skv, v));
-    ops.push_back(matmul(d, D, q, kt, s, sq, skv, NULL));
-    ops.push_back(pointwise(d, D, CUDNN_POINTWISE_MUL, f, s, scale, NULL, ss,
-                            -1));
+    ops.push_back(paged_load(D, kc, ptk, skv, kt));
+    ops.push_back(paged_load(D, vc, ptv, skv, v));
+    ops.push_back(cg_matmul(D, q, kt, s, sq, skv, NULL));
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_MUL, f, s, scale, NULL, ss,
+                               -1));
 
     /* padding: rows past the item's chunk, columns past its context */
-    row = tensor(d, D, uid++, i32, s_dim, s_str, true, false, NULL);
-    col = tensor(d, D, uid++, i32, s_dim, s_str, true, false, NULL);
-    rm = tensor(d, D, uid++, bo, s_dim, s_str, true, false, NULL);
-    cm = tensor(d, D, uid++, bo, s_dim, s_str, true, false, NULL);
-    pm = tensor(d, D, uid++, bo, s_dim, s_str, true, false, NULL);
-    s2 = tensor(d, D, uid++, f, s_dim, s_str, true, false, NULL);
-    ops.push_back(pointwise(d, D, CUDNN_POINTWISE_GEN_INDEX, i32, ss, NULL,
-                            NULL, row, 2));
-    ops.push_back(pointwise(d, D, CUDNN_POINTWISE_GEN_INDEX, i32, ss, NULL,
-                            NULL, col, 3));
-    ops.push_back(pointwise(d, D, CUDNN_POINTWISE_CMP_LT, bo, row, sq, NULL,
-                            rm, -1));
-    ops.push_back(pointwise(d, D, CUDNN_POINTWISE_CMP_LT, bo, col, skv, NULL,
-                            cm, -1));
-    ops.push_back(pointwise(d, D, CUDNN_POINTWISE_LOGICAL_AND, bo, rm, cm,
-                            NULL, pm, -1));
-    ops.push_back(pointwise(d, D, CUDNN_POINTWISE_BINARY_SELECT, f, ss,
-                            negmax, pm, s2, -1));
+    row = cg_tensor(D, uid++, i32, s_dim, s_str, true, false, NULL);
+    col = cg_tensor(D, uid++, i32, s_dim, s_str, true, false, NULL);
+    rm = cg_tensor(D, uid++, bo, s_dim, s_str, true, false, NULL);
+    cm = cg_tensor(D, uid++, bo, s_dim, s_str, true, false, NULL);
+    pm = cg_tensor(D, uid++, bo, s_dim, s_str, true, false, NULL);
+    s2 = cg_tensor(D, uid++, f, s_dim, s_str, true, false, NULL);
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_GEN_INDEX, i32, ss, NULL,
+                               NULL, row, 2));
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_GEN_INDEX, i32, ss, NULL,
+                               NULL, col, 3));
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_CMP_LT, bo, row, sq, NULL,
+                               rm, -1));
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_CMP_LT, bo, col, skv, NULL,
+                               cm, -1));
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_LOGICAL_AND, bo, rm, cm,
+                               NULL, pm, -1));
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_BINARY_SELECT, f, ss,
+                               negmax, pm, s2, -1));
 
     /* causal, bottom-right: row r of a chunk is position r + kv - q */
-    r2 = tensor(d, D, uid++, i32, s_dim, s_str, true, false, NULL);
-    r3 = tensor(d, D, uid++, i32, s_dim, s_str, true, false, NULL);
-    r4 = tensor(d, D, uid++, i32, s_dim, s_str, true, false, NULL);
-    c2 = tensor(d, D, uid++, i32, s_dim, s_str, true, false, NULL);
-    cmask = tensor(d, D, uid++, bo, s_dim, s_str, true, false, NULL);
-    s3 = tensor(d, D, uid++, f, s_dim, s_str, true, false, NULL);
-    ops.push_back(pointwise(d, D, CUDNN_POINTWISE_GEN_INDEX, i32, s2, NULL,
-                            NULL, r2, 2));
-    ops.push_back(pointwise(d, D, CUDNN_POINTWISE_ADD, i32, r2, skv, NULL,
-                            r3, -1));
-    ops.push_back(pointwise(d, D, CUDNN_POINTWISE_SUB, i32, r3, sq, NULL, r4,
-                            -1));
-    ops.push_back(pointwise(d, D, CUDNN_POINTWISE_GEN_INDEX, i32, s2, NULL,
-                            NULL, c2, 3));
-    ops.push_back(pointwise(d, D, CUDNN_POINTWISE_CMP_GE, bo, r4, c2, NULL,
-                            cmask, -1));
-    ops.push_back(pointwise(d, D, CUDNN_POINTWISE_BINARY_SELECT, f, s2,
-                            negmax, cmask, s3, -1));
+    r2 = cg_tensor(D, uid++, i32, s_dim, s_str, true, false, NULL);
+    r3 = cg_tensor(D, uid++, i32, s_dim, s_str, true, false, NULL);
+    r4 = cg_tensor(D, uid++, i32, s_dim, s_str, true, false, NULL);
+    c2 = cg_tensor(D, uid++, i32, s_dim, s_str, true, false, NULL);
+    cmask = cg_tensor(D, uid++, bo, s_dim, s_str, true, false, NULL);
+    s3 = cg_tensor(D, uid++, f, s_dim, s_str, true, false, NULL);
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_GEN_INDEX, i32, s2, NULL,
+                               NULL, r2, 2));
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_ADD, i32, r2, skv, NULL,
+                               r3, -1));
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_SUB, i32, r3, sq, NULL, r4,
+                               -1));
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_GEN_INDEX, i32, s2, NULL,
+                               NULL, c2, 3));
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_CMP_GE, bo, r4, c2, NULL,
+                               cmask, -1));
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_BINARY_SELECT, f, s2,
+                               negmax, cmask, s3, -1));
 
-    mx = tensor(d, D, uid++, f, r_dim, r_str, true, false, NULL);
-    sub = tensor(d, D, uid++, f, s_dim, s_str, true, false, NULL);
-    ex = tensor(d, D, uid++, f, s_dim, s_str, true, false, NULL);
-    sum = tensor(d, D, uid++, f, r_dim, r_str, true, false, NULL);
-    lg = tensor(d, D, uid++, f, r_dim, r_str, true, false, NULL);
-    sta = tensor(d, D, uid++, f, r_dim, r_str, true, false, NULL);
-    p = tensor(d, D, uid++, st, s_dim, s_str, true, false, NULL);
-    ops.push_back(reduction(d, D, CUDNN_REDUCE_TENSOR_MAX, s3, mx));
-    ops.push_back(pointwise(d, D, CUDNN_POINTWISE_SUB, f, s3, mx, NULL, sub,
-                            -1));
-    ops.push_back(pointwise(d, D, CUDNN_POINTWISE_EXP, f, sub, NULL, NULL, ex,
-                            -1));
-    ops.push_back(reduction(d, D, CUDNN_REDUCE_TENSOR_ADD, ex, sum));
-    ops.push_back(pointwise(d, D, CUDNN_POINTWISE_LOG, f, sum, NULL, NULL, lg,
-                            -1));
-    ops.push_back(pointwise(d, D, CUDNN_POINTWISE_ADD, f, mx, lg, NULL, sta,
-                            -1));
-    ops.push_back(pointwise(d, D, CUDNN_POINTWISE_DIV, f, ex, sum, NULL, p,
-                            -1));
-    ops.push_back(matmul(d, D, p, v, o, sq, NULL, skv));
-    for (size_t i = 0; i < ops.size(); i++) {
-        if (ops[i] == NULL) {
+    mx = cg_tensor(D, uid++, f, r_dim, r_str, true, false, NULL);
+    sub = cg_tensor(D, uid++, f, s_dim, s_str, true, false, NULL);
+    ex = cg_tensor(D, uid++, f, s_dim, s_str, true, false, NULL);
+    sum = cg_tensor(D, uid++, f, r_dim, r_str, true, false, NULL);
+    lg = cg_tensor(D, uid++, f, r_dim, r_str, true, false, NULL);
+    sta = cg_tensor(D, uid++, f, r_dim, r_str, true, false, NULL);
+    p = cg_tensor(D, uid++, st, s_dim, s_str, true, false, NULL);
+    ops.push_back(cg_reduction(D, CUDNN_REDUCE_TENSOR_MAX, s3, mx));
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_SUB, f, s3, mx, NULL, sub,
+                               -1));
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_EXP, f, sub, NULL, NULL, ex,
+                               -1));
+    ops.push_back(cg_reduction(D, CUDNN_REDUCE_TENSOR_ADD, ex, sum));
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_LOG, f, sum, NULL, NULL, lg,
+                               -1));
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_ADD, f, mx, lg, NULL, sta,
+                               -1));
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_DIV, f, ex, sum, NULL, p,
+                               -1));
+    ops.push_back(cg_matmul(D, p, v, o, sq, NULL, skv));
+    {
+        std::vector<bd_t> plans;
+        std::vector<int64_t> ws;
+
+        /* the heuristics' first configuration that fits the workspace */
+        if (cg_plans(D, d->h, ops, (int64_t) DNN_WS_BYTES, plans, ws) == 0) {
             return -1;
         }
+        P->plan = plans[0];
+        P->ws = ws[0];
     }
-
-    g = D.make(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
-    DG(cudnnBackendSetAttribute(g, CUDNN_ATTR_OPERATIONGRAPH_HANDLE,
-                                CUDNN_TYPE_HANDLE, 1, &d->h));
-    DG(cudnnBackendSetAttribute(g, CUDNN_ATTR_OPERATIONGRAPH_OPS,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                                (int64_t) ops.size(), ops.data()));
-    DG(cudnnBackendFinalize(g));
-    heur = D.make(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
-    DG(cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g));
-    DG(cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_MODE,
-                                CUDNN_TYPE_HEUR_MODE, 1, &mode));
-    DG(cudnnBackendFinalize(heur));
-    for (int i = 0; i < 8; i++) {
-        cfgs[i] = D.make(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
-    }
-    DG(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 8, &n_cfg,
-                                cfgs));
-    for (int i = 0; i < n_cfg; i++) {
-        bd_t plan = D.make(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
-        int64_t ws = 0, n = 0;
-
-        if (cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE,
-                                     CUDNN_TYPE_HANDLE, 1, &d->h)
-            || cudnnBackendSetAttribute(plan,
-                   CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
-                   CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfgs[i])
-            || cudnnBackendFinalize(plan))
-        {
-            char w[400] = "";
-            cudnnGetLastErrorString(w, sizeof(w));
-            if (d->why[0] == '\0') {
-                snprintf(d->why, sizeof(d->why), "plan %d of %d: %s", i,
-                         (int) n_cfg, w);
-            }
-            continue;
-        }
-        cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                                 CUDNN_TYPE_INT64, 1, &n, &ws);
-        if (ws > (int64_t) DNN_WS_BYTES) {
-            continue;
-        }
-        P->plan = plan;
-        P->ws = ws;
-        return 0;
-    }
-    if (d->why[0] == '\0') {
-        snprintf(d->why, sizeof(d->why), "heuristics gave %d engine "
-                 "configurations, none finalized within %zu MiB of "
-                 "workspace", (int) n_cfg, DNN_WS_BYTES >> 20);
-    }
-    return -1;
+    return 0;
 }
-
-#undef DG
 
 /* --- create --------------------------------------------------------------- */
 

@@ -1054,20 +1054,74 @@ cu_step_end(void *impl, int32_t *out_tokens)
     return cu_end((cu_engine_t *) impl, out_tokens);
 }
 
-/* --- decode graphs -------------------------------------------------------- */
+/* --- graphs ---------------------------------------------------------------- */
 
 /*
- * For each bucket: one eager run on padding rows only (loads every
- * kernel the graph will hold, cuBLAS's included, outside the capture),
- * then capture and instantiate.
+ * One graph of a T-token-row, R-logits-row step, from the staging already
+ * packed (n_var ints of it) with padding only: an eager run first (loads
+ * every kernel the graph will hold, cuBLAS's included, outside the
+ * capture), the products' tuning (the LM head's too if lm_head), then
+ * the capture.
+ */
+static int
+make_graph(cu_engine_t *e, int T, int R, int tiled, int n_var, int lm_head,
+    cudaGraphExec_t *exec, char *err, size_t errlen)
+{
+    cudaGraph_t g = NULL;
+    cublasStatus_t bs;
+
+    CU_TRY(cudaMemcpyAsync(e->d_stage, e->h_stage,
+                           e->var_off + (size_t) n_var * 4,
+                           cudaMemcpyHostToDevice, e->stream),
+           "warm-up upload");
+    bs = forward(e, T, R, tiled);
+    CU_TRY(cudaStreamSynchronize(e->stream), "warm-up step");
+    CU_TRY(cudaGetLastError(), "warm-up step");
+    if (bs != CUBLAS_STATUS_SUCCESS) {
+        return cu_fail(err, errlen, "cuda engine: cuBLAS: %s",
+                       cublasGetStatusString(bs));
+    }
+    if (e->tune) {
+        if (lm_head) {
+            tune_gemms(e, T);
+        } else {
+            tune_layer_gemms(e, T);
+        }
+        CU_TRY(cudaStreamSynchronize(e->stream), "tuning");
+    }
+
+    CU_TRY(cudaStreamBeginCapture(e->stream, cudaStreamCaptureModeThreadLocal),
+           "graph capture");
+    bs = forward(e, T, R, tiled);
+    CU_TRY(cudaStreamEndCapture(e->stream, &g), "graph capture");
+    if (bs != CUBLAS_STATUS_SUCCESS) {
+        cudaGraphDestroy(g);
+        return cu_fail(err, errlen, "cuda engine: cuBLAS in a graph: %s",
+                       cublasGetStatusString(bs));
+    }
+    CU_TRY(cudaGraphInstantiate(exec, g, 0), "graph instantiate");
+    cudaGraphDestroy(g);
+    return 0;
+
+fail:
+    if (g != NULL) {
+        cudaGraphDestroy(g);
+    }
+    return -1;
+}
+
+/*
+ * Decode graphs for bucket sizes 1, 2, 4, ... min(max_seqs,
+ * max_batch_tokens), and mixed ones: bucket b's rows, then room for a
+ * chunk of mixp[p] tokens (NGX_GPU_MIXED_GRAPHS=0: none, such steps run
+ * eagerly).
  */
 static int
 make_graphs(cu_engine_t *e, char *err, size_t errlen)
 {
     int cap = e->max_seqs < e->max_tokens ? e->max_seqs : e->max_tokens;
-    int b, B, n_var;
-    cudaGraph_t g = NULL;
-    cublasStatus_t bs;
+    int b, p, B, T, n_var;
+    const char *env = getenv("NGX_GPU_MIXED_GRAPHS");
 
     for (B = 1; B < cap && e->n_buckets < MAX_BUCKETS - 1; B *= 2) {
         e->buckets[e->n_buckets++] = B;
@@ -1078,48 +1132,16 @@ make_graphs(cu_engine_t *e, char *err, size_t errlen)
         B = e->buckets[b];
         n_var = 3 * B;
         stage_pad(e, 0, B, &n_var);
-        CU_TRY(cudaMemcpyAsync(e->d_stage, e->h_stage,
-                               e->var_off + (size_t) n_var * 4,
-                               cudaMemcpyHostToDevice, e->stream),
-               "warm-up upload");
-        bs = forward(e, B, B, 0);
-        CU_TRY(cudaStreamSynchronize(e->stream), "warm-up step");
-        CU_TRY(cudaGetLastError(), "warm-up step");
-        if (bs != CUBLAS_STATUS_SUCCESS) {
-            return cu_fail(err, errlen, "cuda engine: cuBLAS: %s",
-                           cublasGetStatusString(bs));
+        if (make_graph(e, B, B, 0, n_var, 1, &e->graphs[b], err, errlen)
+            != 0)
+        {
+            return -1;
         }
-        if (e->tune) {
-            tune_gemms(e, B);
-            CU_TRY(cudaStreamSynchronize(e->stream), "tuning");
-        }
-
-        CU_TRY(cudaStreamBeginCapture(e->stream,
-                                      cudaStreamCaptureModeThreadLocal),
-               "graph capture");
-        bs = forward(e, B, B, 0);
-        CU_TRY(cudaStreamEndCapture(e->stream, &g), "graph capture");
-        if (bs != CUBLAS_STATUS_SUCCESS) {
-            cudaGraphDestroy(g);
-            return cu_fail(err, errlen, "cuda engine: cuBLAS in a graph: %s",
-                           cublasGetStatusString(bs));
-        }
-        CU_TRY(cudaGraphInstantiate(&e->graphs[b], g, 0), "graph instantiate");
-        cudaGraphDestroy(g);
-        g = NULL;
     }
-
-    /* mixed: bucket b's rows, then room for a chunk of mixp[p] tokens;
-     * the warm-up and the capture run on padding only.
-     * NGX_GPU_MIXED_GRAPHS=0: none (such steps run eagerly) */
-    if (getenv("NGX_GPU_MIXED_GRAPHS") != NULL
-        && strcmp(getenv("NGX_GPU_MIXED_GRAPHS"), "0") == 0)
-    {
+    if (env != NULL && strcmp(env, "0") == 0) {
         return 0;
     }
     for (b = 0; b < e->n_buckets; b++) {
-        int p, T;
-
         B = e->buckets[b];
         for (p = 0; p < MIX_BUCKETS; p++) {
             T = B + mixp[p];
@@ -1128,44 +1150,14 @@ make_graphs(cu_engine_t *e, char *err, size_t errlen)
             }
             n_var = 3 * T;
             stage_pad_mixed(e, 0, 0, T, 0, B, &n_var);
-            CU_TRY(cudaMemcpyAsync(e->d_stage, e->h_stage,
-                                   e->var_off + (size_t) n_var * 4,
-                                   cudaMemcpyHostToDevice, e->stream),
-                   "warm-up upload");
-            bs = forward(e, T, B, 1);
-            CU_TRY(cudaStreamSynchronize(e->stream), "warm-up step");
-            CU_TRY(cudaGetLastError(), "warm-up step");
-            if (bs != CUBLAS_STATUS_SUCCESS) {
-                return cu_fail(err, errlen, "cuda engine: cuBLAS: %s",
-                               cublasGetStatusString(bs));
+            if (make_graph(e, T, B, 1, n_var, 0, &e->mgraphs[b][p], err,
+                           errlen) != 0)
+            {
+                return -1;
             }
-            if (e->tune) {
-                tune_layer_gemms(e, T);
-                CU_TRY(cudaStreamSynchronize(e->stream), "tuning");
-            }
-            CU_TRY(cudaStreamBeginCapture(e->stream,
-                                          cudaStreamCaptureModeThreadLocal),
-                   "graph capture");
-            bs = forward(e, T, B, 1);
-            CU_TRY(cudaStreamEndCapture(e->stream, &g), "graph capture");
-            if (bs != CUBLAS_STATUS_SUCCESS) {
-                cudaGraphDestroy(g);
-                return cu_fail(err, errlen, "cuda engine: cuBLAS in a "
-                               "graph: %s", cublasGetStatusString(bs));
-            }
-            CU_TRY(cudaGraphInstantiate(&e->mgraphs[b][p], g, 0),
-                   "graph instantiate");
-            cudaGraphDestroy(g);
-            g = NULL;
         }
     }
     return 0;
-
-fail:
-    if (g != NULL) {
-        cudaGraphDestroy(g);
-    }
-    return -1;
 }
 
 /* --- create / destroy ---------------------------------------------------- */

@@ -30,6 +30,7 @@
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
+#include "cudnn_graph.h"
 #include "kernels_cuda.h"
 
 #define CK(x) do {                                                        \
@@ -48,170 +49,11 @@ static int n_sm;
 
 static char dnn_err[1024];
 
-/* record the first failure with its line and cuDNN's own reason */
-#define DN(x) do {                                                        \
-    cudnnStatus_t s_ = (x);                                               \
-    if (s_ != CUDNN_STATUS_SUCCESS) {                                     \
-        char why_[512] = "";                                              \
-        cudnnGetLastErrorString(why_, sizeof(why_));                      \
-        if (dnn_err[0] == '\0') {                                         \
-            snprintf(dnn_err, sizeof(dnn_err), "line %d: %s: %s: %s",     \
-                     __LINE__, #x, cudnnGetErrorString(s_), why_);        \
-        }                                                                 \
-        goto fail;                                                        \
-    }                                                                     \
-} while (0)
-
-typedef cudnnBackendDescriptor_t bd_t;
-
-/* every descriptor made for one graph, destroyed together */
-struct descs {
-    std::vector<bd_t> all;
-    bd_t make(cudnnBackendDescriptorType_t t) {
-        bd_t d = NULL;
-        if (cudnnBackendCreateDescriptor(t, &d) == CUDNN_STATUS_SUCCESS) {
-            all.push_back(d);
-        }
-        return d;
-    }
-    ~descs() {
-        for (size_t i = all.size(); i-- > 0;) {
-            cudnnBackendDestroyDescriptor(all[i]);
-        }
-    }
-};
-
-static bd_t
-tensor(descs &D, int64_t uid, cudnnDataType_t dt, const int64_t *dims,
-    const int64_t *strides, bool virt, bool by_value)
-{
-    bd_t t = D.make(CUDNN_BACKEND_TENSOR_DESCRIPTOR);
-    int64_t align = 16;
-
-    if (t == NULL) {
-        return NULL;
-    }
-    DN(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_DATA_TYPE,
-                                CUDNN_TYPE_DATA_TYPE, 1, &dt));
-    DN(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_DIMENSIONS,
-                                CUDNN_TYPE_INT64, 4, dims));
-    DN(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_STRIDES,
-                                CUDNN_TYPE_INT64, 4, strides));
-    DN(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_UNIQUE_ID,
-                                CUDNN_TYPE_INT64, 1, &uid));
-    DN(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT,
-                                CUDNN_TYPE_INT64, 1, &align));
-    DN(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_IS_VIRTUAL,
-                                CUDNN_TYPE_BOOLEAN, 1, &virt));
-    if (by_value) {
-        DN(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_IS_BY_VALUE,
-                                    CUDNN_TYPE_BOOLEAN, 1, &by_value));
-    }
-    DN(cudnnBackendFinalize(t));
-    return t;
-fail:
-    return NULL;
-}
-
-/* y = mode(x [, b] [, t]); axis >= 0 for GEN_INDEX */
-static bd_t
-pointwise(descs &D, cudnnPointwiseMode_t mode, cudnnDataType_t prec,
-    bd_t x, bd_t b, bd_t t, bd_t y, int64_t axis)
-{
-    bd_t pw = D.make(CUDNN_BACKEND_POINTWISE_DESCRIPTOR);
-    bd_t op = D.make(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR);
-
-    if (pw == NULL || op == NULL || x == NULL || y == NULL) {
-        return NULL;
-    }
-    DN(cudnnBackendSetAttribute(pw, CUDNN_ATTR_POINTWISE_MODE,
-                                CUDNN_TYPE_POINTWISE_MODE, 1, &mode));
-    DN(cudnnBackendSetAttribute(pw, CUDNN_ATTR_POINTWISE_MATH_PREC,
-                                CUDNN_TYPE_DATA_TYPE, 1, &prec));
-    if (axis >= 0) {
-        DN(cudnnBackendSetAttribute(pw, CUDNN_ATTR_POINTWISE_AXIS,
-                                    CUDNN_TYPE_INT64, 1, &axis));
-    }
-    DN(cudnnBackendFinalize(pw));
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &pw));
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x));
-    if (b != NULL) {
-        DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC,
-                                    CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b));
-    }
-    if (t != NULL) {
-        DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_TDESC,
-                                    CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &t));
-    }
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y));
-    DN(cudnnBackendFinalize(op));
-    return op;
-fail:
-    return NULL;
-}
-
-static bd_t
-reduction(descs &D, cudnnReduceTensorOp_t rop, bd_t x, bd_t y)
-{
-    bd_t rd = D.make(CUDNN_BACKEND_REDUCTION_DESCRIPTOR);
-    bd_t op = D.make(CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR);
-    cudnnDataType_t f = CUDNN_DATA_FLOAT;
-
-    if (rd == NULL || op == NULL || x == NULL || y == NULL) {
-        return NULL;
-    }
-    DN(cudnnBackendSetAttribute(rd, CUDNN_ATTR_REDUCTION_OPERATOR,
-                                CUDNN_TYPE_REDUCTION_OPERATOR_TYPE, 1, &rop));
-    DN(cudnnBackendSetAttribute(rd, CUDNN_ATTR_REDUCTION_COMP_TYPE,
-                                CUDNN_TYPE_DATA_TYPE, 1, &f));
-    DN(cudnnBackendFinalize(rd));
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_REDUCTION_XDESC,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x));
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_REDUCTION_YDESC,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y));
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_REDUCTION_DESC,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &rd));
-    DN(cudnnBackendFinalize(op));
-    return op;
-fail:
-    return NULL;
-}
-
-static bd_t
-matmul(descs &D, bd_t a, bd_t b, bd_t c)
-{
-    bd_t mm = D.make(CUDNN_BACKEND_MATMUL_DESCRIPTOR);
-    bd_t op = D.make(CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR);
-    cudnnDataType_t f = CUDNN_DATA_FLOAT;
-
-    if (mm == NULL || op == NULL || a == NULL || b == NULL || c == NULL) {
-        return NULL;
-    }
-    DN(cudnnBackendSetAttribute(mm, CUDNN_ATTR_MATMUL_COMP_TYPE,
-                                CUDNN_TYPE_DATA_TYPE, 1, &f));
-    DN(cudnnBackendFinalize(mm));
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_ADESC,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &a));
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_BDESC,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b));
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_CDESC,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c));
-    DN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_DESC,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &mm));
-    DN(cudnnBackendFinalize(op));
-    return op;
-fail:
-    return NULL;
-}
-
 enum { U_Q = 1, U_K, U_V, U_O, U_SCALE, U_NEGINF, U_VIRT = 100 };
 
 /* one finalized plan per engine configuration that accepts the graph */
 struct sdpa_plans {
-    descs D;
+    cg_descs D;
     std::vector<bd_t> plans;
     std::vector<int64_t> ws;
     int causal;
@@ -227,7 +69,7 @@ static int
 build_sdpa(cudnnHandle_t h, sdpa_plans &P, int B, int Hq, int Hk, int Sq,
     int Skv, int Dh, int causal, int stats)
 {
-    descs &D = P.D;
+    cg_descs &D = P.D;
     cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f = CUDNN_DATA_FLOAT;
     cudnnDataType_t bo = CUDNN_DATA_BOOLEAN;
     int64_t q_dim[4] = { B, Hq, Sq, Dh };
@@ -243,117 +85,64 @@ build_sdpa(cudnnHandle_t h, sdpa_plans &P, int B, int Hq, int Hk, int Sq,
     int64_t one[4] = { 1, 1, 1, 1 };
     int64_t uid = U_VIRT;
     std::vector<bd_t> ops;
-    bd_t q, kt, v, o, scale, s, ss, last, mx, sub, ex, sum, p, g, heur, cfgs[8];
-    int64_t n_cfg = 0;
-    cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
+    bd_t q, kt, v, o, scale, s, ss, last, mx, sub, ex, sum, p;
 
     P.causal = causal;
-    q = tensor(D, U_Q, bf, q_dim, q_str, false, false);
-    kt = tensor(D, U_K, bf, kt_dim, kt_str, false, false);
-    v = tensor(D, U_V, bf, v_dim, v_str, false, false);
-    o = tensor(D, U_O, bf, q_dim, q_str, false, false);
-    scale = tensor(D, U_SCALE, f, one, one, false, true);
-    s = tensor(D, uid++, f, s_dim, s_str, true, false);
-    ss = tensor(D, uid++, f, s_dim, s_str, true, false);
-    ops.push_back(matmul(D, q, kt, s));
-    ops.push_back(pointwise(D, CUDNN_POINTWISE_MUL, f, s, scale, NULL, ss,
-                            -1));
+    D.why = dnn_err;
+    D.why_len = sizeof(dnn_err);
+    q = cg_tensor(D, U_Q, bf, q_dim, q_str, false, false, NULL);
+    kt = cg_tensor(D, U_K, bf, kt_dim, kt_str, false, false, NULL);
+    v = cg_tensor(D, U_V, bf, v_dim, v_str, false, false, NULL);
+    o = cg_tensor(D, U_O, bf, q_dim, q_str, false, false, NULL);
+    scale = cg_tensor(D, U_SCALE, f, one, one, false, true, NULL);
+    s = cg_tensor(D, uid++, f, s_dim, s_str, true, false, NULL);
+    ss = cg_tensor(D, uid++, f, s_dim, s_str, true, false, NULL);
+    ops.push_back(cg_matmul(D, q, kt, s, NULL, NULL, NULL));
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_MUL, f, s, scale, NULL, ss,
+                               -1));
     last = ss;
     if (causal) {
-        bd_t row = tensor(D, uid++, f, s_dim, s_str, true, false);
-        bd_t col = tensor(D, uid++, f, s_dim, s_str, true, false);
-        bd_t ge = tensor(D, uid++, bo, s_dim, s_str, true, false);
-        bd_t ninf = tensor(D, U_NEGINF, f, one, one, false, true);
-        bd_t masked = tensor(D, uid++, f, s_dim, s_str, true, false);
+        bd_t row = cg_tensor(D, uid++, f, s_dim, s_str, true, false, NULL);
+        bd_t col = cg_tensor(D, uid++, f, s_dim, s_str, true, false, NULL);
+        bd_t ge = cg_tensor(D, uid++, bo, s_dim, s_str, true, false, NULL);
+        bd_t ninf = cg_tensor(D, U_NEGINF, f, one, one, false, true, NULL);
+        bd_t masked = cg_tensor(D, uid++, f, s_dim, s_str, true, false, NULL);
 
-        ops.push_back(pointwise(D, CUDNN_POINTWISE_GEN_INDEX, f, last, NULL,
-                                NULL, row, 2));
-        ops.push_back(pointwise(D, CUDNN_POINTWISE_GEN_INDEX, f, last, NULL,
-                                NULL, col, 3));
-        ops.push_back(pointwise(D, CUDNN_POINTWISE_CMP_GE, bo, row, col, NULL,
-                                ge, -1));
-        ops.push_back(pointwise(D, CUDNN_POINTWISE_BINARY_SELECT, f, last,
-                                ninf, ge, masked, -1));
+        ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_GEN_INDEX, f, last, NULL,
+                                   NULL, row, 2));
+        ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_GEN_INDEX, f, last, NULL,
+                                   NULL, col, 3));
+        ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_CMP_GE, bo, row, col,
+                                   NULL, ge, -1));
+        ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_BINARY_SELECT, f, last,
+                                   ninf, ge, masked, -1));
         last = masked;
     }
-    mx = tensor(D, uid++, f, r_dim, r_str, true, false);
-    sub = tensor(D, uid++, f, s_dim, s_str, true, false);
-    ex = tensor(D, uid++, f, s_dim, s_str, true, false);
-    sum = tensor(D, uid++, f, r_dim, r_str, true, false);
-    p = tensor(D, uid++, bf, s_dim, s_str, true, false);
-    ops.push_back(reduction(D, CUDNN_REDUCE_TENSOR_MAX, last, mx));
-    ops.push_back(pointwise(D, CUDNN_POINTWISE_SUB, f, last, mx, NULL, sub,
-                            -1));
-    ops.push_back(pointwise(D, CUDNN_POINTWISE_EXP, f, sub, NULL, NULL, ex,
-                            -1));
-    ops.push_back(reduction(D, CUDNN_REDUCE_TENSOR_ADD, ex, sum));
+    mx = cg_tensor(D, uid++, f, r_dim, r_str, true, false, NULL);
+    sub = cg_tensor(D, uid++, f, s_dim, s_str, true, false, NULL);
+    ex = cg_tensor(D, uid++, f, s_dim, s_str, true, false, NULL);
+    sum = cg_tensor(D, uid++, f, r_dim, r_str, true, false, NULL);
+    p = cg_tensor(D, uid++, bf, s_dim, s_str, true, false, NULL);
+    ops.push_back(cg_reduction(D, CUDNN_REDUCE_TENSOR_MAX, last, mx));
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_SUB, f, last, mx, NULL, sub,
+                               -1));
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_EXP, f, sub, NULL, NULL, ex,
+                               -1));
+    ops.push_back(cg_reduction(D, CUDNN_REDUCE_TENSOR_ADD, ex, sum));
     if (stats) {
-        bd_t lg = tensor(D, uid++, f, r_dim, r_str, true, false);
-        bd_t st = tensor(D, uid++, f, r_dim, r_str, true, false);
-        ops.push_back(pointwise(D, CUDNN_POINTWISE_LOG, f, sum, NULL, NULL,
-                                lg, -1));
-        ops.push_back(pointwise(D, CUDNN_POINTWISE_ADD, f, mx, lg, NULL, st,
-                                -1));
+        bd_t lg = cg_tensor(D, uid++, f, r_dim, r_str, true, false, NULL);
+        bd_t st = cg_tensor(D, uid++, f, r_dim, r_str, true, false, NULL);
+        ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_LOG, f, sum, NULL, NULL,
+                                   lg, -1));
+        ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_ADD, f, mx, lg, NULL, st,
+                                   -1));
     }
-    ops.push_back(pointwise(D, CUDNN_POINTWISE_DIV, f, ex, sum, NULL, p, -1));
-    ops.push_back(matmul(D, p, v, o));
-    for (size_t i = 0; i < ops.size(); i++) {
-        if (ops[i] == NULL) {
-            return -1;
-        }
-    }
+    ops.push_back(cg_pointwise(D, CUDNN_POINTWISE_DIV, f, ex, sum, NULL, p,
+                               -1));
+    ops.push_back(cg_matmul(D, p, v, o, NULL, NULL, NULL));
 
-    g = D.make(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
-    DN(cudnnBackendSetAttribute(g, CUDNN_ATTR_OPERATIONGRAPH_HANDLE,
-                                CUDNN_TYPE_HANDLE, 1, &h));
-    DN(cudnnBackendSetAttribute(g, CUDNN_ATTR_OPERATIONGRAPH_OPS,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                                (int64_t) ops.size(), ops.data()));
-    DN(cudnnBackendFinalize(g));
-
-    heur = D.make(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
-    DN(cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g));
-    DN(cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_MODE,
-                                CUDNN_TYPE_HEUR_MODE, 1, &mode));
-    DN(cudnnBackendFinalize(heur));
-    for (int i = 0; i < 8; i++) {
-        cfgs[i] = D.make(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
-    }
-    DN(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 8, &n_cfg,
-                                cfgs));
-    for (int i = 0; i < n_cfg; i++) {
-        bd_t plan = D.make(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
-        int64_t ws = 0, n = 0;
-
-        if (cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE,
-                                     CUDNN_TYPE_HANDLE, 1, &h)
-            || cudnnBackendSetAttribute(plan,
-                   CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
-                   CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfgs[i])
-            || cudnnBackendFinalize(plan))
-        {
-            char why[512] = "";
-            cudnnGetLastErrorString(why, sizeof(why));
-            if (dnn_err[0] == '\0') {
-                snprintf(dnn_err, sizeof(dnn_err), "plan %d of %d: %s", i,
-                         (int) n_cfg, why);
-            }
-            continue;
-        }
-        cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                                 CUDNN_TYPE_INT64, 1, &n, &ws);
-        P.plans.push_back(plan);
-        P.ws.push_back(ws);
-    }
-    if (P.plans.empty() && dnn_err[0] == '\0') {
-        snprintf(dnn_err, sizeof(dnn_err), "heuristics gave %d engine "
-                 "configurations, none finalized", (int) n_cfg);
-    }
-    return P.plans.empty() ? -1 : 0;
-fail:
-    return -1;
+    /* every configuration the heuristics offer, to be timed */
+    return cg_plans(D, h, ops, INT64_MAX, P.plans, P.ws) > 0 ? 0 : -1;
 }
 
 static cudnnStatus_t

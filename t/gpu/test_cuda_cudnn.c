@@ -16,6 +16,7 @@
 #include <cuda_runtime_api.h>
 
 #include "unit.h"
+#include "gpu_test.h"
 #include "kernels_cuda.h"
 #include "sampler.h"
 
@@ -31,40 +32,6 @@ nrand(void)
         a += (float) (sampler_next(&rng_state) >> 40) / 8388608.0f - 1.0f;
     }
     return a;
-}
-
-static void *
-dalloc(size_t n)
-{
-    void *d = NULL;
-
-    if (cudaMalloc(&d, n) != cudaSuccess) {
-        fprintf(stderr, "cudaMalloc %zu failed\n", n);
-        exit(1);
-    }
-    cudaMemset(d, 0xff, n);                 /* NaN in every float type */
-    return d;
-}
-
-static void *
-dput(const void *h, size_t n)
-{
-    void *d = dalloc(n);
-
-    cudaMemcpy(d, h, n, cudaMemcpyHostToDevice);
-    return d;
-}
-
-static int
-sync_ok(const char *what)
-{
-    cudaError_t r = cudaDeviceSynchronize();
-
-    if (r == cudaSuccess) {
-        r = cudaGetLastError();
-    }
-    CHECK(r == cudaSuccess, "%s: %s", what, cudaGetErrorString(r));
-    return r == cudaSuccess;
 }
 
 /* a step: n items, item i n_of[i] tokens from position first[i] */

@@ -15,6 +15,7 @@
 #include <cublas_v2.h>
 
 #include "unit.h"
+#include "gpu_test.h"
 #include "kernels_cuda.h"
 #include "gemm_cuda.h"
 #include "gemv_cuda.h"
@@ -26,19 +27,6 @@ static float
 frand(void)                     /* uniform in [-1, 1) */
 {
     return (float) (sampler_next(&rng_state) >> 40) / 8388608.0f - 1.0f;
-}
-
-static void *
-dalloc(size_t n)
-{
-    void *d = NULL;
-
-    if (cudaMalloc(&d, n) != cudaSuccess) {
-        fprintf(stderr, "cudaMalloc %zu failed\n", n);
-        exit(1);
-    }
-    cudaMemset(d, 0xff, n);                 /* NaN in every float type */
-    return d;
 }
 
 /* n random values, rounded in place to dt, copied to the device in dt */

@@ -15,6 +15,7 @@
 #include <cuda_runtime_api.h>
 
 #include "unit.h"
+#include "gpu_test.h"
 #include "kernels_cuda.h"
 #include "sampler.h"
 
@@ -36,28 +37,6 @@ static double
 tol_of(kc_dtype_t dt)
 {
     return dt == KC_F32 ? 2e-5 : dt == KC_BF16 ? 1e-2 : 2e-3;
-}
-
-static void *
-dalloc(size_t n)
-{
-    void *d = NULL;
-
-    if (cudaMalloc(&d, n) != cudaSuccess) {
-        fprintf(stderr, "cudaMalloc %zu failed\n", n);
-        exit(1);
-    }
-    cudaMemset(d, 0xff, n);                 /* NaN in every float type */
-    return d;
-}
-
-static void *
-dput(const void *h, size_t n)
-{
-    void *d = dalloc(n);
-
-    cudaMemcpy(d, h, n, cudaMemcpyHostToDevice);
-    return d;
 }
 
 /* host f32 -> device dtype; h is rounded in place to what the device
@@ -98,18 +77,6 @@ rel_err(const float *a, const double *b, size_t n)
         den += b[i] * b[i];
     }
     return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
-static int
-sync_ok(const char *what)
-{
-    cudaError_t r = cudaDeviceSynchronize();
-
-    if (r == cudaSuccess) {
-        r = cudaGetLastError();
-    }
-    CHECK(r == cudaSuccess, "%s: %s", what, cudaGetErrorString(r));
-    return r == cudaSuccess;
 }
 
 /* a step's inputs on the device */
