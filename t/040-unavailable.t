@@ -8,12 +8,7 @@ use NgxGpuTest;
 start_backend(args => ['--device', 'cpu', '--slots', '1',
                        '--step-delay-us', '5000']);
 
-add_block_preprocessor(sub {
-    my $block = shift;
-    $block->set_value('main_config',
-        'load_module $TEST_NGINX_GPU_MODULE;')
-        unless defined $block->main_config;
-});
+add_block_preprocessor { gpu_block_defaults($_[0]) };
 
 no_shuffle();
 run_tests();

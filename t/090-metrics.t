@@ -5,12 +5,7 @@ use NgxGpuTest;
 
 start_backend(args => ['--device', 'cpu']);
 
-add_block_preprocessor(sub {
-    my $block = shift;
-    $block->set_value('main_config',
-        'load_module $TEST_NGINX_GPU_MODULE;')
-        unless defined $block->main_config;
-    $block->set_value('config', <<'CONF') unless defined $block->config;
+add_block_preprocessor { gpu_block_defaults($_[0], <<'CONF') };
 location /v1/ {
     gpu_pass unix:$TEST_NGINX_GPU_SOCKET;
 }
@@ -21,7 +16,6 @@ location = /health {
     gpu_health;
 }
 CONF
-});
 
 no_shuffle();
 run_tests();

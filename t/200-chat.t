@@ -28,17 +28,11 @@ our $n_multi = hf_tokens('[{"role":"system","content":"You tell stories."},'
     . '"content":"upon a time"},{"role":"user","content":"Go on\n  "}]');
 our $n_parts = hf_tokens('[{"role":"user","content":"Lily\nand Tim"}]');
 
-add_block_preprocessor(sub {
-    my $block = shift;
-    $block->set_value('main_config',
-        'load_module $TEST_NGINX_GPU_MODULE;')
-        unless defined $block->main_config;
-    $block->set_value('config', <<'CONF') unless defined $block->config;
+add_block_preprocessor { gpu_block_defaults($_[0], <<'CONF') };
 location /v1/ {
     gpu_pass unix:$TEST_NGINX_GPU_SOCKET;
 }
 CONF
-});
 
 no_shuffle();
 run_tests();

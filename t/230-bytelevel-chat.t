@@ -32,17 +32,11 @@ our @pieces = map { bytes_of($_) } ('Hello', '!', ' The', ' llama', ' ',
 our $head = qr/data: \{"id":"chatcmpl-[0-9a-f]{24}","object":"chat\.completion\.chunk","created":\d+,"model":"scripted-qwen3","choices":\[\{"index":0,/;
 our $stream = join('', map { "$head\"delta\":\\{\"content\":\"\Q$_\E\"\\},\"logprobs\":null,\"finish_reason\":null\\}\\]\\}\\n\\n" } @pieces);
 
-add_block_preprocessor(sub {
-    my $block = shift;
-    $block->set_value('main_config',
-        'load_module $TEST_NGINX_GPU_MODULE;')
-        unless defined $block->main_config;
-    $block->set_value('config', <<'CONF') unless defined $block->config;
+add_block_preprocessor { gpu_block_defaults($_[0], <<'CONF') };
 location /v1/ {
     gpu_pass unix:$TEST_NGINX_GPU_SOCKET;
 }
 CONF
-});
 
 no_shuffle();
 run_tests();

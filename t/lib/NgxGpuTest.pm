@@ -31,7 +31,7 @@ use Time::HiRes qw(sleep time);
 our @EXPORT = qw(start_backend stop_backend backend_log backend_server_pid
                  kill_backend_in wait_backend_restart http_request http_abort
                  http_concurrent model_dir_or_skip free_port fake_peer
-                 start_gpu_nginx);
+                 start_gpu_nginx gpu_block_defaults);
 
 my $dir = "/tmp/ngx-gpu-t-$$";
 our $last_killed;                   # pid kill_backend_in() aimed at
@@ -253,6 +253,19 @@ sub http_concurrent {
         push @res, [$st, $b, $secs];
     }
     return @res;
+}
+
+
+# what most suites' block preprocessor does, as
+#   add_block_preprocessor { gpu_block_defaults($_[0], <<'CONF') };
+# the module loaded in main_config, and $config (when given) as the
+# --- config of a block that has none
+sub gpu_block_defaults {
+    my ($block, $config) = @_;
+    $block->set_value('main_config', 'load_module $TEST_NGINX_GPU_MODULE;')
+        unless defined $block->main_config;
+    $block->set_value('config', $config)
+        if defined $config && !defined $block->config;
 }
 
 
