@@ -235,7 +235,7 @@ gpu_channel_claim(gpu_channel_header_t *h, uint32_t owner, uint32_t hint)
         s = gpu_channel_slot(h, idx);
 
         if (__atomic_load_n(&s->state, __ATOMIC_RELAXED) == GPU_SLOT_FREE
-            && gpu_slot_cas(s, GPU_SLOT_FREE, GPU_SLOT_CLAIMED))
+            && gpu_slot_cas(s, GPU_SLOT_FREE, GPU_SLOT_CLAIMED_BY(owner)))
         {
             s->owner = owner;
             s->n_prompt_tokens = 0;
@@ -299,7 +299,7 @@ gpu_channel_cancel(gpu_channel_header_t *h, uint32_t slot)
     for ( ;; ) {
         st = gpu_load_acquire(&s->state);
 
-        switch (st) {
+        switch (GPU_SLOT_STATE(st)) {
 
         case GPU_SLOT_SUBMITTED:
         case GPU_SLOT_RUNNING:
@@ -324,4 +324,44 @@ void
 gpu_channel_release(gpu_channel_header_t *h, uint32_t slot)
 {
     gpu_store_release(&gpu_channel_slot(h, slot)->state, GPU_SLOT_FREE);
+}
+
+
+uint32_t
+gpu_channel_drop_owner(gpu_channel_header_t *h, uint32_t owner)
+{
+    uint32_t     k, st, held = 0;
+    gpu_slot_t  *s;
+
+    for (k = 0; k < h->n_slots; k++) {
+        s = gpu_channel_slot(h, k);
+        st = gpu_load_acquire(&s->state);
+
+        switch (GPU_SLOT_STATE(st)) {
+
+        case GPU_SLOT_CLAIMED:
+            /* the owner is in the state word: no window between the
+             * claim and the owner's store */
+            if (GPU_SLOT_OWNER(st) == (owner & 0xffffffu)
+                && gpu_slot_cas(s, st, GPU_SLOT_FREE))
+            {
+                held++;
+            }
+            break;
+
+        case GPU_SLOT_SUBMITTED:
+        case GPU_SLOT_RUNNING:
+        case GPU_SLOT_DONE:
+            /* s->owner was written before SUBMITTED was published */
+            if (s->owner == owner) {
+                gpu_channel_cancel(h, k);
+                held++;
+            }
+            break;
+
+        default:                            /* FREE, CANCELLED */
+            break;
+        }
+    }
+    return held;
 }

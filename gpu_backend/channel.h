@@ -39,7 +39,7 @@
 #include <stddef.h>
 
 #define GPU_CHANNEL_MAGIC    0x4e475055u   /* "NGPU" */
-#define GPU_CHANNEL_VERSION  3u
+#define GPU_CHANNEL_VERSION  4u
 
 #define GPU_MODEL_NAME_LEN   128
 #define GPU_ENGINE_NAME_LEN  32
@@ -69,6 +69,16 @@ typedef enum {
     GPU_SLOT_DONE,
     GPU_SLOT_CANCELLED
 } gpu_slot_state_e;
+
+/*
+ * A slot's state word holds the state in its low 8 bits; CLAIMED also
+ * carries the claiming worker's id (its low 24 bits) above them, so that
+ * one compare-and-swap both claims a slot and names its owner, and a
+ * worker that dies holding a claim leaves a slot the backend can free.
+ */
+#define GPU_SLOT_STATE(st)      ((st) & 0xffu)
+#define GPU_SLOT_OWNER(st)      ((st) >> 8)
+#define GPU_SLOT_CLAIMED_BY(w)  (GPU_SLOT_CLAIMED | (((w) & 0xffffffu) << 8))
 
 typedef enum {
     GPU_PROMPT_TEXT = 0,            /* prompt area holds UTF-8 bytes */
@@ -367,5 +377,12 @@ int gpu_channel_cancel(gpu_channel_header_t *h, uint32_t slot);
 
 /* worker side: answer sent, DONE -> FREE */
 void gpu_channel_release(gpu_channel_header_t *h, uint32_t slot);
+
+/*
+ * backend side: worker `owner` went away.  Its claimed and done slots
+ * become FREE, its submitted and running ones CANCELLED (the scheduler
+ * frees them); returns how many slots it held.
+ */
+uint32_t gpu_channel_drop_owner(gpu_channel_header_t *h, uint32_t owner);
 
 #endif /* GPU_CHANNEL_H */

@@ -313,29 +313,17 @@ server_accept(server_t *srv)
 static void
 server_drop(server_t *srv, int i)
 {
-    uint32_t     k, st;
-    gpu_slot_t  *slot;
+    uint32_t     held;
     conn_t      *c = &srv->conns[i];
 
     epoll_ctl(srv->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     c->fd = -1;
 
-    /*
-     * A slot's owner is written before SUBMITTED is published, so it can
-     * be trusted in every state but CLAIMED, where another worker may be
-     * between its claim and its owner store; a worker that dies inside
-     * that window of a few instructions is not handled.
-     */
-    for (k = 0; k < srv->h->n_slots; k++) {
-        slot = gpu_channel_slot(srv->h, k);
-        st = gpu_load_acquire(&slot->state);
-
-        if (st != GPU_SLOT_FREE && st != GPU_SLOT_CLAIMED
-            && st != GPU_SLOT_CANCELLED && slot->owner == c->worker_id)
-        {
-            gpu_channel_cancel(srv->h, k);
-        }
+    held = gpu_channel_drop_owner(srv->h, c->worker_id);
+    if (held > 0) {
+        log_info("nginx worker %u left %u request slot(s): freed or "
+                 "cancelled", c->worker_id, held);
     }
 
     log_info("nginx worker disconnected (id %u)", c->worker_id);

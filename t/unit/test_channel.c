@@ -226,8 +226,9 @@ test_slot_states(void)
 
     a = gpu_channel_claim(h, 3, 0);
     s = gpu_channel_slot(h, (uint32_t) a);
-    CHECK(a >= 0 && s->state == GPU_SLOT_CLAIMED && s->owner == 3,
-          "claim sets state and owner");
+    CHECK(a >= 0 && GPU_SLOT_STATE(s->state) == GPU_SLOT_CLAIMED
+          && GPU_SLOT_OWNER(s->state) == 3 && s->owner == 3,
+          "claim sets state and owner, the owner in the state word too");
 
     /* cancel of a claimed slot frees it at once */
     CHECK(gpu_channel_cancel(h, (uint32_t) a) == 0
@@ -260,6 +261,51 @@ test_slot_states(void)
 }
 
 
+/*
+ * A worker that goes away: its slots in every state come back (claimed
+ * and done ones FREE, submitted and running ones CANCELLED for the
+ * backend to free), other workers' stay as they are.  A claim names its
+ * owner in the state word, so a slot claimed by a worker that died
+ * before its next store is freed too.
+ */
+static void
+test_drop_owner(void)
+{
+    gpu_channel_header_t  *h = make_region(8);
+    int64_t                c5, d5, s5, r5, c6, s6;
+    uint32_t               held;
+
+    c5 = gpu_channel_claim(h, 5, 0);
+    gpu_channel_slot(h, (uint32_t) c5)->owner = 99;   /* store not made */
+    d5 = gpu_channel_claim(h, 5, 0);
+    gpu_channel_slot(h, (uint32_t) d5)->state = GPU_SLOT_DONE;
+    s5 = gpu_channel_claim(h, 5, 0);
+    gpu_channel_submit(h, (uint32_t) s5);
+    r5 = gpu_channel_claim(h, 5, 0);
+    gpu_channel_submit(h, (uint32_t) r5);
+    gpu_channel_slot(h, (uint32_t) r5)->state = GPU_SLOT_RUNNING;
+    c6 = gpu_channel_claim(h, 6, 0);
+    s6 = gpu_channel_claim(h, 6, 0);
+    gpu_channel_submit(h, (uint32_t) s6);
+
+    held = gpu_channel_drop_owner(h, 5);
+    CHECK(held == 4, "worker 5 held 4 slots (%u)", held);
+    CHECK(gpu_channel_slot(h, (uint32_t) c5)->state == GPU_SLOT_FREE,
+          "its claimed slot is free, though its owner store never came");
+    CHECK(gpu_channel_slot(h, (uint32_t) d5)->state == GPU_SLOT_FREE,
+          "its done slot is free");
+    CHECK(gpu_channel_slot(h, (uint32_t) s5)->state == GPU_SLOT_CANCELLED
+          && gpu_channel_slot(h, (uint32_t) r5)->state == GPU_SLOT_CANCELLED,
+          "its submitted and running slots are cancelled");
+    CHECK(GPU_SLOT_STATE(gpu_channel_slot(h, (uint32_t) c6)->state)
+          == GPU_SLOT_CLAIMED
+          && gpu_channel_slot(h, (uint32_t) s6)->state == GPU_SLOT_SUBMITTED,
+          "worker 6's slots are untouched");
+    CHECK(gpu_channel_drop_owner(h, 5) == 0, "nothing left for worker 5");
+    munmap(h, h->region_size);
+}
+
+
 int
 main(void)
 {
@@ -268,5 +314,6 @@ main(void)
     test_ring_concurrent();
     test_claim_concurrent();
     test_slot_states();
+    test_drop_owner();
     return unit_report("test_channel");
 }
