@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "carve.h"
 #include "engine_impl.h"
 #include "cpu_threads.h"
 #include "kernels_cpu.h"
@@ -335,22 +336,6 @@ cpu_step(void *impl, const kv_pool_t *kv, const engine_item_t *items, int n,
 
 /* --- create / destroy ------------------------------------------------ */
 
-/* carve aligned arrays out of one allocation: first pass sizes, second
- * pass (base != NULL) hands out pointers */
-typedef struct {
-    char    *base;
-    size_t   used;
-} carve_t;
-
-static void *
-carve(carve_t *cv, size_t bytes)
-{
-    void *p = cv->base ? cv->base + cv->used : NULL;
-
-    cv->used += (bytes + ALIGN - 1) & ~(size_t) (ALIGN - 1);
-    return p;
-}
-
 /* a matrix for k_matmul: the [N_i, K] tensors in t[] stacked into one
  * [sum N_i, K] (all converted to f32 first), then packed */
 static float *
@@ -513,7 +498,7 @@ cpu_create(const model_t *m, const engine_opts_t *o, int device,
     }
 
     /* weights: size, allocate, convert */
-    cv = (carve_t) { NULL, 0 };
+    cv = (carve_t) { NULL, 0, ALIGN };
     carve_weights(e, m, &cv);
     cv.base = e->wbuf = aligned_alloc(ALIGN, cv.used);
     if (e->wbuf == NULL) {
@@ -548,7 +533,7 @@ cpu_create(const model_t *m, const engine_opts_t *o, int device,
         }
     }
 
-    cv = (carve_t) { NULL, 0 };
+    cv = (carve_t) { NULL, 0, ALIGN };
     carve_acts(e, cpu_threads_count(e->threads), &cv);
     cv.base = e->abuf = aligned_alloc(ALIGN, cv.used);
     if (e->abuf == NULL) {

@@ -31,6 +31,7 @@
 #include <cublas_v2.h>
 
 extern "C" {
+#include "carve.h"
 #include "engine_impl.h"
 #include "log.h"
 #include "sampler.h"
@@ -196,20 +197,6 @@ dev_alloc(cu_engine_t *e, void *pp, size_t bytes)
         e->allocs_after_start++;
     }
     return cudaMalloc((void **) pp, bytes);
-}
-
-typedef struct {
-    char    *base;
-    size_t   used;
-} carve_t;
-
-static void *
-carve(carve_t *cv, size_t bytes)
-{
-    void *p = cv->base ? cv->base + cv->used : NULL;
-
-    cv->used += (bytes + ALIGN - 1) & ~(size_t) (ALIGN - 1);
-    return p;
 }
 
 static kc_dtype_t
@@ -1261,11 +1248,11 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
     }
 
     /* sizes first: refuse a model that cannot fit, with the numbers */
-    cv = carve_t { NULL, 0 };
+    cv = carve_t { NULL, 0, ALIGN };
     carve_weights(e, &cv);
     e->wbytes = cv.used;
     stage_layout(e);
-    cv = carve_t { NULL, 0 };
+    cv = carve_t { NULL, 0, ALIGN };
     carve_acts(e, &cv);
     e->abytes = cv.used;
     CU_TRY(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
@@ -1280,13 +1267,13 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
     }
 
     CU_TRY(dev_alloc(e, &e->wbuf, e->wbytes), "weights");
-    cv = carve_t { e->wbuf, 0 };
+    cv = carve_t { e->wbuf, 0, ALIGN };
     carve_weights(e, &cv);
     if (upload_weights(e, m, err, errlen) != 0) {
         goto fail;
     }
     CU_TRY(dev_alloc(e, &e->abuf, e->abytes), "activations");
-    cv = carve_t { e->abuf, 0 };
+    cv = carve_t { e->abuf, 0, ALIGN };
     carve_acts(e, &cv);
     CU_TRY(cudaMemset(e->abuf, 0, e->abytes), "activations");
     e->dst = stage_ptrs(e, e->d_stage);
