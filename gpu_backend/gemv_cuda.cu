@@ -55,27 +55,13 @@ w8_f32(const w8_t<float> &c, float *f)
 __device__ __forceinline__ void
 w8_f32(const w8_t<__nv_bfloat16> &c, float *f)
 {
-    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(c.v);
-
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float2 v = __bfloat1622float2(h[i]);
-        f[2 * i] = v.x;
-        f[2 * i + 1] = v.y;
-    }
+    kc_unpack8(c.v[0], (const __nv_bfloat16 *) NULL, f);
 }
 
 __device__ __forceinline__ void
 w8_f32(const w8_t<__half> &c, float *f)
 {
-    const __half2 *h = reinterpret_cast<const __half2 *>(c.v);
-
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float2 v = __half22float2(h[i]);
-        f[2 * i] = v.x;
-        f[2 * i + 1] = v.y;
-    }
+    kc_unpack8(c.v[0], (const __half *) NULL, f);
 }
 
 /* UNROLL chunks of R rows from column k0 on, 32 * 8 elements apart */

@@ -57,10 +57,11 @@ kc_load8(const float *p, float *f)
     f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
 }
 
+/* 8 values of a 2-byte type, loaded as one uint4, as f32; the pointer
+ * argument only names the type */
 __device__ __forceinline__ void
-kc_load8(const __nv_bfloat16 *p, float *f)
+kc_unpack8(uint4 u, const __nv_bfloat16 *, float *f)
 {
-    uint4 u = *reinterpret_cast<const uint4 *>(p);
     const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
 
 #pragma unroll
@@ -72,9 +73,8 @@ kc_load8(const __nv_bfloat16 *p, float *f)
 }
 
 __device__ __forceinline__ void
-kc_load8(const __half *p, float *f)
+kc_unpack8(uint4 u, const __half *, float *f)
 {
-    uint4 u = *reinterpret_cast<const uint4 *>(p);
     const __half2 *h = reinterpret_cast<const __half2 *>(&u);
 
 #pragma unroll
@@ -83,6 +83,18 @@ kc_load8(const __half *p, float *f)
         f[2 * i] = v.x;
         f[2 * i + 1] = v.y;
     }
+}
+
+__device__ __forceinline__ void
+kc_load8(const __nv_bfloat16 *p, float *f)
+{
+    kc_unpack8(*reinterpret_cast<const uint4 *>(p), p, f);
+}
+
+__device__ __forceinline__ void
+kc_load8(const __half *p, float *f)
+{
+    kc_unpack8(*reinterpret_cast<const uint4 *>(p), p, f);
 }
 
 __device__ __forceinline__ float
