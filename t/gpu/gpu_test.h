@@ -2,7 +2,7 @@
  * gpu_test.h - what the GPU tests share: device buffers poisoned with NaN
  * (so an element a kernel should have written and did not fails its
  * check), uploads, and a synchronisation that checks for errors.  Needs
- * unit.h (CHECK) and cuda_runtime_api.h first.
+ * unit.h (CHECK, math.h) and cuda_runtime_api.h first.
  */
 
 #ifndef NGX_GPU_GPU_TEST_H
@@ -43,6 +43,51 @@ sync_ok(const char *what)
     }
     CHECK(r == cudaSuccess, "%s: %s", what, cudaGetErrorString(r));
     return r == cudaSuccess;
+}
+
+/*
+ * o[hd] = softmax(q K^T / sqrt(hd)) V in doubles, over positions 0 .. ctx
+ * - 1 of a paged f32 cache laid out as the engine's (block b of a layer
+ * at b * bstride: bs rows of K, then bs rows of V, kv_dim wide; the head
+ * at koff); tab is the item's block table, sc scratch for ctx scores.
+ * Returns the softmax's sum.
+ */
+static inline double
+ref_attention_row(double *o, const float *q, const float *cache,
+    const int32_t *tab, size_t bstride, int bs, int kv_dim, size_t koff,
+    int ctx, int hd, double *sc)
+{
+    double mx = -INFINITY, sum = 0;
+    int p, d;
+
+    for (p = 0; p < ctx; p++) {
+        const float *k = cache + tab[p / bs] * bstride
+                         + (size_t) (p % bs) * kv_dim + koff;
+        double a = 0;
+        for (d = 0; d < hd; d++) {
+            a += (double) q[d] * k[d];
+        }
+        sc[p] = a / sqrt((double) hd);
+        mx = sc[p] > mx ? sc[p] : mx;
+    }
+    for (p = 0; p < ctx; p++) {
+        sc[p] = exp(sc[p] - mx);
+        sum += sc[p];
+    }
+    for (d = 0; d < hd; d++) {
+        o[d] = 0;
+    }
+    for (p = 0; p < ctx; p++) {
+        const float *v = cache + tab[p / bs] * bstride + (size_t) bs * kv_dim
+                         + (size_t) (p % bs) * kv_dim + koff;
+        for (d = 0; d < hd; d++) {
+            o[d] += sc[p] * v[d];
+        }
+    }
+    for (d = 0; d < hd; d++) {
+        o[d] /= sum;
+    }
+    return sum;
 }
 
 #endif /* NGX_GPU_GPU_TEST_H */

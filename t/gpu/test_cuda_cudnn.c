@@ -137,37 +137,8 @@ static void
 ref_row(double *o, const float *q, const prob_t *P, const int32_t *tab,
     size_t koff, int ctx, double *sc)
 {
-    int kv_dim = P->KV * P->hd, p, d, hd = P->hd, bs = P->bs;
-    double mx = -INFINITY, sum = 0;
-
-    for (p = 0; p < ctx; p++) {
-        const float *k = P->cache + tab[p / bs] * P->bstride
-                         + (size_t) (p % bs) * kv_dim + koff;
-        double a = 0;
-        for (d = 0; d < hd; d++) {
-            a += (double) q[d] * k[d];
-        }
-        sc[p] = a / sqrt((double) hd);
-        mx = sc[p] > mx ? sc[p] : mx;
-    }
-    for (p = 0; p < ctx; p++) {
-        sc[p] = exp(sc[p] - mx);
-        sum += sc[p];
-    }
-    for (d = 0; d < hd; d++) {
-        o[d] = 0;
-    }
-    for (p = 0; p < ctx; p++) {
-        const float *v = P->cache + tab[p / bs] * P->bstride
-                         + (size_t) bs * kv_dim + (size_t) (p % bs) * kv_dim
-                         + koff;
-        for (d = 0; d < hd; d++) {
-            o[d] += sc[p] * v[d];
-        }
-    }
-    for (d = 0; d < hd; d++) {
-        o[d] /= sum;
-    }
+    ref_attention_row(o, q, P->cache, tab, P->bstride, P->bs,
+                      P->KV * P->hd, koff, ctx, P->hd, sc);
 }
 
 static kc_dnn_shape_t

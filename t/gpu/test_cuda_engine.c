@@ -327,7 +327,7 @@ test_errors(void)
 static void
 test_hf(void)
 {
-    char names[32][128], path[1024], err[512];
+    char names[32][128], err[512];
     int n = hf_list(names, 32), i, d;
     static const char *dts[3] = { "float32", "bfloat16", "float16" };
 
@@ -339,20 +339,8 @@ test_hf(void)
         model_t m;
         hf_refs_t r;
 
-        if (snprintf(path, sizeof(path), "%s/%s", hf_fixtures_dir(),
-                     names[i]) >= (int) sizeof(path)) {
-            continue;
-        }
-        if (model_load(path, &m, err, sizeof(err)) != 0) {
+        if (hf_fixture_load(names[i], &m, &r, err, sizeof(err)) != 0) {
             CHECK(0, "%s: %s", names[i], err);
-            continue;
-        }
-        if (snprintf(path, sizeof(path), "%s/%s/refs.bin",
-                     hf_fixtures_dir(), names[i]) >= (int) sizeof(path)
-            || hf_refs_load(path, &r) != 0)
-        {
-            CHECK(0, "%s: cannot read", path);
-            model_free(&m);
             continue;
         }
         for (d = 0; d < 3; d++) {

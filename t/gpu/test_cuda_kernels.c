@@ -473,44 +473,6 @@ test_attention(kc_dtype_t dt, int H, int KV, int hd, int bs, int n_split,
  * on the H100 1.3e-3 to 2.5e-3 (bf16) and 1.6e-4 to 3.1e-4 (f16), the
  * output's own rounding included: 4x under tol_of() in the worst case.
  */
-static double
-ref_row(double *o, const float *q, const float *cache, const int32_t *tab,
-    size_t bstride, int bs, int kv_dim, size_t koff, int ctx, int hd,
-    double *sc)
-{
-    double mx = -INFINITY, sum = 0;
-    int p, d;
-
-    for (p = 0; p < ctx; p++) {
-        const float *k = cache + tab[p / bs] * bstride
-                         + (size_t) (p % bs) * kv_dim + koff;
-        double a = 0;
-        for (d = 0; d < hd; d++) {
-            a += (double) q[d] * k[d];
-        }
-        sc[p] = a / sqrt((double) hd);
-        mx = sc[p] > mx ? sc[p] : mx;
-    }
-    for (p = 0; p < ctx; p++) {
-        sc[p] = exp(sc[p] - mx);
-        sum += sc[p];
-    }
-    for (d = 0; d < hd; d++) {
-        o[d] = 0;
-    }
-    for (p = 0; p < ctx; p++) {
-        const float *v = cache + tab[p / bs] * bstride + (size_t) bs * kv_dim
-                         + (size_t) (p % bs) * kv_dim + koff;
-        for (d = 0; d < hd; d++) {
-            o[d] += sc[p] * v[d];
-        }
-    }
-    for (d = 0; d < hd; d++) {
-        o[d] /= sum;
-    }
-    return sum;
-}
-
 static void
 test_attention_prefill(kc_dtype_t dt, int H, int KV, int hd, int bs,
     int n_q, int start, int every, float q_gain, int n_split)
@@ -595,10 +557,11 @@ test_attention_prefill(kc_dtype_t dt, int H, int KV, int hd, int bs,
             continue;
         }
         for (h = 0; h < H; h++) {
-            ref_row(ref + (size_t) n_rows * hd, qkv + (size_t) t * qkv_dim
-                    + (size_t) h * hd, cache,
-                    tables + item_table[tok[t].item], bstride, bs, kv_dim,
-                    (size_t) (h / group) * hd, tok[t].pos + 1, hd, sc);
+            ref_attention_row(ref + (size_t) n_rows * hd,
+                              qkv + (size_t) t * qkv_dim + (size_t) h * hd,
+                              cache, tables + item_table[tok[t].item],
+                              bstride, bs, kv_dim, (size_t) (h / group) * hd,
+                              tok[t].pos + 1, hd, sc);
             n_rows++;
         }
     }

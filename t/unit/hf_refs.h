@@ -142,6 +142,36 @@ hf_refs_load(const char *path, hf_refs_t *r)
     return 0;
 }
 
+
+/*
+ * Fixture `name`: its model into m and its references into r; 0, or -1
+ * with err set (then nothing is left to free).
+ */
+static inline int
+hf_fixture_load(const char *name, model_t *m, hf_refs_t *r, char *err,
+    size_t errlen)
+{
+    char path[4096];
+
+    if (snprintf(path, sizeof(path), "%s/%s", hf_fixtures_dir(), name)
+        >= (int) sizeof(path))
+    {
+        snprintf(err, errlen, "%.200s: path too long", name);
+        return -1;
+    }
+    if (model_load(path, m, err, errlen) != 0) {
+        return -1;
+    }
+    if (snprintf(path, sizeof(path), "%s/%s/refs.bin", hf_fixtures_dir(),
+                 name) >= (int) sizeof(path)
+        || hf_refs_load(path, r) != 0)
+    {
+        snprintf(err, errlen, "%.400s: cannot read", path);
+        model_free(m);
+        return -1;
+    }
+    return 0;
+}
 /* ||a - b|| / ||b|| over one row; NaN anywhere gives infinity */
 static inline double
 hf_rel_err(const float *a, const float *b, int n)

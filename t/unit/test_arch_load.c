@@ -11,6 +11,7 @@
 
 #include "unit.h"
 #include "model.h"
+#include "st_files.h"
 
 static char tmpdir[256];
 
@@ -85,11 +86,9 @@ static void
 write_tiny(const char *dir, const tiny_t *t, const char *extra,
     const char *skip, const char *bad, const char *odd)
 {
-    static const unsigned char zeros[4096];
     ten_t ts[32];
     char path[512], json[8192], *p = json;
     size_t off = 0;
-    uint64_t hl;
     int n = tensors(t, ts), i;
     FILE *f;
 
@@ -123,43 +122,13 @@ write_tiny(const char *dir, const tiny_t *t, const char *extra,
         off += bytes;
     }
     p += sprintf(p, "}");
-    snprintf(path, sizeof(path), "%s/model.safetensors", dir);
-    f = fopen(path, "wb");
-    hl = strlen(json);
-    for (i = 0; i < 8; i++) {
-        fputc((int) ((hl >> (8 * i)) & 0xff), f);
-    }
-    fwrite(json, 1, hl, f);
-    while (off > 0) {
-        size_t k = off < sizeof(zeros) ? off : sizeof(zeros);
-        fwrite(zeros, 1, k, f);
-        off -= k;
-    }
-    fclose(f);
+    st_write_zeros(dir, json, off);
 }
 
-static void
-expect_load_fail(const char *dir, const char *what, const char *s1,
-    const char *s2)
-{
-    char err[512] = "";
-    model_t m;
-    int rc = model_load(dir, &m, err, sizeof(err));
-
-    CHECK(rc != 0, "%s: loaded", what);
-    if (rc == 0) {
-        model_free(&m);
-        return;
-    }
-    CHECK(strstr(err, "model.safetensors") != NULL, "%s: \"%s\" does not "
-          "name the file", what, err);
-    CHECK(strstr(err, s1) != NULL, "%s: \"%s\" lacks \"%s\"", what, err, s1);
-    if (s2) {
-        CHECK(strstr(err, s2) != NULL, "%s: \"%s\" lacks \"%s\"", what, err,
-              s2);
-    }
-    printf("  %-28s -> %s\n", what, err);
-}
+/* the loader refuses dir, naming model.safetensors and saying s1 (and
+ * s2) */
+#define expect_load_fail(dir, what, s1, s2)                               \
+    st_expect_load_fail((dir), (what), "model.safetensors", (s1), (s2))
 
 static const tiny_t qwen2 = { "Qwen2ForCausalLM", 1, 0, 0, 1 };
 static const tiny_t glm = { "GlmForCausalLM", 1, 1, 0, 0 };

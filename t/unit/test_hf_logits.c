@@ -22,7 +22,7 @@
 int
 main(void)
 {
-    char names[32][128], path[1024], err[512];
+    char names[32][128], err[512];
     int n = hf_list(names, 32), i;
 
     if (n == 0) {
@@ -36,20 +36,8 @@ main(void)
         engine_t *e;
         double together, alone;
 
-        if (snprintf(path, sizeof(path), "%s/%s", hf_fixtures_dir(),
-                     names[i]) >= (int) sizeof(path)) {
-            continue;
-        }
-        if (model_load(path, &m, err, sizeof(err)) != 0) {
+        if (hf_fixture_load(names[i], &m, &r, err, sizeof(err)) != 0) {
             CHECK(0, "%s: %s", names[i], err);
-            continue;
-        }
-        if (snprintf(path, sizeof(path), "%s/%s/refs.bin",
-                     hf_fixtures_dir(), names[i]) >= (int) sizeof(path)
-            || hf_refs_load(path, &r) != 0)
-        {
-            CHECK(0, "%s: cannot read", path);
-            model_free(&m);
             continue;
         }
         e = hf_engine(&m, &r, "cpu", NULL, 1024, err, sizeof(err));

@@ -11,6 +11,7 @@
 #include "unit.h"
 #include "model.h"
 #include "safetensors.h"
+#include "st_files.h"
 
 static char tmpdir[256];
 
@@ -356,7 +357,6 @@ static void
 write_tiny(const char *dir, int tied, const char *skip, const char *bad,
     const char *odd, int bf16)
 {
-    static float zeros[TV * TD * 2];
     char path[512], json[8192], *p = json;
     size_t off = 0, esize = bf16 ? 2 : 4, i;
     const char *dt = bf16 ? "BF16" : "F32";
@@ -399,47 +399,12 @@ write_tiny(const char *dir, int tied, const char *skip, const char *bad,
         off += n * (isodd ? 4 : esize);
     }
     p += sprintf(p, "}");
-    {
-        char st[600];
-        unsigned char le[8];
-        uint64_t hl = strlen(json);
-        FILE *f;
-        snprintf(st, sizeof(st), "%s/model.safetensors", dir);
-        f = fopen(st, "wb");
-        for (i = 0; i < 8; i++) {
-            le[i] = (unsigned char) (hl >> (8 * i));
-        }
-        fwrite(le, 1, 8, f);
-        fwrite(json, 1, hl, f);
-        while (off > 0) {
-            size_t k = off < sizeof(zeros) ? off : sizeof(zeros);
-            fwrite(zeros, 1, k, f);
-            off -= k;
-        }
-        fclose(f);
-    }
+    st_write_zeros(dir, json, off);
 }
 
-static void
-expect_load_fail(const char *dir, const char *what, const char *s1,
-    const char *s2)
-{
-    char err[512] = "";
-    model_t m;
-    int rc = model_load(dir, &m, err, sizeof(err));
-
-    CHECK(rc != 0, "%s: loaded", what);
-    if (rc == 0) {
-        model_free(&m);
-        return;
-    }
-    CHECK(strstr(err, s1) != NULL, "%s: \"%s\" lacks \"%s\"", what, err, s1);
-    if (s2) {
-        CHECK(strstr(err, s2) != NULL, "%s: \"%s\" lacks \"%s\"", what, err,
-              s2);
-    }
-    printf("  %-28s -> %s\n", what, err);
-}
+/* the loader refuses dir, saying s1 (and s2) */
+#define expect_load_fail(dir, what, s1, s2)                               \
+    st_expect_load_fail((dir), (what), (s1), (s2), NULL)
 
 static void
 test_model_load(void)
