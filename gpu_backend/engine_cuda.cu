@@ -404,11 +404,20 @@ carve_acts(cu_engine_t *e, carve_t *cv)
     }
 }
 
-/* the staging layout: per-row arrays of max_seqs, then tokens and tables */
+/* items (and rows) the per-row arrays hold: max_seqs and a mixed graph's
+ * padding item */
+static size_t
+stage_items(const cu_engine_t *e)
+{
+    return (size_t) e->max_seqs + 1;
+}
+
+/* the staging layout: per-row arrays of stage_items(), then tokens and
+ * tables */
 static void
 stage_layout(cu_engine_t *e)
 {
-    size_t S = (size_t) e->max_seqs + 1;    /* + a mixed graph's padding */
+    size_t S = stage_items(e);
     size_t var = 3 * (size_t) e->max_tokens
                  + S * (size_t) e->max_blocks + S + 1;
 
@@ -420,7 +429,7 @@ stage_layout(cu_engine_t *e)
 static kc_step_t
 stage_ptrs(cu_engine_t *e, char *base)
 {
-    size_t S = (size_t) e->max_seqs + 1;
+    size_t S = stage_items(e);
     kc_step_t st;
 
     st.item_table = (const int32_t *) base;
@@ -437,7 +446,7 @@ stage_ptrs(cu_engine_t *e, char *base)
 static ks_rows_t
 stage_rows(cu_engine_t *e, char *base)
 {
-    size_t S = (size_t) e->max_seqs + 1;
+    size_t S = stage_items(e);
     ks_rows_t rw;
 
     rw.top_k = (const int32_t *) (base + 5 * S * 4);
