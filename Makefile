@@ -4,6 +4,8 @@
 SHELL      := /bin/bash
 TOP        := $(CURDIR)
 B          := $(TOP)/build
+# the nginx build runs in NGINX_SRC: a relative B= must mean this folder's
+override B := $(abspath $(B))
 NGINX_SRC  ?= /usr/share/nginx/src
 NGINX_BIN  ?= /usr/sbin/nginx
 PORT       ?= 8080

@@ -111,6 +111,8 @@ static u_char *ngx_http_gpu_upstream_prometheus(u_char *p, u_char *last,
     ngx_http_gpu_upstream_snapshot_t *snap, ngx_uint_t n);
 static u_char *ngx_http_gpu_upstream_fixed(u_char *p, u_char *last,
     ngx_uint_t value, ngx_uint_t scale);
+static ngx_msec_t ngx_http_gpu_upstream_age(ngx_msec_t now,
+    ngx_msec_t then);
 static u_char *ngx_http_gpu_upstream_escape(u_char *p, u_char *last,
     ngx_str_t *s);
 
@@ -309,7 +311,8 @@ ngx_http_gpu_upstream_snapshot(ngx_http_gpu_upstream_srv_conf_t *gucf,
             snap[i].backup = backup;
             snap[i].weight = peer->weight;
             snap[i].st = sh->peer[i];
-            snap[i].load_age = msec - sh->peer[i].load_time;
+            snap[i].load_age = ngx_http_gpu_upstream_age(msec,
+                                                    sh->peer[i].load_time);
 
             if (peer->down) {
                 snap[i].state = NGX_HTTP_GPU_PEER_DOWN;
@@ -359,7 +362,8 @@ ngx_http_gpu_upstream_json(u_char *p, u_char *last,
     p = ngx_slprintf(p, last, "\",\"interval_ms\":%M,\"updates\":%uA,"
                      "\"updated_ms_ago\":%M,\"peers\":[",
                      gucf->interval, gucf->sh->updates,
-                     (ngx_msec_t) (ngx_current_msec - gucf->sh->updated));
+                     ngx_http_gpu_upstream_age(ngx_current_msec,
+                                               gucf->sh->updated));
 
     for (i = 0; i < n; i++) {
         s = &snap[i];
@@ -616,6 +620,15 @@ ngx_http_gpu_upstream_fixed(u_char *p, u_char *last, ngx_uint_t value,
 
 
 /* for JSON strings and Prometheus label values alike */
+
+/* another worker's cached clock may be a few milliseconds ahead of ours */
+
+static ngx_msec_t
+ngx_http_gpu_upstream_age(ngx_msec_t now, ngx_msec_t then)
+{
+    return (ngx_msec_int_t) (now - then) > 0 ? now - then : 0;
+}
+
 
 static u_char *
 ngx_http_gpu_upstream_escape(u_char *p, u_char *last, ngx_str_t *s)

@@ -571,16 +571,24 @@ ngx_http_gpu_upstream_tier(ngx_http_gpu_upstream_srv_conf_t *gucf,
         /* probed back in: the backoff doubles every interval */
 
         if (st->backoff < NGX_HTTP_GPU_UPSTREAM_ONE
-            && now - st->backoff_time >= gucf->interval)
+            && (ngx_msec_int_t) (now - st->backoff_time)
+               >= (ngx_msec_int_t) gucf->interval)
         {
             st->backoff = ngx_min(st->backoff * 2,
                                   NGX_HTTP_GPU_UPSTREAM_ONE);
             st->backoff_time = now;
         }
 
-        /* no answer for a while: the figures count less every interval */
+        /*
+         * no answer for a while: the figures count less every interval;
+         * the times are signed differences, as another worker's cached
+         * clock may be a few milliseconds ahead of this one's
+         */
 
-        if (st->samples && now - st->sample_time > stale) {
+        if (st->samples
+            && (ngx_msec_int_t) (now - st->sample_time)
+               > (ngx_msec_int_t) stale)
+        {
             st->samples = ngx_min(st->samples, NGX_HTTP_GPU_CONFIDENT) - 1;
         }
 
