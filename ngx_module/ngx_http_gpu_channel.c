@@ -20,6 +20,13 @@
 #define NGX_HTTP_GPU_RECONNECT_RAND  101
 #define NGX_HTTP_GPU_POLL            1000
 
+/*
+ * a backend sends its hello as it accepts; one that accepted (the kernel
+ * queues a connection even to a stopped process) and said nothing for this
+ * long is given up on and connected to anew, and the log says so
+ */
+#define NGX_HTTP_GPU_HELLO_TIMEOUT   10000
+
 
 static void ngx_http_gpu_backend_connect(ngx_http_gpu_backend_t *b);
 static void ngx_http_gpu_backend_reconnect_handler(ngx_event_t *ev);
@@ -380,6 +387,9 @@ ngx_http_gpu_backend_connect(ngx_http_gpu_backend_t *b)
     rev->handler = ngx_http_gpu_backend_read_handler;
     wev->handler = ngx_http_gpu_backend_dummy_handler;
 
+    /* the hello timer must not hold up a graceful shutdown */
+    rev->cancelable = 1;
+
     if (ngx_add_conn) {
         if (ngx_add_conn(c) == NGX_ERROR) {
             goto failed;
@@ -419,6 +429,8 @@ ngx_http_gpu_backend_connect(ngx_http_gpu_backend_t *b)
 
     b->connection = c;
     b->hello_len = 0;
+
+    ngx_add_timer(rev, NGX_HTTP_GPU_HELLO_TIMEOUT);
 
     return;
 
@@ -462,8 +474,22 @@ ngx_http_gpu_backend_read_handler(ngx_event_t *rev)
                    "gpu backend read handler: \"%V\"", &b->name);
 
     if (b->region == NULL) {
+
+        if (rev->timedout) {
+            ngx_log_error(NGX_LOG_ERR, b->log, NGX_ETIMEDOUT,
+                          "gpu backend \"%V\" accepted the connection but "
+                          "sent no hello in %M ms, reconnecting",
+                          &b->name, (ngx_msec_t) NGX_HTTP_GPU_HELLO_TIMEOUT);
+            ngx_http_gpu_backend_lost(b);
+            return;
+        }
+
         if (ngx_http_gpu_backend_hello(b) != NGX_OK) {
             return;
+        }
+
+        if (rev->timer_set) {
+            ngx_del_timer(rev);
         }
     }
 
