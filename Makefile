@@ -11,6 +11,7 @@ NGINX_BIN  ?= /usr/sbin/nginx
 PORT       ?= 8080
 MODEL      ?=
 DEVICE     ?= auto
+CHAT_TEMPLATE ?=
 SHARED     ?= $(abspath $(TOP)/../shared)
 
 MODULE     := $(B)/nginx/ngx_http_gpu_module.so
@@ -61,7 +62,8 @@ models: $(STORIES)/config.json $(RANDOM_MODEL)/config.json
 
 run: deps build $(RANDOM_MODEL)/config.json
 	@scripts/run-server start --port $(PORT) --device $(DEVICE) \
-	    $(if $(MODEL),--model $(MODEL))
+	    $(if $(MODEL),--model $(MODEL)) \
+	    $(if $(CHAT_TEMPLATE),--chat-template $(CHAT_TEMPLATE))
 
 stop:
 	@scripts/run-server stop
