@@ -97,6 +97,7 @@ typedef struct {
     size_t                          zone_size;
 
     ngx_msec_t                      interval;
+    ngx_msec_t                      stale;
     ngx_uint_t                      queue_weight;
     ngx_uint_t                      kv_weight;
     ngx_uint_t                      latency_weight;

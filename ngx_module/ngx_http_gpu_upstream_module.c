@@ -18,7 +18,7 @@
  * requests in flight per weight.
  *
  *
- * Syntax:  gpu_adaptive [zone=name[:size]] [interval=time]
+ * Syntax:  gpu_adaptive [zone=name[:size]] [interval=time] [stale=time]
  *              [queue_weight=number] [kv_weight=number]
  *              [latency_weight=number] [inflight_weight=number]
  *              [backoff=number] [overload_kv=number]
@@ -30,8 +30,9 @@
  *     parameters weight, max_fails, fail_timeout, max_conns, down and
  *     backup keep their meaning.  Defaults: a zone named
  *     "gpu_adaptive_<upstream>" sized for its servers, interval=500ms,
- *     queue_weight=0.5, kv_weight=1, latency_weight=2, inflight_weight=1,
- *     backoff=0.1, overload_kv=0.95, overload_queue=0 (off).
+ *     stale=10 intervals, queue_weight=0.5, kv_weight=1,
+ *     latency_weight=2, inflight_weight=1, backoff=0.1, overload_kv=0.95,
+ *     overload_queue=0 (off).
  *
  * Syntax:  gpu_upstream_status;
  * Default: -
@@ -924,6 +925,7 @@ ngx_http_gpu_upstream_create_conf(ngx_conf_t *cf)
      */
 
     conf->interval = 500;
+    conf->stale = NGX_CONF_UNSET_MSEC;
     conf->queue_weight = 500;
     conf->kv_weight = 1000;
     conf->latency_weight = 2000;
@@ -1039,6 +1041,25 @@ ngx_http_gpu_adaptive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strncmp(value[i].data, "stale=", 6) == 0) {
+
+            s.data = value[i].data + 6;
+            s.len = value[i].len - 6;
+
+            ms = ngx_parse_time(&s, 0);
+
+            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0 || ms > 3600000) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid stale \"%V\", it must be "
+                                   "from 1ms to 1h", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            gucf->stale = ms;
+
+            continue;
+        }
+
         if (ngx_strncmp(value[i].data, "overload_queue=", 15) == 0) {
 
             n = ngx_atoi(value[i].data + 15, value[i].len - 15);
@@ -1096,6 +1117,10 @@ ngx_http_gpu_adaptive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid parameter \"%V\"", &value[i]);
         return NGX_CONF_ERROR;
+    }
+
+    if (gucf->stale == NGX_CONF_UNSET_MSEC) {
+        gucf->stale = 10 * gucf->interval;
     }
 
     return NGX_CONF_OK;

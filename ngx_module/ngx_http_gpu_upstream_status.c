@@ -359,9 +359,9 @@ ngx_http_gpu_upstream_json(u_char *p, u_char *last,
     p = ngx_http_gpu_upstream_escape(p, last, &gucf->upstream->host);
     p = ngx_slprintf(p, last, "\":{\"zone\":\"");
     p = ngx_http_gpu_upstream_escape(p, last, &gucf->zone_name);
-    p = ngx_slprintf(p, last, "\",\"interval_ms\":%M,\"updates\":%uA,"
-                     "\"updated_ms_ago\":%M,\"peers\":[",
-                     gucf->interval, gucf->sh->updates,
+    p = ngx_slprintf(p, last, "\",\"interval_ms\":%M,\"stale_ms\":%M,"
+                     "\"updates\":%uA,\"updated_ms_ago\":%M,\"peers\":[",
+                     gucf->interval, gucf->stale, gucf->sh->updates,
                      ngx_http_gpu_upstream_age(ngx_current_msec,
                                                gucf->sh->updated));
 

@@ -32,9 +32,10 @@
  *
  * conf, from 0 to 1, is the confidence in a peer's figures: a quarter
  * more with each of its first four answers, a quarter less every interval
- * once ten intervals passed without an answer.  So a peer starts from the
- * average, a peer that was not picked for a while (too slow, or failed) is
- * probed back in from the average, and one outlying answer moves little.
+ * once the stale time (default ten intervals) passed without an answer.
+ * So a peer starts from the average, a peer that was not picked for a
+ * while (too slow, or failed) is probed back in from the average, and one
+ * outlying answer moves little.
  *
  * A peer that failed, timed out, answered 429 or 503, or reported itself
  * overloaded has its backoff (and its weight, at once) multiplied by the
@@ -49,7 +50,6 @@
 
 #define NGX_HTTP_GPU_SOURCES      3        /* node, first byte, response */
 #define NGX_HTTP_GPU_BACKOFF_MIN  10       /* 1% */
-#define NGX_HTTP_GPU_STALE        10       /* intervals */
 #define NGX_HTTP_GPU_CONFIDENT    4        /* answers */
 #define NGX_HTTP_GPU_NOISE        5000     /* microseconds */
 #define NGX_HTTP_GPU_NOISE_TPOT   20
@@ -530,7 +530,7 @@ ngx_http_gpu_upstream_tier(ngx_http_gpu_upstream_srv_conf_t *gucf,
     ngx_http_gpu_upstream_shctx_t  *sh;
 
     sh = gucf->sh;
-    stale = NGX_HTTP_GPU_STALE * gucf->interval;
+    stale = gucf->stale;
 
     if (base + peers->number > sh->number) {
         return;

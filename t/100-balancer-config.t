@@ -44,7 +44,7 @@ my $servers = "server 127.0.0.1:8081; server 127.0.0.1:8082;";
 ok_conf('no parameters', "upstream u { gpu_adaptive; $servers }");
 
 ok_conf('every parameter',
-    "upstream u { gpu_adaptive zone=gpu_u:256k interval=250ms "
+    "upstream u { gpu_adaptive zone=gpu_u:256k interval=250ms stale=4s "
     . "queue_weight=0.75 kv_weight=2 latency_weight=1.5 inflight_weight=0.5 "
     . "backoff=0.25 overload_kv=0.9 overload_queue=32; $servers }");
 
@@ -90,6 +90,10 @@ bad_conf('a bad interval',
 bad_conf('a bad interval unit',
     "upstream u { gpu_adaptive interval=fast; $servers }",
     qr/\[emerg\] \d+#\d+: invalid interval "interval=fast"/);
+
+bad_conf('a bad stale time',
+    "upstream u { gpu_adaptive stale=0; $servers }",
+    qr/\[emerg\] \d+#\d+: invalid stale "stale=0", it must be from 1ms to 1h/);
 
 bad_conf('a coefficient that is no number',
     "upstream u { gpu_adaptive queue_weight=high; $servers }",

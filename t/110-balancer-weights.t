@@ -3,7 +3,9 @@
 # X-GPU-Load header the client asks them for (X-Load-A: ... for node A),
 # so every load a test needs is one request header away.  Two workers
 # share the weights and counters through the zone; keepalive wraps the
-# balancer.
+# balancer.  stale=3s: a node the tests keep out must not be probed back in
+# before a phase ends, however slowly a loaded machine runs it (TEST 3
+# waits for the probing).
 use lib 't/lib';
 use Test::Nginx::Socket 'no_plan';
 use NgxGpuTest;
@@ -51,6 +53,16 @@ sub drive {
     return \%got;
 }
 
+# B reports busy; an update passes.  How far B's weight falls depends on
+# how many answers it gave before the first update (a quarter of the
+# confidence each): about 0.3 of C's after one, 0.06 after four.  Once it
+# is the lightest, sequential requests never pick it (of two choices the
+# lighter loses), so a slow machine leaves it at one answer until stale.
+sub push_b_down {
+    drive(60, b => $busy);
+    Time::HiRes::sleep(0.25);
+}
+
 sub weights {
     my ($s) = @_;
     return join ' ', map { "$_=$s->{$_}{effective_weight}" } sort keys %$s;
@@ -67,7 +79,7 @@ add_block_preprocessor(sub {
         unless defined $block->main_config;
     $block->set_value('http_config', <<'CONF') unless defined $block->http_config;
 upstream pool {
-    gpu_adaptive interval=100ms;
+    gpu_adaptive interval=100ms stale=3s;
     server 127.0.0.1:$TEST_NGINX_NODE_A weight=2;
     server 127.0.0.1:$TEST_NGINX_NODE_B;
     server 127.0.0.1:$TEST_NGINX_NODE_C;
@@ -137,18 +149,17 @@ Test::More::is($sum, 120, 'the two workers count into one zone');
 --- request
 GET /status
 --- response_body_like chomp
-^\{"upstreams":\{"pool":\{"zone":"gpu_adaptive_pool","interval_ms":100,"updates":\d+,"updated_ms_ago":\d+,"peers":\[\{"server":"127\.0\.0\.1:\d+","backup":false,"state":"up","weight":2,"effective_weight":[\d.]+,"factor":[\d.]+,"latency_ratio":[\d.]+,"backoff":1,"inflight":0,"requests":\d+,"fails":0,"overloads":0,"reported":\{"age_ms":\d+,"queue":0,"running":2,"kv":0\.2,"latency_ms":40,"tpot_ms":1\},"response_ms":[\d.]+,"first_byte_ms":[\d.]+\},
+^\{"upstreams":\{"pool":\{"zone":"gpu_adaptive_pool","interval_ms":100,"stale_ms":3000,"updates":\d+,"updated_ms_ago":\d+,"peers":\[\{"server":"127\.0\.0\.1:\d+","backup":false,"state":"up","weight":2,"effective_weight":[\d.]+,"factor":[\d.]+,"latency_ratio":[\d.]+,"backoff":1,"inflight":0,"requests":\d+,"fails":0,"overloads":0,"reported":\{"age_ms":\d+,"queue":0,"running":2,"kv":0\.2,"latency_ms":40,"tpot_ms":1\},"response_ms":[\d.]+,"first_byte_ms":[\d.]+\},
 
 
 
 === TEST 2: B reports queueing, a full KV cache and slow tokens: its weight drops, it gets next to nothing
 --- init
-main::drive(60, b => $main::busy);
-Time::HiRes::sleep(0.25);
+main::push_b_down();
 my $got = main::drive(60, b => $main::busy);
 my $s = main::status();
 my ($a, $b, $c) = map { $s->{$_}{effective_weight} } qw(a b c);
-Test::More::ok($b < 0.2 * $c, "B's weight is down (" . main::weights($s) . ")");
+Test::More::ok($b < 0.35 * $c, "B's weight is down (" . main::weights($s) . ")");
 Test::More::ok($got->{b} <= 6, "B got $got->{b} of the next 60 requests");
 Test::More::is($got->{error}, 0, 'every request answered');
 Test::More::is($s->{b}{reported}{queue}, 6, 'the status shows what B reported');
@@ -169,15 +180,14 @@ location = /status {
 }
 --- init
 # a fresh nginx: first B is made to look busy, then everyone reports idle
-main::drive(60, b => $main::busy);
-Time::HiRes::sleep(0.25);
+main::push_b_down();
 main::drive(30, b => $main::busy);
 my $s = main::status();
-Test::More::ok($s->{b}{effective_weight} < 0.2 * $s->{c}{effective_weight},
+Test::More::ok($s->{b}{effective_weight} < 0.35 * $s->{c}{effective_weight},
                "B is down first (" . main::weights($s) . ")");
 my $t0 = Time::HiRes::time();
 my $back = 0;
-while (Time::HiRes::time() - $t0 < 5) {
+while (Time::HiRes::time() - $t0 < 10) {
     main::drive(10);
     $s = main::status();
     if ($s->{b}{effective_weight} > 0.7 * $s->{c}{effective_weight}) {
