@@ -174,6 +174,11 @@ typedef struct {
     ngx_uint_t                  n_sent;        /* tokens sent */
     uint64_t                    start_usec;    /* monotonic, arrival */
     uint64_t                    first_usec;    /* the first token seen */
+
+    /* for the variables: what the backend reported */
+    uint64_t                    first_token_ns;  /* CLOCK_REALTIME */
+    ngx_uint_t                  prompt_tokens;
+    ngx_uint_t                  finish;        /* gpu_finish_e */
     size_t                      out_sent;      /* text bytes streamed */
     ngx_uint_t                  lp_sent;       /* tokens whose logprobs
                                                   were streamed */
@@ -185,6 +190,7 @@ typedef struct {
     unsigned                    inflight:1;
     unsigned                    header_sent:1;
     unsigned                    role_sent:1;   /* chat: the first delta */
+    unsigned                    seen_prompt:1; /* prompt_tokens is set */
 } ngx_http_gpu_ctx_t;
 
 
@@ -227,6 +233,9 @@ void ngx_http_gpu_metrics_ttft(ngx_http_request_t *r);
 ngx_int_t ngx_http_gpu_metrics_send(ngx_http_request_t *r);
 u_char *ngx_http_gpu_metrics_label(u_char *p, u_char *last,
     ngx_str_t *value);
+
+/* ngx_http_gpu_variables.c */
+ngx_int_t ngx_http_gpu_add_variables(ngx_conf_t *cf);
 
 /* ngx_http_gpu_load.c */
 ngx_int_t ngx_http_gpu_load_init(ngx_conf_t *cf,

@@ -886,6 +886,12 @@ ngx_http_gpu_backend_progress(ngx_http_gpu_backend_t *b,
         goto answer;
     }
 
+    if (n > 0 && ctx->first_token_ns == 0) {
+        ctx->first_token_ns = s->first_token_ns;
+        ctx->prompt_tokens = s->n_prompt_tokens;
+        ctx->seen_prompt = 1;
+    }
+
     p.n_tokens = n;
     p.region = h;
     p.slot = s;
@@ -900,6 +906,17 @@ ngx_http_gpu_backend_progress(ngx_http_gpu_backend_t *b,
     p.out_len = gpu_load_acquire(&s->out_len);
     p.finish = s->finish_reason;
     p.n_prompt_tokens = s->n_prompt_tokens;
+
+    /* an answer without tokens (an end-of-sequence first) has these too */
+
+    if (ctx->first_token_ns == 0) {
+        ctx->first_token_ns = s->first_token_ns;
+    }
+
+    if (p.finish != GPU_FINISH_ERROR && p.finish != GPU_FINISH_ABORT) {
+        ctx->prompt_tokens = p.n_prompt_tokens;
+        ctx->seen_prompt = 1;
+    }
 
     if (p.out_len > p.out_cap) {
         ngx_log_error(NGX_LOG_ALERT, b->log, 0,
@@ -937,6 +954,10 @@ ngx_http_gpu_backend_progress(ngx_http_gpu_backend_t *b,
     }
 
 answer:
+
+    if (p.done) {
+        ctx->finish = p.finish;
+    }
 
     r = ctx->request;
     c = r->connection;

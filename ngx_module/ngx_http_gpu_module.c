@@ -170,7 +170,7 @@ static ngx_command_t  ngx_http_gpu_commands[] = {
 
 
 static ngx_http_module_t  ngx_http_gpu_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_gpu_add_variables,            /* preconfiguration */
     ngx_http_gpu_init,                     /* postconfiguration */
 
     ngx_http_gpu_create_main_conf,         /* create main configuration */
