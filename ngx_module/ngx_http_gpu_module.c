@@ -423,6 +423,15 @@ ngx_http_gpu_start(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx)
     r->read_event_handler = ngx_http_gpu_check_broken_connection;
     r->write_event_handler = ngx_http_gpu_write_handler;
 
+    /*
+     * a client that hung up right after its request: the end of the
+     * connection came with the body, and an edge-triggered event will not
+     * report it again, so look now (else the whole answer is generated)
+     */
+    if (r->connection->read->ready) {
+        ngx_post_event(r->connection->read, &ngx_posted_events);
+    }
+
     return NGX_DONE;
 }
 

@@ -44,3 +44,17 @@ POST /v1/completions
 --- error_code: 200
 --- response_body_like chomp
 "text":"Once upon a time,"
+
+
+
+=== TEST 3: the client hangs up right after sending a request that is not streamed: cancelled at once, not generated to its end (2 s)
+--- init
+my $got = NgxGpuTest::http_abort('POST', '/v1/completions',
+    '{"prompt":[1],"max_tokens":400,"temperature":0}', 0);
+Test::More::is($got, '', "hung up before any answer");
+Time::HiRes::sleep(0.3);
+--- request
+GET /metrics
+--- error_code: 200
+--- response_body_like chomp
+(?=.*\nngx_gpu_num_requests_running\{model="stories260K"\} 0\n)(?=.*\nngx_gpu_kv_cache_usage_ratio\{model="stories260K"\} 0\n)(?=.*\nngx_gpu_requests_total\{code="499"\} 1\n)
