@@ -165,7 +165,12 @@ ngx_http_gpu_channel_messages(ngx_http_gpu_params_t *params, char *dst)
         *p++ = (u_char) m[i].role;
         len = (uint32_t) m[i].content.len;
         p = ngx_cpymem(p, &len, sizeof(uint32_t));
-        p = ngx_cpymem(p, m[i].content.data, m[i].content.len);
+
+        /* "content": [] has no data at all */
+
+        if (len) {
+            p = ngx_cpymem(p, m[i].content.data, len);
+        }
     }
 
     return (uint32_t) (p - (u_char *) dst);

@@ -263,3 +263,13 @@ POST /v1/chat/completions
 --- error_code: 400
 --- response_body_like chomp
 "message":"Invalid type for `messages\[0\].content`: expected a string or an array of content parts"
+
+
+
+=== TEST 23: content as an empty array of parts is an empty message
+--- request
+POST /v1/chat/completions
+{"messages": [{"role": "system", "content": []}, {"role": "user", "content": "hi"}], "max_tokens": 2}
+--- error_code: 200
+--- response_body_like chomp
+"object":"chat\.completion",.*"completion_tokens":2,
