@@ -277,7 +277,7 @@ static int
 serve(options_t *o, int listen_fd, int ready_fd)
 {
     int                    memfd, ctx, kv_tokens, max_new, tok_bytes;
-    int                    lp_tokens;
+    int                    lp_tokens, rc;
     char                   err[1024], path[PATH_MAX];
     model_t                model;
     engine_t              *engine;
@@ -292,11 +292,21 @@ serve(options_t *o, int listen_fd, int ready_fd)
         return EXIT_CONFIG;
     }
 
+    /* everything below is freed at "done": a clean exit leaves nothing
+     * allocated, so a leak checker sees only what requests leaked */
+    rc = EXIT_CONFIG;
+    memfd = -1;
+    engine = NULL;
+    srv = NULL;
+    sched = NULL;
+    h = NULL;
+    memset(&chat, 0, sizeof(chat));
+
     snprintf(path, sizeof(path), "%s/tokenizer.json", o->model_dir);
     tok = tokenizer_load(path, err, sizeof(err));
     if (tok == NULL) {
         log_error("cannot load the tokenizer: %s", err);
-        return EXIT_CONFIG;
+        goto done;
     }
 
     /* config.json's eos_token_id decides; the tokenizer's only fills in */
@@ -309,14 +319,14 @@ serve(options_t *o, int listen_fd, int ready_fd)
         log_error("%s has %d tokens but %s/config.json says vocab_size %d",
                   path, tokenizer_vocab_size(tok), o->model_dir,
                   model.cfg.vocab_size);
-        return EXIT_CONFIG;
+        goto done;
     }
 
     if (chat_template_load(o->model_dir, o->chat_template, &chat, err,
                            sizeof(err)) != 0)
     {
         log_error("cannot load the chat template: %s", err);
-        return EXIT_CONFIG;
+        goto done;
     }
     chat_template_default_tokens(&chat,
                                  tokenizer_piece(tok, tokenizer_bos_id(tok)),
@@ -325,7 +335,7 @@ serve(options_t *o, int listen_fd, int ready_fd)
     engine = engine_create(&model, &o->engine, err, sizeof(err));
     if (engine == NULL) {
         log_error("cannot start the engine: %s", err);
-        return EXIT_CONFIG;
+        goto done;
     }
 
     /* the context a request may use: the model's, or what the cache holds */
@@ -360,7 +370,7 @@ serve(options_t *o, int listen_fd, int ready_fd)
                       &memfd, err, sizeof(err));
     if (h == NULL) {
         log_error("cannot create the shared region: %s", err);
-        return EXIT_CONFIG;
+        goto done;
     }
 
     /* page-locked for the device: a copy out of it needs no staging */
@@ -387,7 +397,7 @@ serve(options_t *o, int listen_fd, int ready_fd)
                              server_notify, srv);
     if (srv == NULL || sched == NULL) {
         log_error("out of memory at start");
-        return EXIT_CONFIG;
+        goto done;
     }
     server_set_scheduler(srv, sched);
     scheduler_set_chat(sched, &chat);
@@ -415,7 +425,20 @@ serve(options_t *o, int listen_fd, int ready_fd)
         close(ready_fd);
     }
 
-    return server_run(srv, &stop_flag) == 0 ? 0 : 1;
+    rc = server_run(srv, &stop_flag) == 0 ? 0 : 1;
+
+done:
+    /* the scheduler ends the engine's steps in flight: engine after it;
+     * the engine unregisters the region: the region after it */
+    scheduler_destroy(sched);
+    server_destroy(srv);
+    engine_destroy(engine);
+    region_destroy(h, memfd);
+    chat_template_free(&chat);
+    tokenizer_free(tok);
+    model_free(&model);
+
+    return rc;
 }
 
 

@@ -93,6 +93,18 @@ region_create(uint32_t n_slots, uint32_t prompt_bytes_cap,
 }
 
 
+void
+region_destroy(gpu_channel_header_t *h, int memfd)
+{
+    if (h != NULL) {
+        munmap(h, (size_t) h->region_size);
+    }
+    if (memfd >= 0) {
+        close(memfd);
+    }
+}
+
+
 int
 server_listen(const char *path, int mode, char *err, size_t errlen)
 {
@@ -175,6 +187,26 @@ server_create(int listen_fd, int memfd, gpu_channel_header_t *h)
     }
 
     return srv;
+}
+
+
+void
+server_destroy(server_t *srv)
+{
+    int  i;
+
+    if (srv == NULL) {
+        return;
+    }
+
+    for (i = 0; i < srv->conns_hi; i++) {
+        if (srv->conns[i].fd >= 0) {
+            close(srv->conns[i].fd);
+        }
+    }
+
+    close(srv->epfd);
+    free(srv);
 }
 
 

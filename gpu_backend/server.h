@@ -26,6 +26,9 @@ gpu_channel_header_t *region_create(uint32_t n_slots,
 int server_listen(const char *path, int mode, char *err, size_t errlen);
 
 server_t *server_create(int listen_fd, int memfd, gpu_channel_header_t *h);
+/* close the workers' connections and free srv (not the listening socket,
+ * the memfd or the region: they are the caller's) */
+void server_destroy(server_t *srv);
 void server_set_scheduler(server_t *srv, scheduler_t *sched);
 
 /* scheduler_notify_pt: mark a worker to be woken after this round */
@@ -33,5 +36,8 @@ void server_notify(void *data, uint32_t owner);
 
 /* serve until *stop is set; then every request still open gets 503 */
 int server_run(server_t *srv, volatile sig_atomic_t *stop);
+
+/* unmap a region of region_create() and close its memfd */
+void region_destroy(gpu_channel_header_t *h, int memfd);
 
 #endif
