@@ -213,6 +213,7 @@ ngx_http_gpu_metrics_send(ngx_http_request_t *r)
     ngx_int_t                   rc;
     ngx_str_t                   name, *model;
     ngx_buf_t                  *b;
+    uint32_t                    n;
     ngx_uint_t                  i, j, k, codes;
     ngx_chain_t                 out;
     gpu_channel_stats_t        *st;
@@ -290,7 +291,7 @@ ngx_http_gpu_metrics_send(ngx_http_request_t *r)
 
     /* every backend, from its region header */
 
-    for (k = 0; k < 9; k++) {
+    for (k = 0; k < 10; k++) {
 
         switch (k) {
 
@@ -352,12 +353,21 @@ ngx_http_gpu_metrics_send(ngx_http_request_t *r)
                                             "Sequences preempted.");
             break;
 
-        default: /* 8 */
+        case 8:
             p = ngx_http_gpu_metrics_family(p, last,
                                  "ngx_gpu_device_allocations_after_start_total",
                                  "counter",
                                  "Device memory allocations after the "
                                  "backend started (must stay 0).");
+            break;
+
+        default: /* 9 */
+            p = ngx_http_gpu_metrics_family(p, last,
+                                            "ngx_gpu_channel_slots_in_use",
+                                            "gauge",
+                                            "Request slots of the shared "
+                                            "channel not free (0 when "
+                                            "idle).");
             break;
         }
 
@@ -481,7 +491,7 @@ ngx_http_gpu_metrics_send(ngx_http_request_t *r)
                                                         &st->preemptions));
                 break;
 
-            default: /* 8 */
+            case 8:
                 p = ngx_slprintf(p, last,
                                  "ngx_gpu_device_allocations_after_start_total"
                                  "{model=\"");
@@ -489,6 +499,27 @@ ngx_http_gpu_metrics_send(ngx_http_request_t *r)
                 p = ngx_slprintf(p, last, "\"} %uL\n",
                                  (uint64_t) ngx_http_gpu_load(
                                              &st->device_allocs_after_start));
+                break;
+
+            default: /* 9 */
+                /* claimed, queued, running, done and not yet given back
+                 * by a worker, or cancelled and not yet freed: a slot that
+                 * stays in use when idle is a leak */
+                n = 0;
+
+                for (j = 0; j < h->n_slots; j++) {
+                    if (GPU_SLOT_STATE(ngx_http_gpu_load(
+                            &gpu_channel_slot(h, (uint32_t) j)->state))
+                        != GPU_SLOT_FREE)
+                    {
+                        n++;
+                    }
+                }
+
+                p = ngx_slprintf(p, last,
+                                 "ngx_gpu_channel_slots_in_use{model=\"");
+                p = ngx_http_gpu_metrics_label(p, last, model);
+                p = ngx_slprintf(p, last, "\"} %uD\n", n);
                 break;
             }
         }
