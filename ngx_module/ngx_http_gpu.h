@@ -186,6 +186,9 @@ typedef struct {
     ngx_chain_t                *free;
     ngx_chain_t                *busy;
 
+    ngx_str_t                   error_page;    /* nginx's error answer as
+                                                  JSON, until it is sent */
+
     unsigned                    submitted:1;
     unsigned                    inflight:1;
     unsigned                    header_sent:1;
@@ -224,6 +227,7 @@ ngx_int_t ngx_http_gpu_backend_gone(ngx_http_request_t *r,
     ngx_http_gpu_ctx_t *ctx);
 void ngx_http_gpu_check_broken_connection(ngx_http_request_t *r);
 void ngx_http_gpu_write_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_gpu_error_filter_init(ngx_conf_t *cf);
 
 /* ngx_http_gpu_metrics.c */
 ngx_int_t ngx_http_gpu_metrics_add_zone(ngx_conf_t *cf,

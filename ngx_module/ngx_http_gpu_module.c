@@ -44,8 +44,9 @@
  *
  *     Larger request bodies get a 413 JSON error.  Content-Length is
  *     checked before the body is read, chunked bodies once they are read.
- *     nginx's own client_max_body_size is checked first: it must be
- *     larger than gpu_max_body_size for clients to get JSON errors.
+ *     nginx's own client_max_body_size is checked first; its 413, like
+ *     nginx's other error answers in a gpu location, is sent as the same
+ *     JSON error (ngx_http_gpu_error_header_filter()).
  *
  * Syntax:  gpu_max_tokens_default number;
  * Default: gpu_max_tokens_default 16;
@@ -731,6 +732,10 @@ ngx_http_gpu_init(ngx_conf_t *cf)
     }
 
     if (ngx_http_gpu_load_init(cf, gmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_gpu_error_filter_init(cf) != NGX_OK) {
         return NGX_ERROR;
     }
 

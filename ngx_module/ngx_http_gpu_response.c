@@ -39,6 +39,9 @@ static u_char *ngx_http_gpu_error_json(u_char *p, ngx_http_gpu_error_t *err);
 static u_char *ngx_http_gpu_usage_json(u_char *p, ngx_uint_t prompt,
     ngx_uint_t completion);
 static void ngx_http_gpu_abort(ngx_http_request_t *r, ngx_int_t rc);
+static ngx_int_t ngx_http_gpu_error_header_filter(ngx_http_request_t *r);
+static ngx_int_t ngx_http_gpu_error_body_filter(ngx_http_request_t *r,
+    ngx_chain_t *in);
 static size_t ngx_http_gpu_json_escape(u_char *dst, u_char *src, size_t size);
 
 
@@ -133,6 +136,41 @@ static u_char *ngx_http_gpu_lp_token(u_char *p, gpu_channel_header_t *h,
 static u_char *ngx_http_gpu_lp_number(u_char *p, float lp);
 static u_char *ngx_http_gpu_lp_entry(u_char *p, gpu_channel_header_t *h,
     int32_t token, float lp);
+
+
+typedef struct {
+    ngx_uint_t                  status;
+    char                       *code;
+    char                       *message;
+} ngx_http_gpu_error_page_t;
+
+
+#define NGX_HTTP_GPU_ERROR_PAGE_LEN    128
+
+/* nginx's own error answers, as JSON errors */
+
+static ngx_http_gpu_error_page_t  ngx_http_gpu_error_pages[] = {
+    { NGX_HTTP_BAD_REQUEST, "bad_request",
+      "The HTTP request is malformed" },
+    { NGX_HTTP_FORBIDDEN, "forbidden", "Forbidden" },
+    { NGX_HTTP_NOT_FOUND, "not_found", "Not found" },
+    { NGX_HTTP_REQUEST_TIME_OUT, "request_timeout",
+      "The request was not received in time" },
+    { NGX_HTTP_LENGTH_REQUIRED, "length_required",
+      "The request needs a Content-Length" },
+    { NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, "request_too_large", NULL },
+    { NGX_HTTP_TOO_MANY_REQUESTS, "too_many_requests",
+      "Too many requests" },
+    { NGX_HTTP_INTERNAL_SERVER_ERROR, "internal_error",
+      "Internal server error" },
+    { NGX_HTTP_SERVICE_UNAVAILABLE, "service_unavailable",
+      "The service is not available, retry the request later" },
+    { 0, "http_error", NULL }
+};
+
+
+static ngx_http_output_header_filter_pt  ngx_http_next_error_header_filter;
+static ngx_http_output_body_filter_pt    ngx_http_next_error_body_filter;
 
 
 static ngx_str_t  ngx_http_gpu_data = ngx_string("data: ");
@@ -275,6 +313,153 @@ ngx_http_gpu_send_json(ngx_http_request_t *r, ngx_uint_t status,
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);
+}
+
+
+/*
+ * nginx's own error answers in a gpu location (a body over
+ * client_max_body_size, a malformed chunked body, a body that cannot be
+ * buffered) are the HTML pages of ngx_http_special_response_handler(),
+ * which marks them with r->err_status: the filters below send the API's
+ * JSON error instead, so that clients always get one shape
+ */
+
+static ngx_int_t
+ngx_http_gpu_error_header_filter(ngx_http_request_t *r)
+{
+    u_char                     *p;
+    ngx_str_t                   msg;
+    ngx_http_gpu_ctx_t         *ctx;
+    ngx_http_gpu_error_t        err;
+    ngx_http_gpu_loc_conf_t    *glcf;
+    ngx_http_core_loc_conf_t   *clcf;
+    ngx_http_gpu_error_page_t  *page;
+
+    glcf = ngx_http_get_module_loc_conf(r, ngx_http_gpu_module);
+
+    if (glcf->type == 0
+        || r != r->main
+        || r->err_status < NGX_HTTP_BAD_REQUEST
+        || r->headers_out.content_type.len != sizeof("text/html") - 1
+        || ngx_strncmp(r->headers_out.content_type.data, "text/html",
+                       sizeof("text/html") - 1)
+           != 0)
+    {
+        return ngx_http_next_error_header_filter(r);
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_gpu_module);
+
+    if (ctx == NULL) {
+        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_gpu_ctx_t));
+        if (ctx == NULL) {
+            return NGX_ERROR;
+        }
+
+        ctx->request = r;
+        ngx_queue_init(&ctx->queue);
+
+        ngx_http_set_ctx(r, ctx, ngx_http_gpu_module);
+    }
+
+    for (page = ngx_http_gpu_error_pages; page->status; page++) {
+        if (page->status == r->err_status) {
+            break;
+        }
+    }
+
+    msg.data = ngx_pnalloc(r->pool, NGX_HTTP_GPU_ERROR_PAGE_LEN);
+    if (msg.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (r->err_status == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE) {
+        clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+        p = ngx_sprintf(msg.data, "Request body too large: the limit is "
+                        "%O bytes", clcf->client_max_body_size);
+
+    } else if (page->status) {
+        p = ngx_sprintf(msg.data, "%s", page->message);
+
+    } else {
+        p = ngx_sprintf(msg.data, "The request failed with HTTP status %ui",
+                        r->err_status);
+    }
+
+    msg.len = p - msg.data;
+
+    ngx_http_gpu_set_error(&err, r->err_status,
+                           r->err_status >= NGX_HTTP_INTERNAL_SERVER_ERROR
+                           ? "server_error" : "invalid_request_error",
+                           NULL, page->code, &msg);
+
+    ctx->error_page.data = ngx_pnalloc(r->pool,
+                                       ngx_http_gpu_error_len(&err) + 1);
+    if (ctx->error_page.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_http_gpu_error_json(ctx->error_page.data, &err);
+    *p++ = LF;
+
+    ctx->error_page.len = p - ctx->error_page.data;
+
+    r->headers_out.content_length_n = ctx->error_page.len;
+
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    return ngx_http_next_error_header_filter(r);
+}
+
+
+static ngx_int_t
+ngx_http_gpu_error_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    ngx_buf_t           *b;
+    ngx_chain_t          out;
+    ngx_http_gpu_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_gpu_module);
+
+    if (in == NULL || ctx == NULL || ctx->error_page.len == 0) {
+        return ngx_http_next_error_body_filter(r, in);
+    }
+
+    /* the page comes in one chain: the JSON goes instead */
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->pos = ctx->error_page.data;
+    b->last = ctx->error_page.data + ctx->error_page.len;
+    b->memory = 1;
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+
+    ctx->error_page.len = 0;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_next_error_body_filter(r, &out);
+}
+
+
+ngx_int_t
+ngx_http_gpu_error_filter_init(ngx_conf_t *cf)
+{
+    ngx_http_next_error_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_gpu_error_header_filter;
+
+    ngx_http_next_error_body_filter = ngx_http_top_body_filter;
+    ngx_http_top_body_filter = ngx_http_gpu_error_body_filter;
+
+    return NGX_OK;
 }
 
 

@@ -214,3 +214,46 @@ POST /v1/completions
 --- error_code: 200
 --- response_body_like chomp
 "text":"Once upon a time,"
+
+
+
+=== TEST 21: a malformed chunked body: nginx's 400 comes as the JSON error
+--- raw_request eval
+"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+--- error_code: 400
+--- response_headers
+Content-Type: application/json
+--- response_body_like chomp
+^\{"error":\{"message":"The HTTP request is malformed","type":"invalid_request_error","param":null,"code":"bad_request"\}\}$
+
+
+
+=== TEST 22: a body over nginx's client_max_body_size: its 413 is the JSON error too
+--- config
+location /v1/ {
+    gpu_pass unix:$TEST_NGINX_GPU_SOCKET;
+    client_max_body_size 1k;
+}
+--- request eval
+"POST /v1/completions\n" . '{"prompt": "' . ('x' x 2000) . '"}'
+--- error_code: 413
+--- response_headers
+Content-Type: application/json
+--- response_body_like chomp
+^\{"error":\{"message":"Request body too large: the limit is 1024 bytes","type":"invalid_request_error","param":null,"code":"request_too_large"\}\}$
+
+
+
+=== TEST 23: a chunked body over client_max_body_size, found while it is read
+--- config
+location /v1/ {
+    gpu_pass unix:$TEST_NGINX_GPU_SOCKET;
+    client_max_body_size 1k;
+}
+--- raw_request eval
+"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n" . ('x' x 2000) . "\r\n0\r\n\r\n"
+--- error_code: 413
+--- response_headers
+Content-Type: application/json
+--- response_body_like chomp
+^\{"error":\{"message":"Request body too large: the limit is 1024 bytes","type":"invalid_request_error","param":null,"code":"request_too_large"\}\}$
