@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -404,6 +405,11 @@ serve(options_t *o, int listen_fd, int ready_fd)
     snprintf(h->chat_template, sizeof(h->chat_template), "%s", chat.name);
 
     gpu_channel_init(h);
+
+    /* what loading freed (the tokenizer's JSON, the weights converted)
+     * goes back to the system, not kept resident for the process' life */
+    malloc_trim(0);
+
     h->ready = 1;
 
     if (chat.family != CHAT_NONE) {
