@@ -22,11 +22,11 @@ my $QWEN = ($ENV{NGX_GPU_SHARED} // '../shared') . '/models/qwen3-tokenizer';
 
 sub scripted_model_or_skip {
     if (!-f "$QWEN/tokenizer.json") {
-        Test::More::plan(skip_all => "$QWEN is absent: the byte-level "
+        Test::More->builder->skip_all("$QWEN is absent: the byte-level "
             . "tokenizer and the Qwen3 chat template need ../shared");
     }
     if (!-x $PY || system("$PY -c 'import tokenizers, jinja2' 2>/dev/null")) {
-        Test::More::plan(skip_all => "build/venv lacks tokenizers or jinja2 "
+        Test::More->builder->skip_all("build/venv lacks tokenizers or jinja2 "
             . "(scripts/install-deps --test)");
     }
     if (!-f "$DIR/script.json"

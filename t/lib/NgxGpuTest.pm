@@ -45,7 +45,7 @@ my @nginx;                          # start_gpu_nginx() processes
 sub model_dir_or_skip {
     my $m = $ENV{TEST_NGINX_GPU_MODEL} // '';
     if (!-f "$m/config.json") {
-        Test::More::plan(skip_all => "the converted stories260K model is "
+        Test::More->builder->skip_all("the converted stories260K model is "
             . "absent ($m): ../shared/models is needed (make models)");
     }
     return $m;
