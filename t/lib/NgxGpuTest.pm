@@ -53,11 +53,14 @@ sub model_dir_or_skip {
 
 
 # start gpu_backend (with its supervisor) and wait until it serves; with
-# name => 'b' another one, on its own socket ($TEST_NGINX_GPU_SOCKET_B)
+# name => 'b' another one, on its own socket ($TEST_NGINX_GPU_SOCKET_B);
+# bin => another gpu_backend binary, wrap => [a command it runs under]
+# (valgrind ...), start_timeout => seconds (60)
 sub start_backend {
     my (%o) = @_;
-    my $bin = $ENV{TEST_NGINX_GPU_BACKEND}
+    my $bin = $o{bin} // $ENV{TEST_NGINX_GPU_BACKEND}
         or die "TEST_NGINX_GPU_BACKEND is not set (run through t/run)\n";
+    my @wrap = @{ $o{wrap} // [] };
     my $model = $o{model} // model_dir_or_skip();
     my @args = @{ $o{args} // [] };
     my $name = $o{name} // '';
@@ -77,12 +80,13 @@ sub start_backend {
         open STDOUT, '>>', $log or die;
         open STDERR, '>>', $log or die;
         POSIX::setsid();
-        exec $bin, '--model', $model, '--socket', $sock, @args,
+        exec @wrap, $bin, '--model', $model, '--socket', $sock, @args,
              split(' ', $ENV{TEST_NGINX_GPU_BACKEND_ARGS} // '')
             or die "exec $bin: $!";
     }
 
-    my $deadline = time + 60;
+    my $secs = $o{start_timeout} // 60;
+    my $deadline = time + $secs;
     while (time < $deadline) {
         return $sock if backend_log($name) =~ /\bserving\b/ && -S $sock;
         if (waitpid($pid, POSIX::WNOHANG()) == $pid) {
@@ -90,21 +94,29 @@ sub start_backend {
         }
         sleep 0.05;
     }
-    die "gpu_backend did not start within 60 s:\n" . backend_log($name);
+    die "gpu_backend did not start within $secs s:\n" . backend_log($name);
 }
 
 
+# SIGTERM, then SIGKILL to the process group after $wait seconds (5);
+# returns the supervisor's wait status, undef if it had to be killed
 sub stop_backend {
-    my ($name) = @_;
+    my ($name, $wait) = @_;
     $name //= '';
     my $pid = delete $sup_pid{$name} or return;
     kill 'TERM', $pid;
-    for (1 .. 100) {
-        last if waitpid($pid, POSIX::WNOHANG()) == $pid;
+    my $deadline = time + ($wait // 5);
+    while (time < $deadline) {
+        if (waitpid($pid, POSIX::WNOHANG()) == $pid) {
+            my $status = $?;
+            kill 'KILL', -$pid;         # anything it left behind
+            return $status;
+        }
         sleep 0.05;
     }
     kill 'KILL', -$pid;
     waitpid($pid, 0);
+    return undef;
 }
 
 
