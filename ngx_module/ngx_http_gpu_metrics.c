@@ -33,6 +33,26 @@ typedef struct {
 } ngx_http_gpu_metrics_t;
 
 
+/* how a backend family's value is read from its region header */
+typedef enum {
+    NGX_HTTP_GPU_VALUE_UP = 0,          /* 1 when ready, else 0 */
+    NGX_HTTP_GPU_VALUE_U32,             /* a uint32_t of the stats */
+    NGX_HTTP_GPU_VALUE_U64,             /* a uint64_t of the stats */
+    NGX_HTTP_GPU_VALUE_BATCH,           /* the batch size histogram */
+    NGX_HTTP_GPU_VALUE_KV,              /* KV blocks used / total */
+    NGX_HTTP_GPU_VALUE_SLOTS            /* the channel's slots not free */
+} ngx_http_gpu_value_e;
+
+
+typedef struct {
+    char                       *name;
+    char                       *type;
+    char                       *help;
+    ngx_http_gpu_value_e        value;
+    size_t                      offset;       /* in gpu_channel_stats_t */
+} ngx_http_gpu_backend_family_t;
+
+
 static ngx_int_t ngx_http_gpu_metrics_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static void ngx_http_gpu_metrics_observe(ngx_http_gpu_histogram_t *h,
@@ -43,6 +63,11 @@ static u_char *ngx_http_gpu_metrics_family(u_char *p, u_char *last,
     char *name, char *type, char *help);
 static u_char *ngx_http_gpu_metrics_double(u_char *p, u_char *last,
     double value);
+static u_char *ngx_http_gpu_metrics_backend(u_char *p, u_char *last,
+    ngx_http_gpu_backend_family_t *f, ngx_str_t *model,
+    gpu_channel_header_t *h);
+static u_char *ngx_http_gpu_metrics_sample(u_char *p, u_char *last,
+    char *name, char *suffix, ngx_str_t *model);
 
 
 static ngx_msec_t  ngx_http_gpu_latency_le[NGX_HTTP_GPU_LATENCY_BUCKETS] = {
@@ -56,6 +81,54 @@ static char  *ngx_http_gpu_latency_label[NGX_HTTP_GPU_LATENCY_BUCKETS] = {
 
 
 #define ngx_http_gpu_load(p)  __atomic_load_n(p, __ATOMIC_RELAXED)
+
+
+#define ngx_http_gpu_stat(field)  offsetof(gpu_channel_stats_t, field)
+
+static ngx_http_gpu_backend_family_t  ngx_http_gpu_backend_families[] = {
+
+    { "ngx_gpu_backend_up", "gauge",
+      "Whether the backend is connected and ready.",
+      NGX_HTTP_GPU_VALUE_UP, 0 },
+
+    { "ngx_gpu_batch_size", "histogram",
+      "Sequences in a forward step.",
+      NGX_HTTP_GPU_VALUE_BATCH, 0 },
+
+    { "ngx_gpu_num_requests_running", "gauge",
+      "Sequences in the running batch.",
+      NGX_HTTP_GPU_VALUE_U32, ngx_http_gpu_stat(running) },
+
+    { "ngx_gpu_num_requests_waiting", "gauge",
+      "Requests submitted and not admitted yet.",
+      NGX_HTTP_GPU_VALUE_U32, ngx_http_gpu_stat(waiting) },
+
+    { "ngx_gpu_prompt_tokens_total", "counter",
+      "Prompt tokens processed.",
+      NGX_HTTP_GPU_VALUE_U64, ngx_http_gpu_stat(prompt_tokens) },
+
+    { "ngx_gpu_generation_tokens_total", "counter",
+      "Tokens generated.",
+      NGX_HTTP_GPU_VALUE_U64, ngx_http_gpu_stat(generation_tokens) },
+
+    { "ngx_gpu_kv_cache_usage_ratio", "gauge",
+      "Share of the KV-cache blocks in use.",
+      NGX_HTTP_GPU_VALUE_KV, 0 },
+
+    { "ngx_gpu_preemptions_total", "counter",
+      "Sequences preempted.",
+      NGX_HTTP_GPU_VALUE_U64, ngx_http_gpu_stat(preemptions) },
+
+    { "ngx_gpu_device_allocations_after_start_total", "counter",
+      "Device memory allocations after the backend started (must stay 0).",
+      NGX_HTTP_GPU_VALUE_U64, ngx_http_gpu_stat(device_allocs_after_start) },
+
+    { "ngx_gpu_channel_slots_in_use", "gauge",
+      "Request slots of the shared channel not free (0 when idle).",
+      NGX_HTTP_GPU_VALUE_SLOTS, 0 },
+
+    { NULL, NULL, NULL, 0, 0 }
+};
 
 
 ngx_int_t
@@ -207,21 +280,20 @@ ngx_http_gpu_metrics_observe(ngx_http_gpu_histogram_t *h,
 ngx_int_t
 ngx_http_gpu_metrics_send(ngx_http_request_t *r)
 {
-    u_char                     *p, *last;
-    size_t                      len;
-    uint64_t                    v, cumulative;
-    ngx_int_t                   rc;
-    ngx_str_t                   name, *model;
-    ngx_buf_t                  *b;
-    uint32_t                    n;
-    ngx_uint_t                  i, j, k, codes;
-    ngx_chain_t                 out;
-    gpu_channel_stats_t        *st;
-    gpu_channel_header_t       *h;
-    ngx_http_gpu_backend_t    **backends, *bk;
-    ngx_http_gpu_metrics_t     *m;
-    ngx_http_gpu_loc_conf_t    *glcf;
-    ngx_http_gpu_main_conf_t   *gmcf;
+    u_char                          *p, *last;
+    size_t                           len;
+    uint64_t                         v;
+    ngx_int_t                        rc;
+    ngx_str_t                        name, *model;
+    ngx_buf_t                       *b;
+    ngx_uint_t                       i, codes;
+    ngx_chain_t                      out;
+    gpu_channel_header_t            *h;
+    ngx_http_gpu_backend_t         **backends, *bk;
+    ngx_http_gpu_metrics_t          *m;
+    ngx_http_gpu_loc_conf_t         *glcf;
+    ngx_http_gpu_main_conf_t        *gmcf;
+    ngx_http_gpu_backend_family_t   *f;
 
     glcf = ngx_http_get_module_loc_conf(r, ngx_http_gpu_module);
     gmcf = ngx_http_get_module_main_conf(r, ngx_http_gpu_module);
@@ -291,85 +363,9 @@ ngx_http_gpu_metrics_send(ngx_http_request_t *r)
 
     /* every backend, from its region header */
 
-    for (k = 0; k < 10; k++) {
+    for (f = ngx_http_gpu_backend_families; f->name; f++) {
 
-        switch (k) {
-
-        case 0:
-            p = ngx_http_gpu_metrics_family(p, last, "ngx_gpu_backend_up",
-                                            "gauge",
-                                            "Whether the backend is "
-                                            "connected and ready.");
-            break;
-
-        case 1:
-            p = ngx_http_gpu_metrics_family(p, last, "ngx_gpu_batch_size",
-                                            "histogram",
-                                            "Sequences in a forward step.");
-            break;
-
-        case 2:
-            p = ngx_http_gpu_metrics_family(p, last,
-                                            "ngx_gpu_num_requests_running",
-                                            "gauge",
-                                            "Sequences in the running "
-                                            "batch.");
-            break;
-
-        case 3:
-            p = ngx_http_gpu_metrics_family(p, last,
-                                            "ngx_gpu_num_requests_waiting",
-                                            "gauge",
-                                            "Requests submitted and not "
-                                            "admitted yet.");
-            break;
-
-        case 4:
-            p = ngx_http_gpu_metrics_family(p, last,
-                                            "ngx_gpu_prompt_tokens_total",
-                                            "counter",
-                                            "Prompt tokens processed.");
-            break;
-
-        case 5:
-            p = ngx_http_gpu_metrics_family(p, last,
-                                            "ngx_gpu_generation_tokens_total",
-                                            "counter",
-                                            "Tokens generated.");
-            break;
-
-        case 6:
-            p = ngx_http_gpu_metrics_family(p, last,
-                                            "ngx_gpu_kv_cache_usage_ratio",
-                                            "gauge",
-                                            "Share of the KV-cache blocks "
-                                            "in use.");
-            break;
-
-        case 7:
-            p = ngx_http_gpu_metrics_family(p, last,
-                                            "ngx_gpu_preemptions_total",
-                                            "counter",
-                                            "Sequences preempted.");
-            break;
-
-        case 8:
-            p = ngx_http_gpu_metrics_family(p, last,
-                                 "ngx_gpu_device_allocations_after_start_total",
-                                 "counter",
-                                 "Device memory allocations after the "
-                                 "backend started (must stay 0).");
-            break;
-
-        default: /* 9 */
-            p = ngx_http_gpu_metrics_family(p, last,
-                                            "ngx_gpu_channel_slots_in_use",
-                                            "gauge",
-                                            "Request slots of the shared "
-                                            "channel not free (0 when "
-                                            "idle).");
-            break;
-        }
+        p = ngx_http_gpu_metrics_family(p, last, f->name, f->type, f->help);
 
         for (i = 0; i < gmcf->backends.nelts; i++) {
             bk = backends[i];
@@ -386,142 +382,11 @@ ngx_http_gpu_metrics_send(ngx_http_request_t *r)
 
             h = ngx_http_gpu_channel_ready(bk);
 
-            if (k == 0) {
-                p = ngx_slprintf(p, last, "ngx_gpu_backend_up{model=\"");
-                p = ngx_http_gpu_metrics_label(p, last, model);
-                p = ngx_slprintf(p, last, "\"} %d\n", h ? 1 : 0);
+            if (h == NULL && f->value != NGX_HTTP_GPU_VALUE_UP) {
                 continue;
             }
 
-            if (h == NULL) {
-                continue;
-            }
-
-            st = &h->stats;
-
-            switch (k) {
-
-            case 1:
-                cumulative = 0;
-
-                for (j = 0; j <= GPU_BATCH_BUCKETS; j++) {
-                    cumulative += ngx_http_gpu_load(&st->batch_bucket[j]);
-
-                    p = ngx_slprintf(p, last,
-                                     "ngx_gpu_batch_size_bucket{model=\"");
-                    p = ngx_http_gpu_metrics_label(p, last, model);
-
-                    if (j < GPU_BATCH_BUCKETS) {
-                        p = ngx_slprintf(p, last, "\",le=\"%uD\"} %uL\n",
-                                         gpu_batch_bucket_le[j], cumulative);
-
-                    } else {
-                        p = ngx_slprintf(p, last, "\",le=\"+Inf\"} %uL\n",
-                                         cumulative);
-                    }
-                }
-
-                p = ngx_slprintf(p, last, "ngx_gpu_batch_size_sum{model=\"");
-                p = ngx_http_gpu_metrics_label(p, last, model);
-                p = ngx_slprintf(p, last, "\"} %uL\n",
-                                 (uint64_t) ngx_http_gpu_load(&st->batch_sum));
-
-                p = ngx_slprintf(p, last,
-                                 "ngx_gpu_batch_size_count{model=\"");
-                p = ngx_http_gpu_metrics_label(p, last, model);
-                p = ngx_slprintf(p, last, "\"} %uL\n",
-                                 (uint64_t) ngx_http_gpu_load(&st->steps));
-                break;
-
-            case 2:
-                p = ngx_slprintf(p, last,
-                                 "ngx_gpu_num_requests_running{model=\"");
-                p = ngx_http_gpu_metrics_label(p, last, model);
-                p = ngx_slprintf(p, last, "\"} %uD\n",
-                                 ngx_http_gpu_load(&st->running));
-                break;
-
-            case 3:
-                p = ngx_slprintf(p, last,
-                                 "ngx_gpu_num_requests_waiting{model=\"");
-                p = ngx_http_gpu_metrics_label(p, last, model);
-                p = ngx_slprintf(p, last, "\"} %uD\n",
-                                 ngx_http_gpu_load(&st->waiting));
-                break;
-
-            case 4:
-                p = ngx_slprintf(p, last,
-                                 "ngx_gpu_prompt_tokens_total{model=\"");
-                p = ngx_http_gpu_metrics_label(p, last, model);
-                p = ngx_slprintf(p, last, "\"} %uL\n",
-                                 (uint64_t) ngx_http_gpu_load(
-                                                        &st->prompt_tokens));
-                break;
-
-            case 5:
-                p = ngx_slprintf(p, last,
-                                 "ngx_gpu_generation_tokens_total{model=\"");
-                p = ngx_http_gpu_metrics_label(p, last, model);
-                p = ngx_slprintf(p, last, "\"} %uL\n",
-                                 (uint64_t) ngx_http_gpu_load(
-                                                    &st->generation_tokens));
-                break;
-
-            case 6:
-                v = ngx_http_gpu_load(&st->kv_blocks_total);
-
-                p = ngx_slprintf(p, last,
-                                 "ngx_gpu_kv_cache_usage_ratio{model=\"");
-                p = ngx_http_gpu_metrics_label(p, last, model);
-                p = ngx_slprintf(p, last, "\"} ");
-                p = ngx_http_gpu_metrics_double(p, last,
-                                 v ? (double) ngx_http_gpu_load(
-                                                     &st->kv_blocks_used)
-                                     / v
-                                   : 0.0);
-                p = ngx_slprintf(p, last, "\n");
-                break;
-
-            case 7:
-                p = ngx_slprintf(p, last,
-                                 "ngx_gpu_preemptions_total{model=\"");
-                p = ngx_http_gpu_metrics_label(p, last, model);
-                p = ngx_slprintf(p, last, "\"} %uL\n",
-                                 (uint64_t) ngx_http_gpu_load(
-                                                        &st->preemptions));
-                break;
-
-            case 8:
-                p = ngx_slprintf(p, last,
-                                 "ngx_gpu_device_allocations_after_start_total"
-                                 "{model=\"");
-                p = ngx_http_gpu_metrics_label(p, last, model);
-                p = ngx_slprintf(p, last, "\"} %uL\n",
-                                 (uint64_t) ngx_http_gpu_load(
-                                             &st->device_allocs_after_start));
-                break;
-
-            default: /* 9 */
-                /* claimed, queued, running, done and not yet given back
-                 * by a worker, or cancelled and not yet freed: a slot that
-                 * stays in use when idle is a leak */
-                n = 0;
-
-                for (j = 0; j < h->n_slots; j++) {
-                    if (GPU_SLOT_STATE(ngx_http_gpu_load(
-                            &gpu_channel_slot(h, (uint32_t) j)->state))
-                        != GPU_SLOT_FREE)
-                    {
-                        n++;
-                    }
-                }
-
-                p = ngx_slprintf(p, last,
-                                 "ngx_gpu_channel_slots_in_use{model=\"");
-                p = ngx_http_gpu_metrics_label(p, last, model);
-                p = ngx_slprintf(p, last, "\"} %uD\n", n);
-                break;
-            }
+            p = ngx_http_gpu_metrics_backend(p, last, f, model, h);
         }
     }
 
@@ -551,6 +416,115 @@ ngx_http_gpu_metrics_send(ngx_http_request_t *r)
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);
+}
+
+
+/* one backend's samples of one family; h is NULL only for backend_up */
+
+static u_char *
+ngx_http_gpu_metrics_backend(u_char *p, u_char *last,
+    ngx_http_gpu_backend_family_t *f, ngx_str_t *model,
+    gpu_channel_header_t *h)
+{
+    u_char               *v;
+    uint32_t              n, j;
+    uint64_t              cumulative, total;
+    gpu_channel_stats_t  *st;
+
+    st = h ? &h->stats : NULL;
+
+    switch (f->value) {
+
+    case NGX_HTTP_GPU_VALUE_UP:
+        p = ngx_http_gpu_metrics_sample(p, last, f->name, "", model);
+        return ngx_slprintf(p, last, "} %d\n", h ? 1 : 0);
+
+    case NGX_HTTP_GPU_VALUE_U32:
+        v = (u_char *) st + f->offset;
+        p = ngx_http_gpu_metrics_sample(p, last, f->name, "", model);
+        return ngx_slprintf(p, last, "} %uD\n",
+                            ngx_http_gpu_load((uint32_t *) v));
+
+    case NGX_HTTP_GPU_VALUE_U64:
+        v = (u_char *) st + f->offset;
+        p = ngx_http_gpu_metrics_sample(p, last, f->name, "", model);
+        return ngx_slprintf(p, last, "} %uL\n",
+                            (uint64_t) ngx_http_gpu_load((uint64_t *) v));
+
+    case NGX_HTTP_GPU_VALUE_BATCH:
+        cumulative = 0;
+
+        for (j = 0; j <= GPU_BATCH_BUCKETS; j++) {
+            cumulative += ngx_http_gpu_load(&st->batch_bucket[j]);
+
+            p = ngx_http_gpu_metrics_sample(p, last, f->name, "_bucket",
+                                            model);
+
+            if (j < GPU_BATCH_BUCKETS) {
+                p = ngx_slprintf(p, last, ",le=\"%uD\"} %uL\n",
+                                 gpu_batch_bucket_le[j], cumulative);
+
+            } else {
+                p = ngx_slprintf(p, last, ",le=\"+Inf\"} %uL\n",
+                                 cumulative);
+            }
+        }
+
+        p = ngx_http_gpu_metrics_sample(p, last, f->name, "_sum", model);
+        p = ngx_slprintf(p, last, "} %uL\n",
+                         (uint64_t) ngx_http_gpu_load(&st->batch_sum));
+
+        p = ngx_http_gpu_metrics_sample(p, last, f->name, "_count", model);
+        return ngx_slprintf(p, last, "} %uL\n",
+                            (uint64_t) ngx_http_gpu_load(&st->steps));
+
+    case NGX_HTTP_GPU_VALUE_KV:
+        total = ngx_http_gpu_load(&st->kv_blocks_total);
+
+        p = ngx_http_gpu_metrics_sample(p, last, f->name, "", model);
+        p = ngx_slprintf(p, last, "} ");
+        p = ngx_http_gpu_metrics_double(p, last,
+                               total ? (double) ngx_http_gpu_load(
+                                                    &st->kv_blocks_used)
+                                       / total
+                                     : 0.0);
+        return ngx_slprintf(p, last, "\n");
+
+    default: /* NGX_HTTP_GPU_VALUE_SLOTS */
+
+        /*
+         * claimed, queued, running, done and not yet given back by a
+         * worker, or cancelled and not yet freed: a slot that stays in use
+         * when idle is a leak
+         */
+
+        n = 0;
+
+        for (j = 0; j < h->n_slots; j++) {
+            if (GPU_SLOT_STATE(ngx_http_gpu_load(
+                                   &gpu_channel_slot(h, j)->state))
+                != GPU_SLOT_FREE)
+            {
+                n++;
+            }
+        }
+
+        p = ngx_http_gpu_metrics_sample(p, last, f->name, "", model);
+        return ngx_slprintf(p, last, "} %uD\n", n);
+    }
+}
+
+
+/* name + suffix + {model="..." : the caller closes the labels */
+
+static u_char *
+ngx_http_gpu_metrics_sample(u_char *p, u_char *last, char *name,
+    char *suffix, ngx_str_t *model)
+{
+    p = ngx_slprintf(p, last, "%s%s{model=\"", name, suffix);
+    p = ngx_http_gpu_metrics_label(p, last, model);
+
+    return ngx_slprintf(p, last, "\"");
 }
 
 
