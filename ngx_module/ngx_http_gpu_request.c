@@ -78,6 +78,16 @@
 #define NGX_HTTP_GPU_OPTION_NONE       0
 #define NGX_HTTP_GPU_OPTION_USAGE      1
 
+/* where the escape scan is in the raw body */
+#define NGX_HTTP_GPU_SCAN_OUT          0
+#define NGX_HTTP_GPU_SCAN_STRING       1
+#define NGX_HTTP_GPU_SCAN_ESCAPE       2
+#define NGX_HTTP_GPU_SCAN_HEX          3
+
+/* text no JSON parser may accept */
+#define NGX_HTTP_GPU_TEXT_UTF8         1
+#define NGX_HTTP_GPU_TEXT_SURROGATE    2
+
 
 typedef struct {
     ngx_str_t                   name;
@@ -112,6 +122,13 @@ typedef struct {
     unsigned                    part_text_set:1;
     unsigned                    part_type_set:1;
 
+    ngx_uint_t                  scan;        /* NGX_HTTP_GPU_SCAN_* */
+    ngx_uint_t                  hex;         /* \u digits still to come */
+    uint32_t                    code;        /* of the \u escape */
+    ngx_uint_t                  bad_text;    /* NGX_HTTP_GPU_TEXT_* */
+
+    unsigned                    high:1;      /* a high surrogate escape
+                                                waits for its low half */
     unsigned                    object:1;
     unsigned                    failed:1;
     unsigned                    nomem:1;
@@ -131,6 +148,9 @@ static int ngx_http_gpu_json_end_map(void *ctx);
 static int ngx_http_gpu_json_start_array(void *ctx);
 static int ngx_http_gpu_json_end_array(void *ctx);
 static int ngx_http_gpu_json_end(ngx_http_gpu_parser_t *p);
+static yajl_status ngx_http_gpu_json_parse(yajl_handle yh,
+    ngx_http_gpu_parser_t *p, u_char *data, size_t len);
+static ngx_uint_t ngx_http_gpu_utf8_valid(u_char *p, size_t len);
 static int ngx_http_gpu_json_value(ngx_http_gpu_parser_t *p,
     ngx_uint_t type, u_char *data, size_t len, ngx_uint_t flag);
 static int ngx_http_gpu_field_value(ngx_http_gpu_parser_t *p,
@@ -317,7 +337,8 @@ ngx_http_gpu_parse_request(ngx_http_request_t *r, ngx_uint_t endpoint,
         b = cl->buf;
 
         if (ngx_buf_in_memory(b)) {
-            status = yajl_parse(yh, b->pos, b->last - b->pos);
+            status = ngx_http_gpu_json_parse(yh, &p, b->pos,
+                                             b->last - b->pos);
             continue;
         }
 
@@ -352,7 +373,7 @@ ngx_http_gpu_parse_request(ngx_http_request_t *r, ngx_uint_t endpoint,
                 goto failed;
             }
 
-            status = yajl_parse(yh, buf, n);
+            status = ngx_http_gpu_json_parse(yh, &p, buf, n);
         }
     }
 
@@ -362,6 +383,20 @@ ngx_http_gpu_parse_request(ngx_http_request_t *r, ngx_uint_t endpoint,
 
     if (p.nomem) {
         goto failed;
+    }
+
+    if (p.bad_text) {
+        yajl_free(yh);
+
+        ngx_http_gpu_request_error(r, err, NGX_HTTP_BAD_REQUEST, NULL,
+                                   "invalid_json",
+                                   "We could not parse the JSON body of your "
+                                   "request (%s)",
+                                   p.bad_text == NGX_HTTP_GPU_TEXT_UTF8
+                                   ? "a string is not valid UTF-8"
+                                   : "a \\u escape is half of a UTF-16 "
+                                     "surrogate pair");
+        return NGX_DECLINED;
     }
 
     if (status == yajl_status_error) {
@@ -683,6 +718,13 @@ ngx_http_gpu_json_number(void *ctx, const char *value, size_t len)
 static int
 ngx_http_gpu_json_string(void *ctx, const unsigned char *value, size_t len)
 {
+    ngx_http_gpu_parser_t *p = ctx;
+
+    if (!ngx_http_gpu_utf8_valid((u_char *) value, len)) {
+        p->bad_text = NGX_HTTP_GPU_TEXT_UTF8;
+        return 0;
+    }
+
     return ngx_http_gpu_json_value(ctx, NGX_HTTP_GPU_JSON_STRING,
                                    (u_char *) value, len, 0);
 }
@@ -723,6 +765,11 @@ ngx_http_gpu_json_map_key(void *ctx, const unsigned char *key, size_t len)
 
     ngx_str_t             *name;
     ngx_http_gpu_field_t  *f;
+
+    if (!ngx_http_gpu_utf8_valid((u_char *) key, len)) {
+        p->bad_text = NGX_HTTP_GPU_TEXT_UTF8;
+        return 0;
+    }
 
     if (p->failed) {
         return 1;
@@ -790,6 +837,171 @@ ngx_http_gpu_json_map_key(void *ctx, const unsigned char *key, size_t len)
     default:
         return 1;
     }
+}
+
+
+/*
+ * yajl checks that strings are UTF-8 only by the shape of each sequence
+ * (an overlong form, a surrogate or a code point above U+10FFFF passes),
+ * and decodes a lone UTF-16 surrogate escape as "?" or, before another
+ * \u escape, as a wrong character: either is refused, never changed
+ * silently.  The raw body is scanned for such escapes buffer by buffer
+ * before yajl parses it; decoded strings are checked in the callbacks.
+ */
+
+static yajl_status
+ngx_http_gpu_json_parse(yajl_handle yh, ngx_http_gpu_parser_t *p,
+    u_char *data, size_t len)
+{
+    u_char  c, *pos, *last;
+
+    last = data + len;
+
+    for (pos = data; pos < last; pos++) {
+        c = *pos;
+
+        switch (p->scan) {
+
+        case NGX_HTTP_GPU_SCAN_OUT:
+
+            if (c == '"') {
+                p->scan = NGX_HTTP_GPU_SCAN_STRING;
+            }
+
+            continue;
+
+        case NGX_HTTP_GPU_SCAN_STRING:
+
+            if (c == '\\') {
+                p->scan = NGX_HTTP_GPU_SCAN_ESCAPE;
+                continue;
+            }
+
+            if (p->high) {
+                goto surrogate;
+            }
+
+            if (c == '"') {
+                p->scan = NGX_HTTP_GPU_SCAN_OUT;
+            }
+
+            continue;
+
+        case NGX_HTTP_GPU_SCAN_ESCAPE:
+
+            if (c == 'u') {
+                p->scan = NGX_HTTP_GPU_SCAN_HEX;
+                p->hex = 4;
+                p->code = 0;
+                continue;
+            }
+
+            if (p->high) {
+                goto surrogate;
+            }
+
+            p->scan = NGX_HTTP_GPU_SCAN_STRING;
+            continue;
+
+        default: /* NGX_HTTP_GPU_SCAN_HEX */
+
+            /* not a hex digit: yajl refuses the escape */
+            c = (u_char) (c | 0x20);
+            p->code = (p->code << 4)
+                      | ((c >= 'a') ? (uint32_t) (c - 'a' + 10)
+                                    : (uint32_t) (c - '0'));
+
+            if (--p->hex) {
+                continue;
+            }
+
+            p->scan = NGX_HTTP_GPU_SCAN_STRING;
+
+            if (p->code >= 0xd800 && p->code <= 0xdbff) {
+
+                if (p->high) {
+                    goto surrogate;
+                }
+
+                p->high = 1;
+
+            } else if (p->code >= 0xdc00 && p->code <= 0xdfff) {
+
+                if (!p->high) {
+                    goto surrogate;
+                }
+
+                p->high = 0;
+
+            } else if (p->high) {
+                goto surrogate;
+            }
+        }
+    }
+
+    return yajl_parse(yh, data, len);
+
+surrogate:
+
+    p->bad_text = NGX_HTTP_GPU_TEXT_SURROGATE;
+
+    return yajl_status_client_canceled;
+}
+
+
+static ngx_uint_t
+ngx_http_gpu_utf8_valid(u_char *p, size_t len)
+{
+    u_char      *last;
+    uint32_t     u, min;
+    ngx_uint_t   n;
+
+    last = p + len;
+
+    while (p < last) {
+        u = *p++;
+
+        if (u < 0x80) {
+            continue;
+        }
+
+        if (u >= 0xc2 && u <= 0xdf) {
+            u &= 0x1f;
+            n = 1;
+            min = 0x80;
+
+        } else if (u >= 0xe0 && u <= 0xef) {
+            u &= 0x0f;
+            n = 2;
+            min = 0x800;
+
+        } else if (u >= 0xf0 && u <= 0xf4) {
+            u &= 0x07;
+            n = 3;
+            min = 0x10000;
+
+        } else {
+            return 0;
+        }
+
+        if ((size_t) (last - p) < n) {
+            return 0;
+        }
+
+        while (n--) {
+            if ((*p & 0xc0) != 0x80) {
+                return 0;
+            }
+
+            u = (u << 6) | (*p++ & 0x3f);
+        }
+
+        if (u < min || u > 0x10ffff || (u >= 0xd800 && u <= 0xdfff)) {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 

@@ -257,3 +257,70 @@ location /v1/ {
 Content-Type: application/json
 --- response_body_like chomp
 ^\{"error":\{"message":"Request body too large: the limit is 1024 bytes","type":"invalid_request_error","param":null,"code":"request_too_large"\}\}$
+
+
+
+=== TEST 24: an overlong UTF-8 form in a string (yajl checks only the shape)
+--- request eval
+"POST /v1/completions\n" . qq({"prompt": "a\xc0\xafb", "max_tokens": 2})
+--- error_code: 400
+--- response_body_like chomp
+^\{"error":\{"message":"We could not parse the JSON body of your request \(a string is not valid UTF-8\)","type":"invalid_request_error","param":null,"code":"invalid_json"\}\}$
+
+
+
+=== TEST 25: a UTF-16 surrogate encoded as UTF-8, in a key
+--- request eval
+"POST /v1/completions\n" . qq({"prompt": "a", "\xed\xa0\x80": 1})
+--- error_code: 400
+--- response_body_like chomp
+"message":"We could not parse the JSON body of your request \(a string is not valid UTF-8\)",.*"code":"invalid_json"
+
+
+
+=== TEST 26: a code point above U+10FFFF
+--- request eval
+"POST /v1/completions\n" . qq({"prompt": "x", "user": "\xf4\x90\x80\x80", "max_tokens": 2})
+--- error_code: 400
+--- response_body_like chomp
+"code":"invalid_json"
+
+
+
+=== TEST 27: a lone high surrogate escape is refused, not decoded as "?"
+--- request
+POST /v1/completions
+{"prompt": "a\ud800b", "max_tokens": 2}
+--- error_code: 400
+--- response_body_like chomp
+^\{"error":\{"message":"We could not parse the JSON body of your request \(a \\\\u escape is half of a UTF-16 surrogate pair\)","type":"invalid_request_error","param":null,"code":"invalid_json"\}\}$
+
+
+
+=== TEST 28: a high surrogate escape before another escape, not a wrong character
+--- request
+POST /v1/completions
+{"prompt": "\ud800\u0041", "max_tokens": 2}
+--- error_code: 400
+--- response_body_like chomp
+"code":"invalid_json"
+
+
+
+=== TEST 29: a lone low surrogate escape
+--- request
+POST /v1/completions
+{"prompt": "x", "max_tokens": 2, "stop": "\udc00"}
+--- error_code: 400
+--- response_body_like chomp
+"code":"invalid_json"
+
+
+
+=== TEST 30: a surrogate pair and an escaped backslash before "u" are text
+--- request
+POST /v1/completions
+{"prompt": "\ud83e\udd99 \\ud800", "max_tokens": 2}
+--- error_code: 200
+--- response_body_like chomp
+"usage":\{"prompt_tokens":\d+,"completion_tokens":2,
