@@ -106,6 +106,9 @@ static ngx_int_t ngx_http_gpu_upstream_init(ngx_conf_t *cf);
 static void *ngx_http_gpu_upstream_create_conf(ngx_conf_t *cf);
 static char *ngx_http_gpu_adaptive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_http_gpu_upstream_time(ngx_conf_t *cf, ngx_str_t *value,
+    size_t prefix, ngx_msec_t min, ngx_msec_t max, char *range,
+    ngx_msec_t *ms);
 static char *ngx_http_gpu_upstream_status(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_gpu_upstream_init_process(ngx_cycle_t *cycle);
@@ -947,7 +950,6 @@ ngx_http_gpu_adaptive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_int_t                       n;
     ngx_str_t                      *value, s;
     ngx_uint_t                      i;
-    ngx_msec_t                      ms;
     ngx_http_upstream_srv_conf_t   *uscf;
     ngx_http_gpu_upstream_param_t  *param;
 
@@ -1024,38 +1026,24 @@ ngx_http_gpu_adaptive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         if (ngx_strncmp(value[i].data, "interval=", 9) == 0) {
 
-            s.data = value[i].data + 9;
-            s.len = value[i].len - 9;
-
-            ms = ngx_parse_time(&s, 0);
-
-            if (ms == (ngx_msec_t) NGX_ERROR || ms < 10 || ms > 60000) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid interval \"%V\", it must be "
-                                   "from 10ms to 60s", &value[i]);
+            if (ngx_http_gpu_upstream_time(cf, &value[i], 9, 10, 60000,
+                                           "10ms to 60s", &gucf->interval)
+                != NGX_OK)
+            {
                 return NGX_CONF_ERROR;
             }
-
-            gucf->interval = ms;
 
             continue;
         }
 
         if (ngx_strncmp(value[i].data, "stale=", 6) == 0) {
 
-            s.data = value[i].data + 6;
-            s.len = value[i].len - 6;
-
-            ms = ngx_parse_time(&s, 0);
-
-            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0 || ms > 3600000) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid stale \"%V\", it must be "
-                                   "from 1ms to 1h", &value[i]);
+            if (ngx_http_gpu_upstream_time(cf, &value[i], 6, 1, 3600000,
+                                           "1ms to 1h", &gucf->stale)
+                != NGX_OK)
+            {
                 return NGX_CONF_ERROR;
             }
-
-            gucf->stale = ms;
 
             continue;
         }
@@ -1124,6 +1112,33 @@ ngx_http_gpu_adaptive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     return NGX_CONF_OK;
+}
+
+
+/* "name=time" whose name is prefix bytes long (with the "="), min to max */
+
+static ngx_int_t
+ngx_http_gpu_upstream_time(ngx_conf_t *cf, ngx_str_t *value, size_t prefix,
+    ngx_msec_t min, ngx_msec_t max, char *range, ngx_msec_t *ms)
+{
+    ngx_str_t   s;
+    ngx_msec_t  t;
+
+    s.data = value->data + prefix;
+    s.len = value->len - prefix;
+
+    t = ngx_parse_time(&s, 0);
+
+    if (t == (ngx_msec_t) NGX_ERROR || t < min || t > max) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid %*s \"%V\", it must be from %s",
+                           prefix - 1, value->data, value, range);
+        return NGX_ERROR;
+    }
+
+    *ms = t;
+
+    return NGX_OK;
 }
 
 
