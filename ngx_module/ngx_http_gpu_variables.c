@@ -36,6 +36,8 @@ static ngx_int_t ngx_http_gpu_variable_ttft(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_http_gpu_ctx_t *ngx_http_gpu_variable_ctx(ngx_http_request_t *r,
     ngx_http_variable_value_t *v);
+static ngx_int_t ngx_http_gpu_variable_set(ngx_http_variable_value_t *v,
+    u_char *data, size_t len);
 
 
 static ngx_http_variable_t  ngx_http_gpu_vars[] = {
@@ -108,6 +110,27 @@ ngx_http_gpu_variable_ctx(ngx_http_request_t *r, ngx_http_variable_value_t *v)
 }
 
 
+/* the value, or not found where there is none (len 0) */
+
+static ngx_int_t
+ngx_http_gpu_variable_set(ngx_http_variable_value_t *v, u_char *data,
+    size_t len)
+{
+    if (len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = len;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+    v->data = data;
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_gpu_variable_model(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
@@ -116,18 +139,11 @@ ngx_http_gpu_variable_model(ngx_http_request_t *r,
 
     ctx = ngx_http_gpu_variable_ctx(r, v);
 
-    if (ctx == NULL || ctx->model.len == 0) {
-        v->not_found = 1;
+    if (ctx == NULL) {
         return NGX_OK;
     }
 
-    v->len = ctx->model.len;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-    v->data = ctx->model.data;
-
-    return NGX_OK;
+    return ngx_http_gpu_variable_set(v, ctx->model.data, ctx->model.len);
 }
 
 
@@ -139,18 +155,11 @@ ngx_http_gpu_variable_request_id(ngx_http_request_t *r,
 
     ctx = ngx_http_gpu_variable_ctx(r, v);
 
-    if (ctx == NULL || ctx->id_len == 0) {
-        v->not_found = 1;
+    if (ctx == NULL) {
         return NGX_OK;
     }
 
-    v->len = ctx->id_len;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-    v->data = ctx->id;
-
-    return NGX_OK;
+    return ngx_http_gpu_variable_set(v, ctx->id, ctx->id_len);
 }
 
 
@@ -187,13 +196,7 @@ ngx_http_gpu_variable_tokens(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    v->len = ngx_sprintf(p, "%ui", n) - p;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-    v->data = p;
-
-    return NGX_OK;
+    return ngx_http_gpu_variable_set(v, p, ngx_sprintf(p, "%ui", n) - p);
 }
 
 
@@ -201,6 +204,7 @@ static ngx_int_t
 ngx_http_gpu_variable_finish_reason(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
+    ngx_str_t           *name;
     ngx_http_gpu_ctx_t  *ctx;
 
     ctx = ngx_http_gpu_variable_ctx(r, v);
@@ -209,21 +213,16 @@ ngx_http_gpu_variable_finish_reason(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    if (ctx->finish == GPU_FINISH_NONE
-        || ctx->finish >= sizeof(ngx_http_gpu_finish_names)
-                          / sizeof(ngx_str_t))
+    if (ctx->finish >= sizeof(ngx_http_gpu_finish_names)
+                       / sizeof(ngx_str_t))
     {
         v->not_found = 1;
         return NGX_OK;
     }
 
-    v->len = ngx_http_gpu_finish_names[ctx->finish].len;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-    v->data = ngx_http_gpu_finish_names[ctx->finish].data;
+    name = &ngx_http_gpu_finish_names[ctx->finish];
 
-    return NGX_OK;
+    return ngx_http_gpu_variable_set(v, name->data, name->len);
 }
 
 
@@ -259,13 +258,9 @@ ngx_http_gpu_variable_ttft(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    v->len = ngx_sprintf(p, "%uL.%03uL", (first - start) / 1000,
-                         (first - start) % 1000)
-             - p;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-    v->data = p;
-
-    return NGX_OK;
+    return ngx_http_gpu_variable_set(v, p,
+                                     ngx_sprintf(p, "%uL.%03uL",
+                                                 (first - start) / 1000,
+                                                 (first - start) % 1000)
+                                     - p);
 }
