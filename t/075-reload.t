@@ -5,7 +5,6 @@
 use lib 't/lib';
 use Test::Nginx::Socket 'no_plan';
 use NgxGpuTest;
-use POSIX ();
 use Time::HiRes ();
 
 # slow steps: a 150-token stream takes about a second
@@ -26,34 +25,6 @@ CONF
 
 our $stream = '{"prompt":[1],"max_tokens":150,"temperature":0,'
               . '"stream":true}';
-
-# a client in a side process; returns (pid, pipe) for collect()
-sub start_client {
-    my ($body) = @_;
-    pipe(my $r, my $w) or die "pipe: $!";
-    my $pid = fork() // die "fork: $!";
-    if ($pid == 0) {
-        close $r;
-        my ($st, undef, $b) = NgxGpuTest::http_request('POST',
-                                                       '/v1/completions',
-                                                       $body);
-        print $w "$st\n$b";
-        close $w;
-        POSIX::_exit(0);
-    }
-    close $w;
-    return [$pid, $r];
-}
-
-sub collect {
-    my ($c) = @_;
-    my $fh = $c->[1];
-    local $/;
-    my $out = <$fh> // '';
-    waitpid $c->[0], 0;
-    my ($st, $body) = split /\n/, $out, 2;
-    return ($st, $body // '');
-}
 
 # the text of an SSE completion stream, and whether it ended properly
 sub stream_text {
@@ -90,13 +61,15 @@ __DATA__
 === TEST 1: three streams in flight across a reload all finish whole; a request after it is served by the new workers
 --- init
 use JSON::PP ();
-my ($alone_st, $alone) = main::collect(main::start_client($main::stream));
+my ($alone_st, $alone) = NgxGpuTest::http_finish(
+    NgxGpuTest::http_start('POST', '/v1/completions', $main::stream));
 my ($want, $want_done) = main::stream_text($alone);
 Test::More::ok($want_done && length $want > 100,
                'a stream alone: ' . length($want) . ' chars, ends with [DONE]');
 my $master = main::master_pid();
 my @old = main::worker_pids($master);
-my @c = map { main::start_client($main::stream) } 1 .. 3;
+my @c = map { NgxGpuTest::http_start('POST', '/v1/completions',
+                                      $main::stream) } 1 .. 3;
 Time::HiRes::sleep(0.4);
 kill 'HUP', $master;
 # new workers up while the old ones still stream
@@ -113,7 +86,7 @@ my ($st, undef, $body, $secs) = NgxGpuTest::http_request('POST',
 Test::More::is($st, 200, 'a request during the old workers\' streams: 200');
 Test::More::like($body, qr/"text":"Once upon a time,"/, 'and its text');
 for my $i (0 .. 2) {
-    my ($cst, $cbody) = main::collect($c[$i]);
+    my ($cst, $cbody) = NgxGpuTest::http_finish($c[$i]);
     my ($text, $done) = main::stream_text($cbody);
     Test::More::is($cst, 200, "stream $i: 200");
     Test::More::ok($done, "stream $i ends with [DONE]");

@@ -238,33 +238,37 @@ sub http_abort {
 # [status, body, seconds]
 sub http_concurrent {
     my ($n, $method, $path, $body, %o) = @_;
-    my @kids;
-    for my $i (1 .. $n) {
-        pipe(my $r, my $w) or die "pipe: $!";
-        my $pid = fork() // die "fork: $!";
-        if ($pid == 0) {
-            close $r;
-            my ($st, undef, $b, $secs) = http_request($method, $path,
-                                                      $body, %o);
-            print $w "$st $secs\n$b";
-            close $w;
-            POSIX::_exit(0);
-        }
+    my @kids = map { http_start($method, $path, $body, %o) } 1 .. $n;
+    return map { [http_finish($_)] } @kids;
+}
+
+
+# http_request in a side process, started now; http_finish($h) waits for
+# it and returns (status, body, seconds)
+sub http_start {
+    my ($method, $path, $body, %o) = @_;
+    pipe(my $r, my $w) or die "pipe: $!";
+    my $pid = fork() // die "fork: $!";
+    if ($pid == 0) {
+        close $r;
+        my ($st, undef, $b, $secs) = http_request($method, $path, $body, %o);
+        print $w "$st $secs\n$b";
         close $w;
-        push @kids, [$pid, $r];
+        POSIX::_exit(0);
     }
-    my @res;
-    for my $k (@kids) {
-        my $fh = $k->[1];
-        local $/;
-        my $line = <$fh> // '';
-        waitpid($k->[0], 0);
-        my ($first, $b) = split /\n/, $line, 2;
-        my ($st, $secs) = split / /, $first // '';
-        $b //= '';
-        push @res, [$st, $b, $secs];
-    }
-    return @res;
+    close $w;
+    return [$pid, $r];
+}
+
+sub http_finish {
+    my ($k) = @_;
+    my $fh = $k->[1];
+    local $/;
+    my $line = <$fh> // '';
+    waitpid($k->[0], 0);
+    my ($first, $b) = split /\n/, $line, 2;
+    my ($st, $secs) = split / /, $first // '';
+    return ($st, $b // '', $secs);
 }
 
 
