@@ -39,7 +39,7 @@
 #include <stddef.h>
 
 #define GPU_CHANNEL_MAGIC    0x4e475055u   /* "NGPU" */
-#define GPU_CHANNEL_VERSION  4u
+#define GPU_CHANNEL_VERSION  5u
 
 #define GPU_MODEL_NAME_LEN   128
 #define GPU_ENGINE_NAME_LEN  32
@@ -252,11 +252,20 @@ typedef struct {
     float     logprob;
 } gpu_logprob_t;
 
-/* one generated token's logprobs: lp_stride bytes */
+/*
+ * one generated token's logprobs: lp_stride bytes.  text_offset counts
+ * the characters (code points) of the output text complete before the
+ * token: a token that starts inside a character split across tokens
+ * gets that character's offset.  GPU_LP_CUT: the token starts in a stop
+ * string, outside the text; the backend marks such records before DONE,
+ * and they are never sent.
+ */
+#define GPU_LP_CUT  0xffffffffu
+
 typedef struct {
     int32_t        token;
     float          logprob;
-    uint32_t       text_offset;             /* output bytes before it */
+    uint32_t       text_offset;             /* see above */
     uint32_t       n_top;
     gpu_logprob_t  top[];                   /* n_top of them, most likely
                                                first */

@@ -53,6 +53,7 @@ typedef struct {
     int         chat;               /* ends at the template's stops too */
     stop_set_t  stops;              /* points into the slot */
     uint32_t    out_w;              /* text written; out_len <= out_w */
+    uint32_t    out_chars;          /* characters in out[0, out_w) */
     int         stopped;            /* a stop string was found */
     uint32_t    epoch;              /* new with each admission */
     int         n_inflight;         /* sampled tokens the host has not
@@ -624,6 +625,7 @@ admit(scheduler_t *s)
         q->chat = slot->prompt_kind == GPU_PROMPT_CHAT;
         stop_init(&q->stops, slot);
         q->out_w = 0;
+        q->out_chars = 0;
         q->stopped = 0;
         q->epoch++;
         q->n_inflight = 0;
@@ -676,12 +678,15 @@ seq_emit(scheduler_t *s, seq_t *q, int final)
     q->n_pend -= (int) used;
     from = q->out_w;
     q->out_w += (uint32_t) n;
+    q->out_chars += (uint32_t) utf8_chars(s->clean_buf, n);
     pub = q->out_w;
 
     if (q->stops.n > 0) {
         at = stop_find(&q->stops, out, q->out_w, from);
         if (at >= 0) {
             q->stopped = 1;
+            q->out_chars -= (uint32_t) utf8_chars((unsigned char *) out + at,
+                                                  q->out_w - (size_t) at);
             q->out_w = (uint32_t) at;
             q->n_pend = 0;
             pub = (size_t) at;
@@ -715,6 +720,33 @@ is_eos(scheduler_t *s, seq_t *q, int32_t t)
 }
 
 
+/*
+ * A stop string cut the text: the tokens that start at or after the cut
+ * made only the stop string (and what followed it), so their records
+ * are marked GPU_LP_CUT and the logprobs describe the text returned.
+ * usage still counts them: they were generated.  nginx never sent them
+ * while streaming: it sends a token's record once the token's start is
+ * in published text, and nothing at or past the cut ever is.
+ */
+static void
+seq_logprobs_cut(scheduler_t *s, seq_t *q)
+{
+    int              i;
+    gpu_token_lp_t  *rec;
+    gpu_slot_t      *slot = gpu_channel_slot(s->h, q->slot);
+
+    i = q->n_gen < (int) s->h->lp_tokens ? q->n_gen : (int) s->h->lp_tokens;
+
+    while (--i >= 0) {
+        rec = gpu_slot_lp(s->h, slot, (uint32_t) i);
+        if (rec->text_offset < q->out_chars) {
+            break;
+        }
+        __atomic_store_n(&rec->text_offset, GPU_LP_CUT, __ATOMIC_RELAXED);
+    }
+}
+
+
 static void
 seq_end(scheduler_t *s, int i, uint32_t reason)
 {
@@ -727,6 +759,10 @@ seq_end(scheduler_t *s, int i, uint32_t reason)
         if (q->n_gen > 0) {
             gpu_slot_tok_end(s->h, slot)[q->n_gen - 1] = slot->out_len;
         }
+    }
+
+    if (q->stopped && q->logprobs >= 0) {
+        seq_logprobs_cut(s, q);
     }
 
     slot_finish(s, q->slot, GPU_SLOT_RUNNING, reason);
@@ -745,7 +781,10 @@ seq_logprobs(scheduler_t *s, seq_t *q, int32_t t, engine_logprobs_t *lp)
                       (uint32_t) q->n_gen);
     rec->token = t;
     rec->logprob = lp->logprob;
-    rec->text_offset = q->out_w + (uint32_t) q->n_pend;
+    /* characters complete before it: bytes held back (a split
+     * character) do not count yet, so a token that continues one gets
+     * that character's offset */
+    rec->text_offset = q->out_chars;
     rec->n_top = (uint32_t) (lp->n_top < q->logprobs ? lp->n_top
                                                      : q->logprobs);
     for (k = 0; k < (int) rec->n_top; k++) {

@@ -99,3 +99,16 @@ utf8_sanitize(const unsigned char *in, size_t n, int final,
     *consumed = p;
     return o;
 }
+
+
+size_t
+utf8_chars(const unsigned char *p, size_t n)
+{
+    size_t  i, c;
+
+    c = 0;
+    for (i = 0; i < n; i++) {
+        c += (p[i] & 0xc0) != 0x80;
+    }
+    return c;
+}

@@ -21,4 +21,7 @@
 size_t utf8_sanitize(const unsigned char *in, size_t n, int final,
     unsigned char *out, size_t *consumed);
 
+/* the characters in valid UTF-8 p[0..n): the bytes that lead one */
+size_t utf8_chars(const unsigned char *p, size_t n);
+
 #endif

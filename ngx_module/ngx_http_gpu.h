@@ -180,6 +180,7 @@ typedef struct {
     ngx_uint_t                  prompt_tokens;
     ngx_uint_t                  finish;        /* gpu_finish_e */
     size_t                      out_sent;      /* text bytes streamed */
+    ngx_uint_t                  chars_sent;    /* and its characters */
     ngx_uint_t                  lp_sent;       /* tokens whose logprobs
                                                   were streamed */
 

@@ -127,6 +127,11 @@ static u_char *ngx_http_gpu_event(u_char *p, ngx_http_gpu_ctx_t *ctx,
 static u_char *ngx_http_gpu_tail(u_char *p, ngx_http_gpu_ctx_t *ctx,
     ngx_str_t *tail, ngx_http_gpu_progress_t *pr, ngx_uint_t from,
     ngx_uint_t to);
+static ngx_uint_t ngx_http_gpu_utf8_chars(u_char *p, size_t n);
+static ngx_uint_t ngx_http_gpu_lp_ready(ngx_http_gpu_ctx_t *ctx,
+    ngx_http_gpu_progress_t *pr, ngx_uint_t to);
+static ngx_uint_t ngx_http_gpu_lp_end(ngx_http_gpu_progress_t *pr,
+    ngx_uint_t from, ngx_uint_t to);
 static size_t ngx_http_gpu_lp_size(ngx_http_gpu_ctx_t *ctx,
     ngx_http_gpu_progress_t *pr, ngx_uint_t from, ngx_uint_t to);
 static u_char *ngx_http_gpu_lp_json(u_char *p, ngx_http_gpu_ctx_t *ctx,
@@ -673,7 +678,7 @@ ngx_http_gpu_stream_body(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
     ngx_int_t              rc;
     ngx_str_t             *tail;
     ngx_buf_t             *b;
-    ngx_uint_t             i, first, events;
+    ngx_uint_t             i, first, events, lp_to, lp_end;
     ngx_chain_t           *out;
     ngx_http_gpu_shape_t  *shape;
 
@@ -718,7 +723,7 @@ ngx_http_gpu_stream_body(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
            + 6 * (limit - ctx->out_sent)
            + ngx_http_gpu_data.len + ctx->head.len + shape->role.len
            + ngx_http_gpu_lp_size(ctx, p, ctx->lp_sent, p->n_tokens)
-           + 3 * ngx_http_gpu_lp_size(ctx, p, 0, 0);
+           + (events + 3) * ngx_http_gpu_lp_size(ctx, p, 0, 0);
 
     if (p->done) {
         size += 2 * (ngx_http_gpu_data.len + ctx->head.len
@@ -763,10 +768,13 @@ ngx_http_gpu_stream_body(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
             continue;
         }
 
+        ctx->chars_sent += ngx_http_gpu_utf8_chars(p->out + prev, end - prev);
+        lp_to = ngx_http_gpu_lp_ready(ctx, p, i + 1);
+
         b->last = ngx_http_gpu_event(b->last, ctx, shape, p->out + prev,
                                      end - prev, &shape->tail, p,
-                                     ctx->lp_sent, i + 1);
-        ctx->lp_sent = i + 1;
+                                     ctx->lp_sent, lp_to);
+        ctx->lp_sent = lp_to;
         prev = end;
     }
 
@@ -777,12 +785,20 @@ ngx_http_gpu_stream_body(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
 
         if (p->finish == GPU_FINISH_LENGTH || p->finish == GPU_FINISH_STOP) {
 
-            /* the rest of the text, if any, and the finish reason */
+            /*
+             * the rest of the text, if any, the logprobs not sent yet
+             * (but those of tokens a stop string cut away), and the
+             * finish reason
+             */
+
+            lp_end = ctx->lp_sent;
+
+            if (ctx->params.logprobs >= 0) {
+                lp_end = ngx_http_gpu_lp_end(p, ctx->lp_sent, p->n_tokens);
+            }
 
             if (shape->skip_empty
-                && (limit > prev
-                    || (ctx->params.logprobs >= 0
-                        && ctx->lp_sent < p->n_tokens)))
+                && (limit > prev || ctx->lp_sent < lp_end))
             {
                 /*
                  * chat: the rest in a delta of its own (with the
@@ -792,20 +808,19 @@ ngx_http_gpu_stream_body(ngx_http_request_t *r, ngx_http_gpu_ctx_t *ctx,
                 b->last = ngx_http_gpu_event(b->last, ctx, shape,
                                              p->out + prev, limit - prev,
                                              &shape->tail, p, ctx->lp_sent,
-                                             p->n_tokens);
-                ctx->lp_sent = p->n_tokens;
+                                             lp_end);
+                ctx->lp_sent = lp_end;
                 prev = limit;
             }
 
-            if (limit > prev) {
+            if (limit > prev || ctx->lp_sent < lp_end) {
                 tail = (p->finish == GPU_FINISH_STOP) ? &shape->tail_stop
                                                        : &shape->tail_length;
 
                 b->last = ngx_http_gpu_event(b->last, ctx, shape,
                                              p->out + prev, limit - prev,
-                                             tail, p, ctx->lp_sent,
-                                             p->n_tokens);
-                ctx->lp_sent = p->n_tokens;
+                                             tail, p, ctx->lp_sent, lp_end);
+                ctx->lp_sent = lp_end;
                 b->last = ngx_cpymem(b->last, "}\n\n", sizeof("}\n\n") - 1);
 
             } else {
@@ -975,6 +990,73 @@ ngx_http_gpu_lp_text(gpu_channel_header_t *h, int32_t token)
 }
 
 
+/*
+ * Which records may go out.  A record's text_offset counts the
+ * characters of the text before its token (GPU_LP_CUT: the token is in
+ * a stop string), so a stream sends a token's record once the token
+ * starts in the text sent: never the record of a token that a stop
+ * string may still cut away, nor half of a split character's.
+ */
+
+static ngx_uint_t
+ngx_http_gpu_lp_ready(ngx_http_gpu_ctx_t *ctx, ngx_http_gpu_progress_t *pr,
+    ngx_uint_t to)
+{
+    ngx_uint_t       i, n_top;
+    gpu_token_lp_t  *rec;
+
+    if (ctx->params.logprobs < 0) {
+        return to;
+    }
+
+    for (i = ctx->lp_sent; i < to; i++) {
+        rec = ngx_http_gpu_lp_record(pr, i, &n_top);
+
+        if (rec == NULL || rec->text_offset >= ctx->chars_sent) {
+            break;
+        }
+    }
+
+    return i;
+}
+
+
+/* the records of [from, to) up to the first cut one (the answer is done) */
+
+static ngx_uint_t
+ngx_http_gpu_lp_end(ngx_http_gpu_progress_t *pr, ngx_uint_t from,
+    ngx_uint_t to)
+{
+    ngx_uint_t       i, n_top;
+    gpu_token_lp_t  *rec;
+
+    for (i = from; i < to; i++) {
+        rec = ngx_http_gpu_lp_record(pr, i, &n_top);
+
+        if (rec == NULL || rec->text_offset == GPU_LP_CUT) {
+            break;
+        }
+    }
+
+    return i;
+}
+
+
+/* characters of valid UTF-8, counted as the backend counts them */
+
+static ngx_uint_t
+ngx_http_gpu_utf8_chars(u_char *p, size_t n)
+{
+    ngx_uint_t  c;
+
+    for (c = 0; n; n--) {
+        c += (*p++ & 0xc0) != 0x80;
+    }
+
+    return c;
+}
+
+
 /* an upper bound of what ngx_http_gpu_lp_json() writes */
 
 static size_t
@@ -1023,6 +1105,8 @@ ngx_http_gpu_lp_json(u_char *p, ngx_http_gpu_ctx_t *ctx,
 {
     ngx_uint_t       i, k, n_top, found;
     gpu_token_lp_t  *rec;
+
+    to = ngx_http_gpu_lp_end(pr, from, to);
 
     if (ctx->params.endpoint == NGX_HTTP_GPU_CHAT) {
 

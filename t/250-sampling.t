@@ -6,7 +6,11 @@
 # deterministic: greedy and top_k 1 agree, the penalised greedy token is
 # the best of the raw alternatives after the penalty, logprobs are the
 # raw distribution's (sorted, the greedy token first, summing to <= 1),
-# streamed logprobs are the plain answer's.
+# streamed logprobs are the plain answer's.  Then, on the scripted
+# byte-level model (t/230's, when ../shared is there): text_offset counts
+# characters, a token inside a split character gets that character's
+# offset, and a stop string leaves out the entries of the tokens it cut
+# away (both endpoints, streamed and not), while usage counts them.
 use lib 't/lib';
 use Test::More;
 use JSON::PP;
@@ -17,7 +21,7 @@ my $model = model_dir_or_skip();
 start_backend(args => ['--device', 'cpu', '--chat-template', 'chatml',
                        '--max-logprobs', '10', '--logprobs-tokens', '64']);
 
-my $port = start_gpu_nginx();
+our $port = start_gpu_nginx();
 
 my $json = JSON::PP->new->utf8->canonical;
 
@@ -106,7 +110,7 @@ is(join('', @{ $lp->{tokens} }), $gtext, 'the tokens spell the text');
                      && $top{ $lp->{tokens}[$i] } == $max;
         $ok_n++ if keys %top == 3;
         $ok_off = 0 if $lp->{text_offset}[$i] != $off;
-        $off += length(Encode::encode_utf8($lp->{tokens}[$i]));
+        $off += length($lp->{tokens}[$i]);
         my $s = 0;
         $s += exp($_) for values %top;
         $ok_sum++ if $s <= 1 + 1e-5 && $s > 0;
@@ -241,6 +245,147 @@ is(join('', @{ $lp->{tokens} }), $gtext, 'the tokens spell the text');
     ok(!grep({ @{ $_->{top_logprobs} } } @{ $zero->{choices}[0]{logprobs}
                                             {content} }),
        'logprobs without top_logprobs: no alternatives');
+}
+
+# --- a byte-level model: split characters, stop strings ---------------------
+
+SKIP: {
+    my $py = 'build/venv/bin/python';
+    my $qwen = ($ENV{NGX_GPU_SHARED} // '../shared')
+               . '/models/qwen3-tokenizer/tokenizer.json';
+    skip('../shared or build/venv\'s tokenizers and jinja2 are absent: no '
+         . 'byte-level checks', 1)
+        unless -f $qwen && -x $py
+               && system("$py -c 'import tokenizers, jinja2' 2>/dev/null")
+                  == 0;
+
+    require NgxGpuScripted;
+    my $smodel = NgxGpuScripted::scripted_model_or_skip();
+    start_backend(name => 'b', model => $smodel, args => ['--device', 'cpu']);
+    local $port = start_gpu_nginx(name => 'b');
+
+    my $text = NgxGpuScripted::scripted_text();
+    my @hi = ({ role => 'user', content => 'hi' });
+    my $t = JSON::PP::true;
+
+    # every token's exact bytes, from chat's logprobs
+    my (undef, $c) = post('/v1/chat/completions', { messages => \@hi,
+                          max_tokens => 40, logprobs => $t });
+    my @bytes = map { pack('C*', @{ $_->{bytes} }) }
+                    @{ $c->{choices}[0]{logprobs}{content} };
+    is(Encode::decode_utf8(join('', @bytes)), $text,
+       'byte-level: the chat tokens\' bytes spell the answer');
+
+    # the characters complete before token i (a split one's tail is not)
+    my $chars_before = sub {
+        my $b = join('', @bytes[0 .. $_[0] - 1]);
+        return length(Encode::decode('UTF-8', $b, Encode::FB_QUIET));
+    };
+    my @want = map { $chars_before->($_) } 0 .. $#bytes;
+
+    my ($st, $r) = post('/v1/completions', { prompt => 'hi',
+                        max_tokens => 40, logprobs => 1 });
+    my $l = $r->{choices}[0]{logprobs};
+    is($st, 200, 'byte-level completions with logprobs');
+    is($r->{choices}[0]{text}, $text, 'byte-level: the scripted text');
+    is($r->{usage}{completion_tokens}, scalar @bytes,
+       'byte-level: a token per byte string');
+    is_deeply($l->{text_offset}, \@want, 'text_offset counts characters; '
+              . 'a token inside a split character gets its offset');
+    my $llama = index($text, "\x{1f999}");
+    is(scalar(grep { $_ == $llama } @{ $l->{text_offset} }), 2,
+       'the two tokens that end the llama emoji start at it');
+    ok($l->{text_offset}[0] == 0
+       && !grep({ $l->{text_offset}[$_] < $l->{text_offset}[$_ - 1]
+                  || $l->{text_offset}[$_] > length $text } 1 .. $#want),
+       'offsets from 0, in order, within the text');
+
+    my ($sst, $ev, $done) = stream('/v1/completions', { prompt => 'hi',
+                                   max_tokens => 40, logprobs => 1,
+                                   stream => $t });
+    my ($stext, $inside, @soff, @stok) = ('', 1);
+    for my $e (@$ev) {
+        $stext .= $e->{choices}[0]{text};
+        my $el = $e->{choices}[0]{logprobs} or next;
+        $inside = 0 if grep { $_ >= length $stext } @{ $el->{text_offset} };
+        push @soff, @{ $el->{text_offset} };
+        push @stok, @{ $el->{tokens} };
+    }
+    ok($done && $stext eq $text, 'byte-level stream: the text');
+    is_deeply(\@soff, \@want, 'byte-level stream: the same offsets');
+    is_deeply(\@stok, $l->{tokens}, 'byte-level stream: the same tokens');
+    ok($inside, 'byte-level stream: a token\'s entry comes with the '
+       . 'chunk that holds its start (a split character\'s with it whole)');
+
+    # a stop string cuts tokens away: their entries go, usage counts them
+    for my $stop ("\x{4f60}\x{597d}\x{4e16}\x{754c},", "ays \x{4f60}") {
+        my $cut = substr($text, 0, index($text, $stop));
+        my $sb = Encode::encode_utf8($stop);
+        my ($gen, $kept) = (0, 0);
+        $gen++ until index(join('', @bytes[0 .. $gen - 1]), $sb) >= 0;
+        $kept++ while $kept < @bytes && $want[$kept] < length $cut;
+        my %req = (prompt => 'hi', max_tokens => 40, stop => $stop,
+                   logprobs => 2);
+
+        my (undef, $s) = post('/v1/completions', \%req);
+        my $sl = $s->{choices}[0]{logprobs};
+        is($s->{choices}[0]{text}, $cut, "stop \"$stop\": the text before "
+           . 'it');
+        is($s->{usage}{completion_tokens}, $gen, "stop \"$stop\": usage "
+           . "counts the $gen tokens generated");
+        is(scalar @{ $sl->{tokens} }, $kept, "stop \"$stop\": entries for "
+           . "the $kept tokens that start in the text");
+        is_deeply($sl->{text_offset}, [@want[0 .. $kept - 1]],
+                  "stop \"$stop\": their offsets, all within the text");
+        is(scalar @{ $sl->{top_logprobs} } + @{ $sl->{token_logprobs} },
+           2 * $kept, "stop \"$stop\": every list as long");
+
+        my (undef, $sev, $sdone) = stream('/v1/completions', { %req,
+            stream => $t, stream_options => { include_usage => $t } });
+        my ($txt, $n, @o, @k) = ('', 0);
+        for my $e (@$sev) {
+            $n = $e->{usage}{completion_tokens} if $e->{usage};
+            my $ch = $e->{choices}[0] or next;
+            $txt .= $ch->{text};
+            my $cl = $ch->{logprobs} or next;
+            push @o, @{ $cl->{text_offset} };
+            push @k, @{ $cl->{tokens} };
+        }
+        ok($sdone && $txt eq $cut && $n == $gen,
+           "stop \"$stop\" streamed: the text, usage $gen");
+        is_deeply(\@o, [@want[0 .. $kept - 1]],
+                  "stop \"$stop\" streamed: the entries of those $kept");
+        is_deeply(\@k, $sl->{tokens},
+                  "stop \"$stop\" streamed: the same tokens");
+
+        my %chat = (messages => \@hi, max_tokens => 40, stop => $stop,
+                    logprobs => $t, top_logprobs => 1);
+        my (undef, $h) = post('/v1/chat/completions', \%chat);
+        my $hc = $h->{choices}[0]{logprobs}{content};
+        is($h->{choices}[0]{message}{content}, $cut,
+           "chat stop \"$stop\": the text before it");
+        is($h->{usage}{completion_tokens}, $gen,
+           "chat stop \"$stop\": usage counts every token");
+        is_deeply([map { pack('C*', @{ $_->{bytes} }) } @$hc],
+                  [@bytes[0 .. $kept - 1]],
+                  "chat stop \"$stop\": the entries of the $kept tokens "
+                  . 'that start in the text');
+
+        my (undef, $hev, $hdone) = stream('/v1/chat/completions', { %chat,
+                                          stream => $t });
+        my @got;
+        for my $e (@$hev) {
+            my $ch = $e->{choices}[0] or next;
+            my $hl = $ch->{logprobs} or next;
+            push @got, @{ $hl->{content} };
+        }
+        ok($hdone, "chat stop \"$stop\" streamed: [DONE]");
+        is_deeply([map { pack('C*', @{ $_->{bytes} }) } @got],
+                  [@bytes[0 .. $kept - 1]],
+                  "chat stop \"$stop\" streamed: those $kept entries");
+        is_deeply(\@got, $hc, "chat stop \"$stop\" streamed: as the "
+                  . 'plain answer\'s');
+    }
 }
 
 # (the 400s are data blocks in t/255-sampling-errors.t)

@@ -361,9 +361,13 @@ sub fake_peer {
 # For suites that are scripts rather than data blocks (a real client, or
 # checks across several requests): one nginx, in its own directory under
 # this file's temporary one, on a free port, with `location /v1/ {
-# gpu_pass }` on the default backend's socket.  Returns the port; the
-# nginx is stopped at exit.
+# gpu_pass }` on the default backend's socket (name => 'b': on that
+# backend's).  Returns the port; the nginx is stopped at exit.
 sub start_gpu_nginx {
+    my (%o) = @_;
+    my $name = $o{name} // '';
+    my $sock = $ENV{'TEST_NGINX_GPU_SOCKET'
+                    . ($name eq '' ? '' : '_' . uc $name)};
     my $port = free_port();
     my $nd = "$dir/nginx-$port";
     make_path("$nd/logs");
@@ -379,7 +383,7 @@ http {
     access_log off;
     server {
         listen 127.0.0.1:$port;
-        location /v1/ { gpu_pass unix:$ENV{TEST_NGINX_GPU_SOCKET}; }
+        location /v1/ { gpu_pass unix:$sock; }
     }
 }
 CONF
