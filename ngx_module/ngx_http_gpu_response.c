@@ -910,7 +910,8 @@ ngx_http_gpu_event(u_char *p, ngx_http_gpu_ctx_t *ctx,
 
 /*
  * a choice's tail: as in the shape, or with logprobs asked for, its
- * "logprobs":null replaced by the logprobs of tokens [from, to)
+ * "logprobs":null replaced by the logprobs of tokens [from, to); a
+ * stream's event without any keeps the null, as its last one does
  */
 
 static u_char *
@@ -921,7 +922,7 @@ ngx_http_gpu_tail(u_char *p, ngx_http_gpu_ctx_t *ctx, ngx_str_t *tail,
 
     null = NULL;
 
-    if (ctx->params.logprobs >= 0) {
+    if (ctx->params.logprobs >= 0 && (from < to || !ctx->params.stream)) {
         null = ngx_strnstr(tail->data, "\"logprobs\":null", tail->len);
     }
 
