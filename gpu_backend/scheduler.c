@@ -106,7 +106,7 @@ struct scheduler_s {
     int                     n_pending;      /* steps begun, not read */
     int                     overlap;        /* build the next step while
                                                the last one runs */
-    unsigned char          *text_buf;       /* one token's bytes */
+    unsigned char          *text_buf;       /* held back bytes + a token's */
     unsigned char          *clean_buf;      /* its sanitized form */
     int                     text_cap;
     uint64_t                rng_counter;
@@ -656,26 +656,29 @@ seq_drop(scheduler_t *s, int i)
 
 
 /*
- * Append sanitized bytes to the slot's output and publish what may be
- * sent: all of it, or with stop strings what cannot be the start of one.
+ * Append in[0, n_in) (the bytes held back, then a token's), sanitized,
+ * to the slot's output, hold back an incomplete character's bytes (at
+ * most 3) in pend, and publish what may be sent: all of it, or with stop
+ * strings what cannot be the start of one.
  */
 static void
-seq_emit(scheduler_t *s, seq_t *q, int final)
+seq_emit(scheduler_t *s, seq_t *q, const unsigned char *in, size_t n_in,
+    int final)
 {
     long         at;
     size_t       n, used, from, pub;
     gpu_slot_t  *slot = gpu_channel_slot(s->h, q->slot);
     char        *out = gpu_slot_out(s->h, slot);
 
-    n = utf8_sanitize(q->pend, q->n_pend, final, s->clean_buf, &used);
+    n = utf8_sanitize(in, n_in, final, s->clean_buf, &used);
 
     if (q->out_w + n > s->h->out_bytes_cap) {
         n = s->h->out_bytes_cap - q->out_w;         /* cannot happen */
     }
 
     memcpy(out + q->out_w, s->clean_buf, n);
-    memmove(q->pend, q->pend + used, q->n_pend - used);
-    q->n_pend -= (int) used;
+    memmove(q->pend, in + used, n_in - used);
+    q->n_pend = (int) (n_in - used);
     from = q->out_w;
     q->out_w += (uint32_t) n;
     q->out_chars += (uint32_t) utf8_chars(s->clean_buf, n);
@@ -755,7 +758,7 @@ seq_end(scheduler_t *s, int i, uint32_t reason)
 
     if (!q->stopped && (q->n_pend > 0 || q->out_w > slot->out_len)) {
         /* held back bytes: never a whole character or stop string */
-        seq_emit(s, q, 1);
+        seq_emit(s, q, q->pend, (size_t) q->n_pend, 1);
         if (q->n_gen > 0) {
             gpu_slot_tok_end(s->h, slot)[q->n_gen - 1] = slot->out_len;
         }
@@ -817,15 +820,13 @@ seq_token(scheduler_t *s, int i, int32_t t, engine_logprobs_t *lp)
 
     q->tokens[q->n_prompt + q->n_gen] = t;
 
-    n = tokenizer_decode_token(s->tok, q->prev, t, (char *) s->text_buf,
-                               s->text_cap);
+    /* the bytes held back, then the token's (up to 128 in Qwen's
+     * vocabulary: never through pend) */
+    memcpy(s->text_buf, q->pend, q->n_pend);
+    n = tokenizer_decode_token(s->tok, q->prev, t,
+                               (char *) s->text_buf + q->n_pend, s->text_cap);
     if (n > 0) {
-        if (q->n_pend + n > (int) sizeof(q->pend)) {
-            seq_emit(s, q, 1);          /* never valid: flush as U+FFFD */
-        }
-        memcpy(q->pend + q->n_pend, s->text_buf, n);
-        q->n_pend += n;
-        seq_emit(s, q, 0);
+        seq_emit(s, q, s->text_buf, (size_t) (q->n_pend + n), 0);
     }
 
     gpu_slot_tok_end(s->h, slot)[q->n_gen] = slot->out_len;

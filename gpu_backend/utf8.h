@@ -14,9 +14,10 @@
 
 /*
  * Copy the valid prefix of in[0..n) to out, replacing invalid bytes with
- * U+FFFD.  An incomplete but so-far valid sequence at the end is left
- * unconsumed unless final is set (then it becomes U+FFFD too).  out must
- * hold 3 * n bytes.  Returns bytes written; *consumed gets bytes read.
+ * U+FFFD.  An incomplete but so-far valid sequence at the end (3 bytes at
+ * most) is left unconsumed unless final is set (then it becomes U+FFFD
+ * too).  out must hold 3 * n bytes.  Returns bytes written; *consumed
+ * gets bytes read.
  */
 size_t utf8_sanitize(const unsigned char *in, size_t n, int final,
     unsigned char *out, size_t *consumed);

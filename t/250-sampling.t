@@ -15,6 +15,7 @@ use lib 't/lib';
 use Test::More;
 use JSON::PP;
 use Encode ();
+use File::Temp ();
 use NgxGpuTest;
 
 my $model = model_dir_or_skip();
@@ -269,19 +270,25 @@ SKIP: {
     my $t = JSON::PP::true;
 
     # every token's exact bytes, from chat's logprobs
-    my (undef, $c) = post('/v1/chat/completions', { messages => \@hi,
-                          max_tokens => 40, logprobs => $t });
-    my @bytes = map { pack('C*', @{ $_->{bytes} }) }
-                    @{ $c->{choices}[0]{logprobs}{content} };
+    my $token_bytes = sub {
+        my (undef, $c) = post('/v1/chat/completions', { messages => \@hi,
+                              max_tokens => 40, logprobs => $t });
+        return map { pack('C*', @{ $_->{bytes} }) }
+                   @{ $c->{choices}[0]{logprobs}{content} };
+    };
+    my @bytes = $token_bytes->();
     is(Encode::decode_utf8(join('', @bytes)), $text,
        'byte-level: the chat tokens\' bytes spell the answer');
 
-    # the characters complete before token i (a split one's tail is not)
-    my $chars_before = sub {
-        my $b = join('', @bytes[0 .. $_[0] - 1]);
-        return length(Encode::decode('UTF-8', $b, Encode::FB_QUIET));
+    # per token, the characters complete before it (not a split one's)
+    my $offsets = sub {
+        my @b = @_;
+        return map {
+            my $s = join('', @b[0 .. $_ - 1]);
+            length(Encode::decode('UTF-8', $s, Encode::FB_QUIET));
+        } 0 .. $#b;
     };
-    my @want = map { $chars_before->($_) } 0 .. $#bytes;
+    my @want = $offsets->(@bytes);
 
     my ($st, $r) = post('/v1/completions', { prompt => 'hi',
                         max_tokens => 40, logprobs => 1 });
@@ -386,6 +393,30 @@ SKIP: {
         is_deeply(\@got, $hc, "chat stop \"$stop\" streamed: as the "
                   . 'plain answer\'s');
     }
+
+    # a token of 39 bytes (spaces: Qwen has them up to 128) before a
+    # split character; the backend once held every token's bytes in 16
+    my $long = "Hello" . (' ' x 40) . "world, internationalization "
+               . "\x{1f999}.";
+    my $ldir = File::Temp::tempdir(CLEANUP => 1);
+    system($py, 'scripts/make-scripted-model', '--tokenizer',
+           ($ENV{NGX_GPU_SHARED} // '../shared') . '/models/qwen3-tokenizer',
+           '--out', $ldir, '--text', Encode::encode_utf8($long)) == 0
+        or die "make-scripted-model failed\n";
+    start_backend(name => 'c', model => $ldir, args => ['--device', 'cpu']);
+    $port = start_gpu_nginx(name => 'c');
+    my @lb = $token_bytes->();
+    ok((grep { length > 16 } @lb), 'a token of more than 16 bytes');
+    my ($lst, $lr) = post('/v1/completions', { prompt => 'hi',
+                          max_tokens => 40, logprobs => 0 });
+    is($lst, 200, 'long token: 200');
+    is($lr->{choices}[0]{text}, $long, 'long token: the text');
+    is_deeply($lr->{choices}[0]{logprobs}{text_offset}, [$offsets->(@lb)],
+              'long token: the offsets');
+    my (undef, $lev, $ldone) = stream('/v1/completions', { prompt => 'hi',
+                                      max_tokens => 40, stream => $t });
+    ok($ldone && join('', map { $_->{choices}[0]{text} } @$lev) eq $long,
+       'long token streamed: the text');
 }
 
 # (the 400s are data blocks in t/255-sampling-errors.t)
