@@ -10,7 +10,9 @@
 # byte-level model (t/230's, when ../shared is there): text_offset counts
 # characters, a token inside a split character gets that character's
 # offset, and a stop string leaves out the entries of the tokens it cut
-# away (both endpoints, streamed and not), while usage counts them.
+# away (both endpoints, streamed and not), while usage counts them; and
+# a model whose answer has a 39-byte token is served (it crashed the
+# backend once).
 use lib 't/lib';
 use Test::More;
 use JSON::PP;
