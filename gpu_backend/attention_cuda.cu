@@ -49,6 +49,9 @@ attention_kernel(T *out, float *part, const float *qkv, const T *kv,
     __shared__ float ps[KC_ATT_MAXG][SUB];
     __shared__ float m_s[KC_ATT_MAXG], l_s[KC_ATT_MAXG], c_s[KC_ATT_MAXG];
 
+    kc_pdl_wait();
+    kc_pdl_trigger();
+
     int tid = threadIdx.x;
     int group = n_heads / n_kv;
     int chunks = (group + KC_ATT_MAXG - 1) / KC_ATT_MAXG;
@@ -199,6 +202,9 @@ combine_kernel(T *out, const float *part, int n_heads, int hd, int n_split,
 {
     __shared__ float w_s[KC_ATT_MAX_SPLIT];
     __shared__ float inv_s;
+    kc_pdl_wait();
+    kc_pdl_trigger();
+
     const float *pp = part + ((size_t) blockIdx.x * n_heads + blockIdx.y)
                              * n_split * (hd + 2);
     int tid = threadIdx.x;
@@ -241,9 +247,9 @@ launch(cudaStream_t s, dim3 grid, T *out, float *part, const float *qkv,
     const T *kv, size_t block_stride, kc_step_t st, int n_heads, int n_kv,
     int hd, int bs, float scale, int n_split, int skip_multi)
 {
-    attention_kernel<T, HDM, SUB><<<grid, ATT_THREADS, 0, s>>>(out, part, qkv,
-        kv, block_stride, st, n_heads, n_kv, hd, bs, scale, n_split,
-        skip_multi);
+    kc_launch(attention_kernel<T, HDM, SUB>, grid, ATT_THREADS, 0, s, out,
+              part, qkv, kv, block_stride, st, n_heads, n_kv, hd, bs, scale,
+              n_split, skip_multi);
 }
 
 void
@@ -286,9 +292,10 @@ kc_attention(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
         else if (head_dim <= 128) ATT_LAUNCH(128, 32);
         else ATT_LAUNCH(256, 16);
         if (n_split > 1) {
-            combine_kernel<T><<<dim3(n_tok, n_heads),
-                                (head_dim + 31) / 32 * 32, 0, s>>>(
-                (T *) out, part, n_heads, head_dim, n_split, st, skip);
+            kc_launch(combine_kernel<T>, dim3(n_tok, n_heads),
+                      dim3((head_dim + 31) / 32 * 32), 0, s, (T *) out,
+                      (const float *) part, n_heads, head_dim, n_split, st,
+                      skip);
         });
 #undef ATT_LAUNCH
 }

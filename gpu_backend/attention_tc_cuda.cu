@@ -178,6 +178,9 @@ attention_tc_kernel(T *out, const float *qkv, const T *kv,
     extern __shared__ __align__(16) char fa_raw[];
     fa_smem_t<T, HD> &sm = *reinterpret_cast<fa_smem_t<T, HD> *>(fa_raw);
 
+    kc_pdl_wait();
+    kc_pdl_trigger();
+
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     int group = n_heads / n_kv;
     int gc = min(group, FA_BM);                 /* heads a block */
@@ -457,9 +460,9 @@ launch_tc(cudaStream_t s, T *out, const float *qkv, const T *kv,
         }
         ready = 1;
     }
-    attention_tc_kernel<T, HD><<<grid, FA_THREADS, smem, s>>>(out, qkv, kv,
-        block_stride, st, n_tok, n_heads, n_kv, bs, scale_log2);
-    return cudaSuccess;
+    return kc_launch(attention_tc_kernel<T, HD>, grid, FA_THREADS, smem, s,
+                     out, qkv, kv, block_stride, st, n_tok, n_heads, n_kv, bs,
+                     scale_log2);
 }
 
 int

@@ -54,7 +54,7 @@ typedef struct {
     float  *post_attn_norm, *post_ffn_norm; /* Glm4, else NULL */
     void   *w_qkv;                      /* [q|k|v rows, dim] */
     void   *wo;                         /* [dim, q_dim] */
-    void   *w_gate_up;                  /* [gate|up rows, dim] */
+    void   *w_gate_up;                  /* [gate, up rows interleaved, dim] */
     void   *w_down;                     /* [dim, hidden] */
 } cu_layer_t;
 
@@ -108,6 +108,7 @@ typedef struct {
     float            *x, *y, *qkv, *gu, *logits;
     void             *xb, *att, *hb, *xl;
     float            *att_part;         /* split attention's partials */
+    int              *gemv_count;       /* gemv_norm_t's count */
     size_t            att_part_floats;
     /* cuDNN's fused attention for prefill rows (attention_cudnn.cu):
      * wanted at start, its scratch in the arena, what this step does */
@@ -279,6 +280,34 @@ upload(char *dst, const st_tensor_t *t, kc_dtype_t to, float *f32, void *conv)
     return r;
 }
 
+/* rows r0 .. r0 + n - 1 of t (len elements each) to dst, one every
+ * pitch elements, as dtype to: how gate's and up's rows interleave */
+static cudaError_t
+upload_rows(char *dst, const st_tensor_t *t, size_t r0, size_t n,
+    size_t len, size_t pitch, kc_dtype_t to, float *f32, void *conv)
+{
+    kc_dtype_t from = st_kc(t->dtype);
+    size_t es_from = kc_dtype_size(from), es_to = kc_dtype_size(to);
+    size_t per = CONV_CHUNK / len > 0 ? CONV_CHUNK / len : 1, i, k;
+    const char *src = (const char *) t->data + r0 * len * es_from;
+    cudaError_t r = cudaSuccess;
+
+    for (i = 0; i < n && r == cudaSuccess; i += k) {
+        const void *h = src + i * len * es_from;
+
+        k = n - i < per ? n - i : per;
+        if (from != to) {
+            kc_to_f32(from, f32, h, k * len);
+            kc_from_f32(to, conv, f32, k * len);
+            h = conv;
+        }
+        r = cudaMemcpy2D(dst + i * pitch * es_to, pitch * es_to, h,
+                         len * es_to, len * es_to, k,
+                         cudaMemcpyHostToDevice);
+    }
+    return r;
+}
+
 static int
 upload_weights(cu_engine_t *e, const model_t *m, char *err, size_t errlen)
 {
@@ -323,13 +352,21 @@ upload_weights(cu_engine_t *e, const model_t *m, char *err, size_t errlen)
         UP((char *) L->w_qkv + (size_t) (s->wq->numel + s->wk->numel) * es,
            s->wv, e->dt);
         UP(L->wo, s->wo, e->dt);
-        if (s->w_gate_up != NULL) {
-            /* GLM: gate's rows then up's, already one tensor */
-            UP(L->w_gate_up, s->w_gate_up, e->dt);
-        } else {
-            UP(L->w_gate_up, s->w_gate, e->dt);
-            UP((char *) L->w_gate_up + (size_t) s->w_gate->numel * es,
-               s->w_up, e->dt);
+        /* gate's and up's rows interleaved (2j gate j, 2j + 1 up j): a
+         * warp of gemv_cuda.cu's kernel then holds both halves of an
+         * output of SwiGLU; GLM's one tensor is gate's rows then up's */
+        if (r == cudaSuccess) {
+            size_t h = (size_t) c->hidden_dim, d = (size_t) c->dim;
+            char *gu = (char *) L->w_gate_up;
+            const st_tensor_t *tg = s->w_gate_up ? s->w_gate_up : s->w_gate;
+            const st_tensor_t *tu = s->w_gate_up ? s->w_gate_up : s->w_up;
+            size_t u0 = s->w_gate_up ? h : 0;
+
+            r = upload_rows(gu, tg, 0, h, d, 2 * d, e->dt, f32, conv);
+            if (r == cudaSuccess) {
+                r = upload_rows(gu + d * es, tu, u0, h, d, 2 * d, e->dt, f32,
+                                conv);
+            }
         }
         UP(L->w_down, s->w_down, e->dt);
     }
@@ -396,6 +433,7 @@ carve_acts(cu_engine_t *e, carve_t *cv)
                                                   c->head_dim,
                                                   KC_ATT_MAX_SPLIT);
     e->att_part = (float *) carve(cv, e->att_part_floats * 4);
+    e->gemv_count = (int *) carve(cv, 4);
     e->blas_ws = carve(cv, BLAS_WS_BYTES);
     e->d_stage = (char *) carve(cv, e->stage_bytes);
     if (e->dnn_want) {
@@ -605,30 +643,66 @@ mixed_of(const cu_engine_t *e, const engine_item_t *items, int n, int *p)
 
 /* --- the forward pass --------------------------------------------------- */
 
-/* out[M,N] (f32) = in[M,K] @ w[N,K]^T, in and w in the storage dtype */
+/* out[M,N] (f32) = in[M,K] @ w[N,K]^T, in and w in the storage dtype,
+ * then the epilogue ep (NULL: none; see gemm_cuda.h) */
 static void
 gemm(cu_engine_t *e, float *out, const void *in, const void *w, int M,
-    int K, int N, cublasStatus_t *st)
+    int K, int N, const gemm_epi_t *ep, cublasStatus_t *st)
 {
-    cublasStatus_t r = gemm_run(e->gemm, out, in, w, M, K, N);
+    cublasStatus_t r = gemm_run(e->gemm, out, in, w, M, K, N, ep);
 
     if (r != CUBLAS_STATUS_SUCCESS && *st == CUBLAS_STATUS_SUCCESS) {
         *st = r;
     }
 }
 
-/* pick the fastest kernel for each layer product of a T-row step */
+/* SwiGLU after the gate|up product, into hb */
+static gemm_epi_t
+epi_swiglu(const cu_engine_t *e)
+{
+    gemm_epi_t ep = { GEMV_SWIGLU, e->dt, e->hb, NULL, NULL, 0.0f, NULL };
+
+    return ep;
+}
+
+/* x += the product; xb = RMSNorm(x) * w, for the product after it */
+static gemm_epi_t
+epi_norm(const cu_engine_t *e, const float *w)
+{
+    gemm_epi_t ep = { GEMV_NORM, e->dt, e->xb, e->x, w, e->cfg.rms_eps,
+                      e->gemv_count };
+
+    return ep;
+}
+
+/* Whether the o and down products carry the residual add and the next
+ * norm (epi_norm): not for Glm4, whose outputs are normed themselves
+ * before the add. */
+static int
+norm_chained(const cu_engine_t *e)
+{
+    return !e->cfg.post_norms;
+}
+
+/* pick the fastest kernel for each layer product of a T-row step, with
+ * the epilogues forward() gives them */
 static void
 tune_layer_gemms(cu_engine_t *e, int T)
 {
     const model_config_t *c = &e->cfg;
     const cu_layer_t *L = &e->layers[0];
     int dim = c->dim, h = c->hidden_dim;
+    gemm_epi_t sw = epi_swiglu(e), nf = epi_norm(e, L->ffn_norm);
+    gemm_epi_t na = epi_norm(e, L->attn_norm);
 
-    gemm_tune(e->gemm, e->qkv, e->xb, L->w_qkv, T, dim, e->qkv_dim);
-    gemm_tune(e->gemm, e->y, e->att, L->wo, T, e->q_dim, dim);
-    gemm_tune(e->gemm, e->gu, e->xb, L->w_gate_up, T, dim, 2 * h);
-    gemm_tune(e->gemm, e->y, e->hb, L->w_down, T, h, dim);
+    gemm_tune(e->gemm, e->qkv, e->xb, L->w_qkv, T, dim, e->qkv_dim, NULL);
+    gemm_tune(e->gemm, e->y, e->att, L->wo, T, e->q_dim, dim,
+              norm_chained(e) ? &nf : NULL);
+    gemm_tune(e->gemm, e->gu, e->xb, L->w_gate_up, T, dim, 2 * h, &sw);
+    if (norm_chained(e) && c->n_layers > 1) {
+        gemm_tune(e->gemm, e->y, e->hb, L->w_down, T, h, dim, &na);
+    }
+    gemm_tune(e->gemm, e->y, e->hb, L->w_down, T, h, dim, NULL);
 }
 
 /* ... and the LM head's too, for a B-row decode step */
@@ -639,7 +713,7 @@ tune_gemms(cu_engine_t *e, int B)
 
     tune_layer_gemms(e, B);
     gemm_tune(e->gemm, e->logits, e->xl, e->lm_head, B, c->dim,
-              c->vocab_size);
+              c->vocab_size, NULL);
 }
 
 /* blocks per context for attention over T tokens: enough blocks for two
@@ -682,11 +756,17 @@ forward(cu_engine_t *e, int T, int R, int tiled)
     for (l = 0; l < c->n_layers; l++) {
         const cu_layer_t *L = &e->layers[l];
         char *kv_l = e->kvbuf + (size_t) l * e->kv_layer_stride * e->esz;
+        int last = l + 1 == c->n_layers;
+        gemm_epi_t nf = epi_norm(e, L->ffn_norm), sw = epi_swiglu(e);
+        gemm_epi_t na = epi_norm(e, last ? NULL : e->layers[l + 1].attn_norm);
 
-        /* x += the last layer's feed-forward output; xb = norm(x) */
-        kc_rmsnorm(s, e->dt, e->xb, e->x, l > 0 ? e->y : NULL, L->attn_norm,
-                   NULL, T, dim, c->rms_eps, l > 0);
-        gemm(e, e->qkv, e->xb, L->w_qkv, T, dim, e->qkv_dim, &bs);
+        /* x += the last layer's feed-forward output; xb = norm(x): done
+         * by the down product's epilogue when chained */
+        if (l == 0 || !norm_chained(e)) {
+            kc_rmsnorm(s, e->dt, e->xb, e->x, l > 0 ? e->y : NULL,
+                       L->attn_norm, NULL, T, dim, c->rms_eps, l > 0);
+        }
+        gemm(e, e->qkv, e->xb, L->w_qkv, T, dim, e->qkv_dim, NULL, &bs);
         /* every row's K/V is stored before any row attends: a prefill
          * chunk sees its own earlier tokens */
         kc_rope_kv(s, e->dt, e->qkv, kv_l, e->kv_block_stride, st,
@@ -706,18 +786,22 @@ forward(cu_engine_t *e, int T, int R, int tiled)
                          e->kv_block_stride, st, T, c->n_heads,
                          c->n_kv_heads, c->head_dim, e->block_size);
         }
-        gemm(e, e->y, e->att, L->wo, T, e->q_dim, dim, &bs);
-        if (c->post_norms) {
+        if (norm_chained(e)) {
+            /* x += o's output; xb = ffn_norm(x) */
+            gemm(e, e->y, e->att, L->wo, T, e->q_dim, dim, &nf, &bs);
+        } else {
             /* Glm4: the attention output is normed before the residual
              * add; in place, in f32 */
+            gemm(e, e->y, e->att, L->wo, T, e->q_dim, dim, NULL, &bs);
             kc_rmsnorm(s, KC_F32, e->y, e->y, NULL, L->post_attn_norm, NULL,
                        T, dim, c->rms_eps, 0);
+            kc_rmsnorm(s, e->dt, e->xb, e->x, e->y, L->ffn_norm, NULL, T,
+                       dim, c->rms_eps, 1);
         }
-        kc_rmsnorm(s, e->dt, e->xb, e->x, e->y, L->ffn_norm, NULL, T, dim,
-                   c->rms_eps, 1);
-        gemm(e, e->gu, e->xb, L->w_gate_up, T, dim, 2 * h, &bs);
-        kc_swiglu(s, e->dt, e->hb, e->gu, T, h);
-        gemm(e, e->y, e->hb, L->w_down, T, h, dim, &bs);
+        gemm(e, e->gu, e->xb, L->w_gate_up, T, dim, 2 * h, &sw, &bs);
+        /* the next layer's x += y and norm, or (last) the final norm's */
+        gemm(e, e->y, e->hb, L->w_down, T, h, dim,
+             norm_chained(e) && !last ? &na : NULL, &bs);
         if (c->post_norms) {
             kc_rmsnorm(s, KC_F32, e->y, e->y, NULL, L->post_ffn_norm, NULL,
                        T, dim, c->rms_eps, 0);
@@ -727,7 +811,7 @@ forward(cu_engine_t *e, int T, int R, int tiled)
      * rows whose logits are used */
     kc_rmsnorm(s, e->dt, e->xl, e->x, e->y, e->final_norm, st.row_tok, R,
                dim, c->rms_eps, 0);
-    gemm(e, e->logits, e->xl, e->lm_head, R, dim, c->vocab_size, &bs);
+    gemm(e, e->logits, e->xl, e->lm_head, R, dim, c->vocab_size, NULL, &bs);
     ks_sample(s, e->d_out, e->d_lp, e->logits, R, c->vocab_size, st,
               e->drows, e->d_counts);
     return bs;

@@ -10,6 +10,7 @@
 
 #include "gemm_cuda.h"
 #include "gemv_cuda.h"
+#include "kernels_cuda.h"
 
 #define MAX_SHAPES  128
 #define CANDIDATES  8
@@ -21,6 +22,7 @@ typedef struct {
     cublasLtMatrixLayout_t   a, b, c;   /* w, in, out */
     cublasLtMatmulAlgo_t     algo;
     int                      gemv;      /* gemv_cuda.cu's kernel won */
+    int                      epi;       /* GEMV_PLAIN, _SWIGLU, _NORM */
 } shape_t;
 
 struct gemm_s {
@@ -89,34 +91,83 @@ gemm_destroy(gemm_t *g)
     free(g);
 }
 
+static const gemm_epi_t gemm_no_epi = { GEMV_PLAIN, 0, NULL, NULL, NULL, 0.0f,
+                                        NULL };
+
+/* epi < 0: any */
 static shape_t *
-find(gemm_t *g, int M, int K, int N)
+find(const gemm_t *g, int M, int K, int N, int epi)
 {
     int i;
 
     for (i = 0; i < g->n_shapes; i++) {
-        shape_t *sh = &g->shapes[i];
-        if (sh->M == M && sh->K == K && sh->N == N) {
-            return sh;
+        const shape_t *sh = &g->shapes[i];
+        if (sh->M == M && sh->K == K && sh->N == N
+            && (epi < 0 || sh->epi == epi))
+        {
+            return (shape_t *) sh;
         }
     }
     return NULL;
 }
 
+/* the epilogue as its own kernel, after a product into y */
+static cudaError_t
+epi_kernel(gemm_t *g, const gemm_epi_t *ep, float *y, int M, int N)
+{
+    switch (ep->kind) {
+    case GEMV_SWIGLU:
+        kc_swiglu(g->stream, (kc_dtype_t) ep->dt, ep->out, y, M, N / 2);
+        break;
+    case GEMV_NORM:
+        kc_rmsnorm(g->stream, (kc_dtype_t) ep->dt, ep->out, ep->x, y, ep->w,
+                   NULL, M, N, ep->eps, 1);
+        break;
+    }
+    return cudaGetLastError();
+}
+
+/* the product into y and its epilogue: algo NULL is gemv_cuda.cu's
+ * kernel with the epilogue in it, else the cuBLASLt algo and the
+ * epilogue's own kernel */
 static cublasStatus_t
 lt_run(gemm_t *g, const shape_t *sh, const cublasLtMatmulAlgo_t *algo,
-    float *out, const void *in, const void *w)
+    float *y, const void *in, const void *w, const gemm_epi_t *ep)
 {
     const float one = 1.0f, zero = 0.0f;
+    cudaError_t r = cudaSuccess;
+    gemv_norm_t nrm;
 
     if (algo == NULL) {
-        return gemv_run(g->stream, g->in_type, out, in, w, sh->M, sh->K,
-                        sh->N) == cudaSuccess
-               ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
+        switch (ep->kind) {
+        case GEMV_SWIGLU:
+            r = gemv_swiglu_run(g->stream, g->in_type, ep->out, in, w, sh->M,
+                                sh->K, sh->N);
+            break;
+        case GEMV_NORM:
+            nrm.x = ep->x;
+            nrm.w = ep->w;
+            nrm.out = ep->out;
+            nrm.eps = ep->eps;
+            nrm.count = ep->count;
+            r = gemv_norm_run(g->stream, g->in_type, y, in, w, sh->M, sh->K,
+                              sh->N, &nrm);
+            break;
+        default:
+            r = gemv_run(g->stream, g->in_type, y, in, w, sh->M, sh->K,
+                         sh->N);
+        }
+        return r == cudaSuccess ? CUBLAS_STATUS_SUCCESS
+                                : CUBLAS_STATUS_EXECUTION_FAILED;
     }
-    return cublasLtMatmul(g->lt, sh->op, &one, w, sh->a, in, sh->b, &zero,
-                          out, sh->c, out, sh->c, algo, g->ws, g->ws_bytes,
-                          g->stream);
+    if (cublasLtMatmul(g->lt, sh->op, &one, w, sh->a, in, sh->b, &zero,
+                       y, sh->c, y, sh->c, algo, g->ws, g->ws_bytes,
+                       g->stream) != CUBLAS_STATUS_SUCCESS)
+    {
+        return CUBLAS_STATUS_EXECUTION_FAILED;
+    }
+    return epi_kernel(g, ep, y, sh->M, sh->N) == cudaSuccess
+           ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
 }
 
 /*
@@ -128,7 +179,7 @@ lt_run(gemm_t *g, const shape_t *sh, const cublasLtMatmulAlgo_t *algo,
  */
 static float
 timed(gemm_t *g, const shape_t *sh, const cublasLtMatmulAlgo_t *algo,
-    float *out, const void *in, const void *w)
+    float *out, const void *in, const void *w, const gemm_epi_t *ep)
 {
     cudaGraph_t graph = NULL;
     cudaGraphExec_t exec = NULL;
@@ -136,7 +187,7 @@ timed(gemm_t *g, const shape_t *sh, const cublasLtMatmulAlgo_t *algo,
     float ms = -1.0f;
     int i;
 
-    if (lt_run(g, sh, algo, out, in, w) != CUBLAS_STATUS_SUCCESS
+    if (lt_run(g, sh, algo, out, in, w, ep) != CUBLAS_STATUS_SUCCESS
         || cudaStreamBeginCapture(g->stream, cudaStreamCaptureModeThreadLocal)
            != cudaSuccess)
     {
@@ -144,7 +195,7 @@ timed(gemm_t *g, const shape_t *sh, const cublasLtMatmulAlgo_t *algo,
         return -1.0f;
     }
     for (i = 0; i < TUNE_RUNS && st == CUBLAS_STATUS_SUCCESS; i++) {
-        st = lt_run(g, sh, algo, out, in, w);
+        st = lt_run(g, sh, algo, out, in, w, ep);
     }
     if (cudaStreamEndCapture(g->stream, &graph) != cudaSuccess
         || st != CUBLAS_STATUS_SUCCESS
@@ -166,7 +217,7 @@ timed(gemm_t *g, const shape_t *sh, const cublasLtMatmulAlgo_t *algo,
 
 int
 gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
-    int K, int N)
+    int K, int N, const gemm_epi_t *ep)
 {
     cublasLtMatmulHeuristicResult_t res[CANDIDATES];
     cublasLtMatmulPreference_t pref = NULL;
@@ -175,7 +226,10 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
     int n = 0, i, best = -1;
     float best_ms = 0.0f;
 
-    if (find(g, M, K, N) != NULL) {
+    if (ep == NULL) {
+        ep = &gemm_no_epi;
+    }
+    if (find(g, M, K, N, ep->kind) != NULL) {
         return 0;
     }
     if (g->n_shapes == MAX_SHAPES) {
@@ -185,6 +239,7 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
     sh.M = M;
     sh.K = K;
     sh.N = N;
+    sh.epi = ep->kind;
 
     /* the column-major view of out^T [N,M] = w [K,N]^T . in^T [K,M] */
     if (cublasLtMatmulDescCreate(&sh.op, CUBLAS_COMPUTE_32F, CUDA_R_32F)
@@ -216,7 +271,7 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
         if (res[i].state != CUBLAS_STATUS_SUCCESS) {
             continue;
         }
-        ms = timed(g, &sh, &res[i].algo, out, in, w);
+        ms = timed(g, &sh, &res[i].algo, out, in, w, ep);
         if (ms > 0.0f && (best < 0 || ms < best_ms)) {
             best = i;
             best_ms = ms;
@@ -228,9 +283,14 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
     g->improved += best != 0;
     sh.algo = res[best].algo;
 
-    /* our own kernel for few rows, kept only where it is faster */
-    if (g->use_gemv && gemv_supported(g->in_type, M, K)) {
-        float ms = timed(g, &sh, NULL, out, in, w);
+    /* our own kernel for few rows, with the epilogue in it, kept only
+     * where it is faster than cuBLAS's product and the epilogue's own
+     * kernel */
+    if (g->use_gemv && gemv_supported(g->in_type, M, K)
+        && (ep->kind != GEMV_SWIGLU || N % 2 == 0)
+        && (ep->kind != GEMV_NORM || N <= KC_NORM_MAX_DIM))
+    {
+        float ms = timed(g, &sh, NULL, out, in, w, ep);
         if (ms > 0.0f && ms < best_ms) {
             sh.gemv = 1;
             g->n_gemv++;
@@ -249,18 +309,40 @@ fail:
 
 cublasStatus_t
 gemm_run(gemm_t *g, float *out, const void *in, const void *w, int M,
-    int K, int N)
+    int K, int N, const gemm_epi_t *ep)
 {
     const float one = 1.0f, zero = 0.0f;
-    const shape_t *sh = find(g, M, K, N);
+    const shape_t *sh;
 
-    if (sh != NULL) {
-        return lt_run(g, sh, sh->gemv ? NULL : &sh->algo, out, in, w);
+    if (ep == NULL) {
+        ep = &gemm_no_epi;
     }
-    return cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one,
-                        w, g->in_type, K, in, g->in_type, K, &zero,
-                        out, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
-                        CUBLAS_GEMM_DEFAULT);
+    sh = find(g, M, K, N, ep->kind);
+    if (sh == NULL && ep->kind == GEMV_PLAIN) {
+        sh = find(g, M, K, N, -1);      /* its product, cuBLAS's pick */
+    }
+    if (sh != NULL) {
+        return lt_run(g, sh, sh->gemv && sh->epi == ep->kind ? NULL
+                                                            : &sh->algo,
+                      out, in, w, ep);
+    }
+    if (cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one,
+                     w, g->in_type, K, in, g->in_type, K, &zero,
+                     out, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
+                     CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS)
+    {
+        return CUBLAS_STATUS_EXECUTION_FAILED;
+    }
+    return epi_kernel(g, ep, out, M, N) == cudaSuccess
+           ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
+}
+
+int
+gemm_fused(const gemm_t *g, int M, int K, int N, int kind)
+{
+    const shape_t *sh = find(g, M, K, N, kind);
+
+    return sh != NULL && sh->gemv;
 }
 
 int

@@ -21,6 +21,8 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include "gemv_cuda.h"
+
 typedef struct gemm_s  gemm_t;
 
 #ifdef __cplusplus
@@ -31,14 +33,36 @@ gemm_t *gemm_create(cudaStream_t s, cublasHandle_t blas, void *ws,
     size_t ws_bytes, cudaDataType_t in_type);
 void gemm_destroy(gemm_t *g);
 
-/* time the candidates for this shape on these buffers and keep the
- * fastest; 0, or -1 (the shape then stays with cublasGemmEx) */
-int gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
-    int K, int N);
+/*
+ * What follows a product (kind GEMV_PLAIN: nothing): GEMV_SWIGLU, the
+ * product's N rows are gate and up interleaved and out[M, N / 2] =
+ * silu(gate) * up (kc_swiglu); GEMV_NORM, x += the product and out =
+ * RMSNorm(x) * w (kc_rmsnorm with write_x).  out in dtype dt.  With
+ * gemv_cuda.cu's kernel the epilogue runs inside it; with cuBLAS its
+ * kernel runs after the product, which is then in y.
+ */
+typedef struct {
+    int           kind;
+    int           dt;           /* kc_dtype_t of out */
+    void         *out;
+    float        *x;            /* GEMV_NORM: the residual stream */
+    const float  *w;            /* GEMV_NORM: the norm's weights */
+    float         eps;
+    int          *count;        /* GEMV_NORM: one int, 0 (gemv_norm_t) */
+} gemm_epi_t;
 
-/* queue the product on the stream (capturable) */
-cublasStatus_t gemm_run(gemm_t *g, float *out, const void *in,
-    const void *w, int M, int K, int N);
+/* time the candidates for this shape and epilogue (NULL: none) on these
+ * buffers, product and epilogue together, and keep the fastest; 0, or
+ * -1 (the shape then stays with cublasGemmEx) */
+int gemm_tune(gemm_t *g, float *y, const void *in, const void *w, int M,
+    int K, int N, const gemm_epi_t *ep);
+
+/* queue the product into y and its epilogue on the stream (capturable) */
+cublasStatus_t gemm_run(gemm_t *g, float *y, const void *in,
+    const void *w, int M, int K, int N, const gemm_epi_t *ep);
+
+/* whether this shape with this epilogue runs as one kernel */
+int gemm_fused(const gemm_t *g, int M, int K, int N, int kind);
 
 /* tuned shapes so far, how many of them beat cuBLAS's first pick, and
  * how many run gemv_cuda.cu's kernel */

@@ -9,10 +9,18 @@
  * partial sums are reduced across the warp at the end.
  * Weights are read with the evict-first hint: each is used once a step,
  * and the L2 is better kept for the activations and the KV cache.
+ *
+ * With the SwiGLU epilogue (gemv_swiglu_run) w's rows are gate and up
+ * interleaved (2j gate j, 2j + 1 up j): a warp holds a pair, and writes
+ * silu(g) * u in the storage dtype instead of the two f32 outputs, so
+ * the feed-forward needs no SwiGLU kernel between its two products.
+ * With the norm epilogue (gemv_norm_run) the last block to finish adds
+ * the product to the residual stream and norms the sum for the next
+ * product.  So at decode a layer is five kernels: q|k|v, RoPE + KV
+ * store, attention, o + norm, gate|up + SwiGLU, down + the next layer's
+ * norm.
  */
 
-#include <stdlib.h>
-#include <string.h>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -81,9 +89,57 @@ w8_issue(w8_t<T> (&c)[UNROLL][R], const T *const (&wr)[R], int k0, int K)
     }
 }
 
-template <typename T, int M, int R>
+/*
+ * The last block to finish (counted in nrm.count) adds the product y to
+ * the residual stream and norms it: x += y; out = x / rms(x) * w, as
+ * kc_rmsnorm, so that no norm kernel follows the product.  The fences
+ * make every block's y visible before its count, and the others' y to
+ * the last block, which reads y past L1 (it may hold an older y).
+ */
+template <typename T, int M>
+__device__ __forceinline__ void
+gemv_norm_tail(const float *y, int N, const gemv_norm_t &nrm)
+{
+    __shared__ int last_s;
+    __shared__ float red[32];
+
+    kc_pdl_wait();                      /* x and count: the kernels before */
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last_s = atomicAdd(nrm.count, 1) == (int) gridDim.x - 1;
+        if (last_s) {
+            *nrm.count = 0;             /* ready for the next launch */
+        }
+    }
+    __syncthreads();
+    if (!last_s) {
+        return;
+    }
+    __threadfence();
+
+    for (int m = 0; m < M; m++) {
+        float *x = nrm.x + (size_t) m * N, ss = 0.0f, scale;
+        const float *ym = y + (size_t) m * N;
+        T *o = (T *) nrm.out + (size_t) m * N;
+
+        for (int d = threadIdx.x; d < N; d += blockDim.x) {
+            float v = x[d] + __ldcg(ym + d);
+            x[d] = v;
+            ss += v * v;
+        }
+        ss = kc_block_sum(ss, red);
+        scale = 1.0f / sqrtf(ss / (float) N + nrm.eps);
+        for (int d = threadIdx.x; d < N; d += blockDim.x) {
+            o[d] = kc_store<T>(nrm.w[d] * (x[d] * scale));
+        }
+    }
+}
+
+template <typename T, int M, int R, int EPI>
 __global__ void __launch_bounds__(WARPS * 32)
-gemv_kernel(float *out, const T *in, const T *w, int K, int N)
+gemv_kernel(void *out, const T *in, const T *w, int K, int N,
+    gemv_norm_t nrm)
 {
     /* 8 loads of 16 bytes in flight a thread (4 of 32 for f32), spread
      * over the warp's R rows */
@@ -93,131 +149,132 @@ gemv_kernel(float *out, const T *in, const T *w, int K, int N)
     const int n0 = (blockIdx.x * WARPS + (threadIdx.x >> 5)) * R;
     float acc[R][M];
 
-    if (n0 >= N) {
-        return;
-    }
+    /* a warp past N (in the last block) has no rows, but its block still
+     * counts itself in the norm's tail */
+    if (n0 < N) {
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-#pragma unroll
-        for (int m = 0; m < M; m++) {
-            acc[r][m] = 0.0f;
-        }
-    }
-
-    /* rows past N (the last warp's) read row n0 again and are not
-     * written */
-    const T *wr_[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        wr_[r] = w + (size_t) (n0 + r < N ? n0 + r : n0) * K;
-    }
-    const T *const (&wr)[R] = wr_;
-
-    /* the first loads need nothing from the kernel before this one: with
-     * programmatic dependent launch they are issued while it still runs,
-     * and only the inputs wait for it */
-    w8_t<T> c[UNROLL][R];
-    int k0 = lane * 8;
-
-    w8_issue<T, UNROLL, R>(c, wr, k0, K);
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-
-    for (;;) {
-#pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            int k = k0 + u * 32 * 8;
-
-            if (k >= K) {
-                break;
-            }
+        for (int r = 0; r < R; r++) {
 #pragma unroll
             for (int m = 0; m < M; m++) {
-                float xf[8];
+                acc[r][m] = 0.0f;
+            }
+        }
 
-                /* one load of the input for R rows of weights */
-                kc_load8(in + (size_t) m * K + k, xf);
+        /* rows past N (the last warp's) read row n0 again and are not
+         * written */
+        const T *wr_[R];
 #pragma unroll
-                for (int r = 0; r < R; r++) {
-                    float wf[8];
+        for (int r = 0; r < R; r++) {
+            wr_[r] = w + (size_t) (n0 + r < N ? n0 + r : n0) * K;
+        }
+        const T *const (&wr)[R] = wr_;
 
-                    w8_f32(c[u][r], wf);
+        /* the first loads need nothing from the kernel before this one:
+         * with programmatic dependent launch they are issued while it
+         * still runs, and only the inputs wait for it */
+        w8_t<T> c[UNROLL][R];
+        int k0 = lane * 8;
+
+        w8_issue<T, UNROLL, R>(c, wr, k0, K);
+        kc_pdl_wait();
+        kc_pdl_trigger();
+
+        for (;;) {
 #pragma unroll
-                    for (int i = 0; i < 8; i++) {
-                        acc[r][m] = fmaf(wf[i], xf[i], acc[r][m]);
+            for (int u = 0; u < UNROLL; u++) {
+                int k = k0 + u * 32 * 8;
+
+                if (k >= K) {
+                    break;
+                }
+#pragma unroll
+                for (int m = 0; m < M; m++) {
+                    float xf[8];
+
+                    /* one load of the input for R rows of weights */
+                    kc_load8(in + (size_t) m * K + k, xf);
+#pragma unroll
+                    for (int r = 0; r < R; r++) {
+                        float wf[8];
+
+                        w8_f32(c[u][r], wf);
+#pragma unroll
+                        for (int i = 0; i < 8; i++) {
+                            acc[r][m] = fmaf(wf[i], xf[i], acc[r][m]);
+                        }
+                    }
+                }
+            }
+            k0 += 32 * 8 * UNROLL;
+            if (k0 >= K) {
+                break;
+            }
+            w8_issue<T, UNROLL, R>(c, wr, k0, K);
+        }
+
+        if constexpr (EPI == GEMV_SWIGLU) {
+            /* rows n0 + r, n0 + r + 1: gate and up of output (n0 + r) / 2 */
+#pragma unroll
+            for (int r = 0; r + 1 < R; r += 2) {
+#pragma unroll
+                for (int m = 0; m < M; m++) {
+                    float g = kc_warp_sum(acc[r][m]);
+                    float u = kc_warp_sum(acc[r + 1][m]);
+                    if (lane == 0 && n0 + r + 1 < N) {
+                        ((T *) out)[(size_t) m * (N / 2) + (n0 + r) / 2] =
+                            kc_store<T>(g / (1.0f + expf(-g)) * u);
+                    }
+                }
+            }
+        } else {
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+#pragma unroll
+                for (int m = 0; m < M; m++) {
+                    float v = kc_warp_sum(acc[r][m]);
+                    if (lane == 0 && n0 + r < N) {
+                        ((float *) out)[(size_t) m * N + n0 + r] = v;
                     }
                 }
             }
         }
-        k0 += 32 * 8 * UNROLL;
-        if (k0 >= K) {
-            break;
-        }
-        w8_issue<T, UNROLL, R>(c, wr, k0, K);
     }
-
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-#pragma unroll
-        for (int m = 0; m < M; m++) {
-            float v = kc_warp_sum(acc[r][m]);
-            if (lane == 0 && n0 + r < N) {
-                out[(size_t) m * N + n0 + r] = v;
-            }
-        }
+    if constexpr (EPI == GEMV_NORM) {
+        gemv_norm_tail<T, M>((const float *) out, N, nrm);
     }
-}
-
-/* programmatic dependent launch, unless NGX_GPU_PDL=0 (for comparison) */
-static int
-use_pdl(void)
-{
-    static int v = -1;
-
-    if (v < 0) {
-        const char *e = getenv("NGX_GPU_PDL");
-        v = e == NULL || strcmp(e, "0") != 0;
-    }
-    return v;
 }
 
 /* rows a warp: one input row needs no sharing of its loads; more rows
- * share each load of the inputs among more weight rows */
-template <typename T, int M>
+ * share each load of the inputs among more weight rows; a SwiGLU pair
+ * needs two */
+template <typename T, int M, int EPI>
 static cudaError_t
-launch(cudaStream_t s, float *out, const void *in, const void *w, int K,
-    int N)
+launch(cudaStream_t s, void *out, const void *in, const void *w, int K,
+    int N, const gemv_norm_t &nrm)
 {
-    constexpr int R = M == 1 ? 1 : M <= 3 ? 2 : 4;
-    dim3 grid((N + WARPS * R - 1) / (WARPS * R));
+    constexpr int R0 = M == 1 ? 1 : M <= 3 ? 2 : 4;
+    constexpr int R = EPI == GEMV_SWIGLU && R0 < 2 ? 2 : R0;
 
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute at[1];
-
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(WARPS * 32);
-    cfg.stream = s;
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = use_pdl();
-    return cudaLaunchKernelEx(&cfg, gemv_kernel<T, M, R>, out, (const T *) in,
-                              (const T *) w, K, N);
+    return kc_launch(gemv_kernel<T, M, R, EPI>,
+                     dim3((N + WARPS * R - 1) / (WARPS * R)),
+                     dim3(WARPS * 32), 0, s, out, (const T *) in,
+                     (const T *) w, K, N, nrm);
 }
 
-template <typename T>
+template <typename T, int EPI>
 static cudaError_t
-launch_m(cudaStream_t s, float *out, const void *in, const void *w, int M,
-    int K, int N)
+launch_m(cudaStream_t s, void *out, const void *in, const void *w, int M,
+    int K, int N, const gemv_norm_t &nrm)
 {
     switch (M) {
-    case 1: return launch<T, 1>(s, out, in, w, K, N);
-    case 2: return launch<T, 2>(s, out, in, w, K, N);
-    case 3: return launch<T, 3>(s, out, in, w, K, N);
-    case 4: return launch<T, 4>(s, out, in, w, K, N);
-    case 5: return launch<T, 5>(s, out, in, w, K, N);
-    case 6: return launch<T, 6>(s, out, in, w, K, N);
-    case 7: return launch<T, 7>(s, out, in, w, K, N);
-    case 8: return launch<T, 8>(s, out, in, w, K, N);
+    case 1: return launch<T, 1, EPI>(s, out, in, w, K, N, nrm);
+    case 2: return launch<T, 2, EPI>(s, out, in, w, K, N, nrm);
+    case 3: return launch<T, 3, EPI>(s, out, in, w, K, N, nrm);
+    case 4: return launch<T, 4, EPI>(s, out, in, w, K, N, nrm);
+    case 5: return launch<T, 5, EPI>(s, out, in, w, K, N, nrm);
+    case 6: return launch<T, 6, EPI>(s, out, in, w, K, N, nrm);
+    case 7: return launch<T, 7, EPI>(s, out, in, w, K, N, nrm);
+    case 8: return launch<T, 8, EPI>(s, out, in, w, K, N, nrm);
     }
     return cudaErrorInvalidValue;
 }
@@ -229,17 +286,50 @@ gemv_supported(cudaDataType_t dt, int M, int K)
            && (dt == CUDA_R_32F || dt == CUDA_R_16BF || dt == CUDA_R_16F);
 }
 
+template <int EPI>
+static cudaError_t
+run_dt(cudaStream_t s, cudaDataType_t dt, void *out, const void *in,
+    const void *w, int M, int K, int N, const gemv_norm_t &nrm)
+{
+    if (!gemv_supported(dt, M, K) || (EPI == GEMV_SWIGLU && N % 2 != 0)) {
+        return cudaErrorInvalidValue;
+    }
+    switch (dt) {
+    case CUDA_R_32F:
+        return launch_m<float, EPI>(s, out, in, w, M, K, N, nrm);
+    case CUDA_R_16BF:
+        return launch_m<__nv_bfloat16, EPI>(s, out, in, w, M, K, N, nrm);
+    case CUDA_R_16F:
+        return launch_m<__half, EPI>(s, out, in, w, M, K, N, nrm);
+    default:
+        return cudaErrorInvalidValue;
+    }
+}
+
 cudaError_t
 gemv_run(cudaStream_t s, cudaDataType_t dt, float *out, const void *in,
     const void *w, int M, int K, int N)
 {
-    if (!gemv_supported(dt, M, K)) {
+    gemv_norm_t none = { NULL, NULL, NULL, 0.0f, NULL };
+
+    return run_dt<GEMV_PLAIN>(s, dt, out, in, w, M, K, N, none);
+}
+
+cudaError_t
+gemv_swiglu_run(cudaStream_t s, cudaDataType_t dt, void *out,
+    const void *in, const void *w, int M, int K, int N)
+{
+    gemv_norm_t none = { NULL, NULL, NULL, 0.0f, NULL };
+
+    return run_dt<GEMV_SWIGLU>(s, dt, out, in, w, M, K, N, none);
+}
+
+cudaError_t
+gemv_norm_run(cudaStream_t s, cudaDataType_t dt, float *y, const void *in,
+    const void *w, int M, int K, int N, const gemv_norm_t *nrm)
+{
+    if (N > KC_NORM_MAX_DIM) {
         return cudaErrorInvalidValue;
     }
-    switch (dt) {
-    case CUDA_R_32F: return launch_m<float>(s, out, in, w, M, K, N);
-    case CUDA_R_16BF: return launch_m<__nv_bfloat16>(s, out, in, w, M, K, N);
-    case CUDA_R_16F: return launch_m<__half>(s, out, in, w, M, K, N);
-    default: return cudaErrorInvalidValue;
-    }
+    return run_dt<GEMV_NORM>(s, dt, y, in, w, M, K, N, *nrm);
 }

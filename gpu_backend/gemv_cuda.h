@@ -20,6 +20,11 @@
 
 #define GEMV_MAX_M  8
 
+/* what follows the product in the same kernel */
+#define GEMV_PLAIN   0
+#define GEMV_SWIGLU  1
+#define GEMV_NORM    2
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -30,6 +35,32 @@ int gemv_supported(cudaDataType_t dt, int M, int K);
 /* queue the product on the stream (capturable) */
 cudaError_t gemv_run(cudaStream_t s, cudaDataType_t dt, float *out,
     const void *in, const void *w, int M, int K, int N);
+
+/*
+ * The product and SwiGLU in one: w's N rows are gate and up interleaved
+ * (row 2j gate j, 2j + 1 up j), and out[M, N / 2] in the storage dtype
+ * is silu(gate) * up.  N even.
+ */
+cudaError_t gemv_swiglu_run(cudaStream_t s, cudaDataType_t dt, void *out,
+    const void *in, const void *w, int M, int K, int N);
+
+/*
+ * The product y[M, N] (f32), then the residual add and RMSNorm of
+ * kc_rmsnorm in its last block: x[m] += y[m]; out[m] = x[m] / rms(x[m])
+ * * w in the storage dtype.  count: one int, 0 before the first launch
+ * and after each.  N <= KC_NORM_MAX_DIM.
+ */
+typedef struct {
+    float        *x;            /* [M][N] the residual stream */
+    const float  *w;            /* [N] the norm's weights */
+    void         *out;          /* [M][N] storage dtype */
+    float         eps;
+    int          *count;
+} gemv_norm_t;
+
+cudaError_t gemv_norm_run(cudaStream_t s, cudaDataType_t dt, float *y,
+    const void *in, const void *w, int M, int K, int N,
+    const gemv_norm_t *nrm);
 
 #ifdef __cplusplus
 }

@@ -6,6 +6,7 @@
  * k_add).
  */
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels_cuda.cuh"
@@ -90,9 +91,12 @@ template <typename T>
 __global__ void
 embed_kernel(float *x, const T *emb, kc_step_t st, int dim)
 {
-    int32_t tok = st.tokens[blockIdx.x].tok;
+    int32_t tok;
     const T *row;
 
+    kc_pdl_wait();
+    kc_pdl_trigger();
+    tok = st.tokens[blockIdx.x].tok;
     if (tok < 0) {
         tok = st.prev_out[-2 - tok];    /* sampled by the step before */
     }
@@ -108,6 +112,8 @@ void
 kc_embed(cudaStream_t s, kc_dtype_t dt, float *x, const void *emb,
     kc_step_t st, int n_tok, int dim)
 {
+    /* launched the ordinary way: what comes before it is the upload of
+     * the step's inputs, not a kernel */
     KC_DISPATCH(dt, embed_kernel<T><<<n_tok, ROW_THREADS, 0, s>>>(
         x, (const T *) emb, st, dim));
 }
@@ -128,6 +134,8 @@ rmsnorm_kernel(T *out, float *x, const float *y, const float *w,
     const int32_t *rows, int dim, float eps, int write_x)
 {
     __shared__ float red[32];
+    kc_pdl_wait();
+    kc_pdl_trigger();
     int r = blockIdx.x, i = rows ? rows[r] : r, nt = blockDim.x;
     float *xr = x + (size_t) i * dim;
     const float *yr = y ? y + (size_t) i * dim : NULL;
@@ -177,7 +185,7 @@ kc_rmsnorm(cudaStream_t s, kc_dtype_t dt, void *out, float *x,
     while (nt * NORM_MAXV < dim) {
         nt += 32;       /* dim <= KC_NORM_MAX_DIM: stays <= 1024 */
     }
-    KC_DISPATCH(dt, rmsnorm_kernel<T><<<n, nt, 0, s>>>(
+    KC_DISPATCH(dt, kc_launch(rmsnorm_kernel<T>, n, nt, 0, s,
         (T *) out, x, y, w, rows, dim, eps, write_x));
 }
 
@@ -197,6 +205,8 @@ rope_kv_kernel(float *qkv, T *kv, size_t block_stride, kc_step_t st,
     const float *bias, const float *inv_freq, int n_heads, int n_kv, int hd,
     int rot, int interleaved, int bs)
 {
+    kc_pdl_wait();
+    kc_pdl_trigger();
     kc_token_t tk = st.tokens[blockIdx.x];
     int half = hd / 2, rhalf = rot / 2, q_dim = n_heads * hd;
     int kv_dim = n_kv * hd;
@@ -256,7 +266,7 @@ kc_rope_kv(cudaStream_t s, kc_dtype_t dt, float *qkv, void *kv_layer,
     int nt = ((n_heads + n_kv_heads) * (head_dim / 2) + 31) / 32 * 32;
 
     nt = nt > 1024 ? 1024 : nt;
-    KC_DISPATCH(dt, rope_kv_kernel<T><<<n_tok, nt, 0, s>>>(
+    KC_DISPATCH(dt, kc_launch(rope_kv_kernel<T>, n_tok, nt, 0, s,
         qkv, (T *) kv_layer, block_stride, st, bias, inv_freq, n_heads,
         n_kv_heads, head_dim, rope_dim, interleaved, block_size));
 }
@@ -269,12 +279,13 @@ swiglu_kernel(T *out, const float *gu, int n_tok, int hidden)
 {
     size_t n = (size_t) n_tok * hidden;
 
+    kc_pdl_wait();
+    kc_pdl_trigger();
     for (size_t i = (size_t) blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t) gridDim.x * blockDim.x)
     {
-        size_t t = i / hidden, j = i - t * hidden;
-        float g = gu[t * 2 * hidden + j], u = gu[t * 2 * hidden + hidden + j];
-        out[i] = kc_store<T>(g / (1.0f + expf(-g)) * u);
+        float2 p = reinterpret_cast<const float2 *>(gu)[i];    /* g, u */
+        out[i] = kc_store<T>(p.x / (1.0f + expf(-p.x)) * p.y);
     }
 }
 
@@ -286,8 +297,20 @@ kc_swiglu(cudaStream_t s, kc_dtype_t dt, void *out, const float *gu,
     int blocks = (int) ((n + ROW_THREADS - 1) / ROW_THREADS);
 
     blocks = blocks < 4096 ? blocks : 4096;
-    KC_DISPATCH(dt, swiglu_kernel<T><<<blocks, ROW_THREADS, 0, s>>>(
+    KC_DISPATCH(dt, kc_launch(swiglu_kernel<T>, blocks, ROW_THREADS, 0, s,
         (T *) out, gu, n_tok, hidden));
+}
+
+int
+kc_pdl_enabled(void)
+{
+    static int v = -1;
+
+    if (v < 0) {
+        const char *e = getenv("NGX_GPU_PDL");
+        v = e == NULL || strcmp(e, "0") != 0;
+    }
+    return v;
 }
 
 /* --- probe ------------------------------------------------------------ */

@@ -136,4 +136,52 @@ kc_block_sum(float v, float *red)
     return v;
 }
 
+/*
+ * Programmatic dependent launch (sm_90).  A kernel started by
+ * kc_launch() may be scheduled while the kernel before it in the stream
+ * still runs: it calls kc_pdl_wait() before it reads or writes anything
+ * that kernel touches (the wait returns once that kernel has finished
+ * and its writes are visible), then kc_pdl_trigger(), which lets the
+ * kernel after it be scheduled in turn.  So the launch latency of a
+ * chain of small dependent kernels (a decode step) overlaps the kernel
+ * before, and a product's first weight loads (they depend on nothing)
+ * can be issued before its wait.  Both are no-ops for a kernel launched
+ * the ordinary way.  NGX_GPU_PDL=0 launches the ordinary way (for
+ * comparison).
+ */
+__device__ __forceinline__ void
+kc_pdl_wait(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void
+kc_pdl_trigger(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+template <typename... P, typename... A>
+static cudaError_t
+kc_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem,
+    cudaStream_t s, A... args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute at[1];
+
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = kc_pdl_enabled();
+    return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
 #endif /* GPU_KERNELS_CUDA_CUH */

@@ -189,7 +189,8 @@ int kc_dnn_stage(kc_dnn_t *d, cudaStream_t s, int n, const int *q_row,
 int kc_dnn_attention(kc_dnn_t *d, cudaStream_t s, void *out,
     const float *qkv, const void *kv_layer, int T);
 
-/* out[t][i] = silu(gu[t][i]) * gu[t][hidden + i], storage dtype */
+/* out[t][i] = silu(gu[t][2i]) * gu[t][2i + 1], storage dtype: gate and
+ * up interleaved, as the engine stores their weights' rows */
 void kc_swiglu(cudaStream_t s, kc_dtype_t dt, void *out, const float *gu,
     int T, int hidden);
 
@@ -204,6 +205,10 @@ void kc_sample(cudaStream_t s, int32_t *out, const float *logits, int R,
 
 /* cudaSuccess if this build has code the current device can run */
 cudaError_t kc_probe(void);
+
+/* 1 unless NGX_GPU_PDL=0: launch the step's kernels with programmatic
+ * dependent launch (kernels_cuda.cuh) */
+int kc_pdl_enabled(void);
 
 #ifdef __cplusplus
 }

@@ -92,6 +92,8 @@ ks_sample_kernel(int32_t *out, engine_logprobs_t *lps, const float *logits,
     __shared__ float cand_p[KS_CAND_MAX];
     __shared__ int cand_i[KS_CAND_MAX];
     __shared__ int pick_s;
+    kc_pdl_wait();
+    kc_pdl_trigger();
     int r = blockIdx.x, tid = threadIdx.x;
     const float *l = logits + (size_t) r * vocab;
     float temp = st.temperature[r], top_p = st.top_p[r];
@@ -436,8 +438,8 @@ ks_sample(cudaStream_t s, int32_t *out, engine_logprobs_t *lp,
     const float *logits, int R, int vocab, kc_step_t st, ks_rows_t rows,
     uint16_t *counts)
 {
-    ks_sample_kernel<<<R, SAMPLE_THREADS, 0, s>>>(out, lp, logits, vocab, st,
-                                                  rows, counts);
+    kc_launch(ks_sample_kernel, R, SAMPLE_THREADS, 0, s, out, lp, logits,
+              vocab, st, rows, counts);
 }
 
 void

@@ -8,6 +8,8 @@
 #ifndef NGX_GPU_GPU_TEST_H
 #define NGX_GPU_GPU_TEST_H
 
+#include "kernels_cuda.h"
+
 /* n bytes on the device, every float type's NaN; exits if out of memory */
 static inline void *
 dalloc(size_t n)
@@ -22,6 +24,16 @@ dalloc(size_t n)
     return d;
 }
 
+/* n bytes on the device, all 0 (split attention's counts start so) */
+static inline void *
+dzero(size_t n)
+{
+    void *d = dalloc(n);
+
+    cudaMemset(d, 0, n);
+    return d;
+}
+
 /* a copy of h[0, n) on the device */
 static inline void *
 dput(const void *h, size_t n)
@@ -30,6 +42,17 @@ dput(const void *h, size_t n)
 
     cudaMemcpy(d, h, n, cudaMemcpyHostToDevice);
     return d;
+}
+
+/* n elements of dtype dt on the device, as f32 in h */
+static inline void
+dget_dt(kc_dtype_t dt, float *h, const void *d, size_t n)
+{
+    void *tmp = malloc(n * 4);
+
+    cudaMemcpy(tmp, d, n * kc_dtype_size(dt), cudaMemcpyDeviceToHost);
+    kc_to_f32(dt, h, tmp, n);
+    free(tmp);
 }
 
 /* wait for the device; a failed check names what ran */

@@ -140,9 +140,10 @@ test_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
               == cudaErrorInvalidValue, "gemv refuses M=%d K=%d", M, K);
     }
 
-    gemm_tune(c->g, d_out, d_in, d_w, M, K, N);
+    gemm_tune(c->g, d_out, d_in, d_w, M, K, N, NULL);
     cudaMemset(d_out, 0xff, (size_t) M * N * 4);
-    CHECK(gemm_run(c->g, d_out, d_in, d_w, M, K, N) == CUBLAS_STATUS_SUCCESS,
+    CHECK(gemm_run(c->g, d_out, d_in, d_w, M, K, N, NULL)
+          == CUBLAS_STATUS_SUCCESS,
           "gemm_run %s M=%d K=%d N=%d", kc_dtype_name(dt), M, K, N);
     cudaStreamSynchronize(c->s);
     cudaMemcpy(got, d_out, (size_t) M * N * 4, cudaMemcpyDeviceToHost);
@@ -156,6 +157,177 @@ test_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
     free(in);
     free(w);
     free(got);
+}
+
+/*
+ * The product with the SwiGLU epilogue: w's rows are gate and up
+ * interleaved; hb[m][j] = silu(in . w[2j]) * (in . w[2j + 1]) in dt.
+ * Through gemv_swiglu_run directly, then as the engine runs it: tuned,
+ * and the fused kernel or the tuned product and kc_swiglu.
+ */
+static void
+test_swiglu_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
+{
+    double tol = dt == KC_F32 ? 1e-5 : dt == KC_BF16 ? 1e-2 : 2e-3;
+    size_t es = kc_dtype_size(dt), nh = (size_t) M * (N / 2);
+    float *in = malloc((size_t) M * K * 4), *w = malloc((size_t) N * K * 4);
+    float *got = malloc(nh * 4);
+    double *ref = malloc(nh * 8), num, den;
+    void *d_in = drand_dt(dt, in, (size_t) M * K);
+    void *d_w = drand_dt(dt, w, (size_t) N * K);
+    void *d_hb = dalloc(nh * es);
+    float *d_out = dalloc((size_t) M * N * 4);
+    int m, j, k, pass, fused = 0;
+    size_t i;
+
+    for (m = 0; m < M; m++) {
+        for (j = 0; j < N / 2; j++) {
+            double g = 0, u = 0;
+            for (k = 0; k < K; k++) {
+                g += (double) in[(size_t) m * K + k]
+                     * w[(size_t) 2 * j * K + k];
+                u += (double) in[(size_t) m * K + k]
+                     * w[(size_t) (2 * j + 1) * K + k];
+            }
+            ref[(size_t) m * (N / 2) + j] = g / (1 + exp(-g)) * u;
+        }
+    }
+    for (pass = 0; pass < 2; pass++) {
+        cudaError_t r = cudaSuccess;
+
+        cudaMemset(d_hb, 0xff, nh * es);
+        if (pass == 0) {
+            r = gemv_swiglu_run(c->s, cuda_dt(dt), d_hb, d_in, d_w, M, K, N);
+            if (!gemv_supported(cuda_dt(dt), M, K)) {
+                CHECK(r == cudaErrorInvalidValue, "gemv swiglu refuses "
+                      "M=%d K=%d", M, K);
+                continue;
+            }
+        } else {
+            gemm_epi_t ep = { GEMV_SWIGLU, dt, d_hb, NULL, NULL, 0.0f, NULL };
+
+            gemm_tune(c->g, d_out, d_in, d_w, M, K, N, &ep);
+            cudaMemset(d_hb, 0xff, nh * es);
+            fused = gemm_fused(c->g, M, K, N, GEMV_SWIGLU);
+            r = gemm_run(c->g, d_out, d_in, d_w, M, K, N, &ep)
+                == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown;
+        }
+        cudaStreamSynchronize(c->s);
+        dget_dt(dt, got, d_hb, nh);
+        num = den = 0;
+        for (i = 0; i < nh; i++) {
+            double d = got[i] - ref[i];
+            num += isnan(got[i]) ? INFINITY : d * d;
+            den += ref[i] * ref[i];
+        }
+        CHECK(r == cudaSuccess && sqrt(num / den) < tol,
+              "%s %s M=%d K=%d N=%d: rel err %.2e",
+              pass == 0 ? "gemv swiglu" : fused ? "tuned swiglu (fused)"
+                                                : "tuned swiglu (cuBLAS)",
+              kc_dtype_name(dt), M, K, N, sqrt(num / den));
+    }
+    cudaFree(d_in);
+    cudaFree(d_w);
+    cudaFree(d_hb);
+    cudaFree(d_out);
+    free(in);
+    free(w);
+    free(got);
+    free(ref);
+}
+
+/*
+ * The product with the residual add and RMSNorm after it: x += in . w^T;
+ * out = x / rms(x) * nw in dt.  Through gemv_norm_run directly (twice,
+ * from the same x: its count must be back to 0 for the second launch to
+ * norm), then tuned as the engine runs it.
+ */
+static void
+test_norm_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
+{
+    double tol = dt == KC_F32 ? 1e-5 : dt == KC_BF16 ? 1e-2 : 2e-3;
+    size_t es = kc_dtype_size(dt), n = (size_t) M * N, i;
+    float *in = malloc((size_t) M * K * 4), *w = malloc((size_t) N * K * 4);
+    float *x = malloc(n * 4), *nw = malloc((size_t) N * 4);
+    float *got = malloc(n * 4), *got_x = malloc(n * 4);
+    double *ref = malloc(n * 8), *ref_x = malloc(n * 8);
+    void *d_in = drand_dt(dt, in, (size_t) M * K);
+    void *d_w = drand_dt(dt, w, (size_t) N * K);
+    float *d_x = dalloc(n * 4), *d_nw, *d_y = dalloc(n * 4);
+    void *d_out = dalloc(n * es);
+    int *d_count = dzero(4);
+    int m, j, k, pass, fused = 0;
+    gemm_epi_t ep;
+    gemv_norm_t nrm;
+
+    for (i = 0; i < n; i++) {
+        x[i] = frand() * 3;
+    }
+    for (j = 0; j < N; j++) {
+        nw[j] = 0.5f + frand() * 0.25f;
+    }
+    d_nw = dput(nw, (size_t) N * 4);
+    for (m = 0; m < M; m++) {
+        double ss = 0;
+        for (j = 0; j < N; j++) {
+            double a = x[(size_t) m * N + j];
+            for (k = 0; k < K; k++) {
+                a += (double) in[(size_t) m * K + k] * w[(size_t) j * K + k];
+            }
+            ref_x[(size_t) m * N + j] = a;
+            ss += a * a;
+        }
+        for (j = 0; j < N; j++) {
+            ref[(size_t) m * N + j] = ref_x[(size_t) m * N + j]
+                                      / sqrt(ss / N + 1e-5) * nw[j];
+        }
+    }
+    ep = (gemm_epi_t) { GEMV_NORM, dt, d_out, d_x, d_nw, 1e-5f, d_count };
+    nrm = (gemv_norm_t) { d_x, d_nw, d_out, 1e-5f, d_count };
+    for (pass = 0; pass < 3; pass++) {
+        cudaError_t r = cudaSuccess;
+        double num = 0, den = 0, num_x = 0, den_x = 0;
+
+        if (pass == 2) {
+            gemm_tune(c->g, d_y, d_in, d_w, M, K, N, &ep);
+            fused = gemm_fused(c->g, M, K, N, GEMV_NORM);
+        }
+        cudaMemcpy(d_x, x, n * 4, cudaMemcpyHostToDevice);
+        cudaMemset(d_out, 0xff, n * es);
+        if (pass < 2) {
+            r = gemv_norm_run(c->s, cuda_dt(dt), d_y, d_in, d_w, M, K, N,
+                              &nrm);
+            if (!gemv_supported(cuda_dt(dt), M, K)) {
+                CHECK(r == cudaErrorInvalidValue, "gemv norm refuses "
+                      "M=%d K=%d", M, K);
+                continue;
+            }
+        } else {
+            r = gemm_run(c->g, d_y, d_in, d_w, M, K, N, &ep)
+                == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown;
+        }
+        cudaStreamSynchronize(c->s);
+        dget_dt(dt, got, d_out, n);
+        cudaMemcpy(got_x, d_x, n * 4, cudaMemcpyDeviceToHost);
+        for (i = 0; i < n; i++) {
+            double d = got[i] - ref[i], dx = got_x[i] - ref_x[i];
+            num += isnan(got[i]) ? INFINITY : d * d;
+            den += ref[i] * ref[i];
+            num_x += isnan(got_x[i]) ? INFINITY : dx * dx;
+            den_x += ref_x[i] * ref_x[i];
+        }
+        CHECK(r == cudaSuccess && sqrt(num / den) < tol
+              && sqrt(num_x / den_x) < 1e-5,
+              "%s %s M=%d K=%d N=%d: rel err %.2e, x %.2e",
+              pass < 2 ? "gemv norm" : fused ? "tuned norm (fused)"
+                                             : "tuned norm (cuBLAS)",
+              kc_dtype_name(dt), M, K, N, sqrt(num / den),
+              sqrt(num_x / den_x));
+    }
+    cudaFree(d_in); cudaFree(d_w); cudaFree(d_x); cudaFree(d_nw);
+    cudaFree(d_y); cudaFree(d_out); cudaFree(d_count);
+    free(in); free(w); free(x); free(nw); free(got); free(got_x);
+    free(ref); free(ref_x);
 }
 
 /* mean device µs of one run: 50 runs captured in a graph, the replay
@@ -264,6 +436,19 @@ main(void)
                 test_shape(&c, dt, M, shapes[i][0], shapes[i][1]);
             }
         }
+        /* the feed-forward's product with SwiGLU: Qwen-0.5B's and odd */
+        for (M = 1; M <= GEMV_MAX_M; M += 3) {
+            test_swiglu_shape(&c, dt, M, 896, 2 * 486);
+            test_swiglu_shape(&c, dt, M, 64, 2 * 37);
+        }
+        test_swiglu_shape(&c, dt, 12, 128, 2 * 100);
+        /* o and down products with the norm after them */
+        for (M = 1; M <= GEMV_MAX_M; M += 3) {
+            test_norm_shape(&c, dt, M, 896, 896);
+            test_norm_shape(&c, dt, M, 4864, 896);
+            test_norm_shape(&c, dt, M, 64, 2100);
+        }
+        test_norm_shape(&c, dt, 12, 128, 200);
         /* beyond what gemv takes: cuBLAS only */
         test_shape(&c, dt, 9, 896, 100);
         test_shape(&c, dt, 2, 12, 7);
