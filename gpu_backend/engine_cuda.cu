@@ -45,6 +45,7 @@ extern "C" {
 #define MAX_BUCKETS    16
 #define MIX_BUCKETS    3
 static const int mixp[MIX_BUCKETS] = { 16, 64, 128 };
+#define PDL_MAX_ROWS   8                   /* see forward() */
 #define CONV_CHUNK     ((size_t) 1 << 22)  /* elements converted at a time */
 #define HEADROOM       ((size_t) 256 << 20) /* left free for the runtime */
 
@@ -711,6 +712,7 @@ tune_gemms(cu_engine_t *e, int B)
 {
     const model_config_t *c = &e->cfg;
 
+    kc_pdl_step(B <= PDL_MAX_ROWS);     /* as forward() will run them */
     tune_layer_gemms(e, B);
     gemm_tune(e->gemm, e->logits, e->xl, e->lm_head, B, c->dim,
               c->vocab_size, NULL);
@@ -752,6 +754,10 @@ forward(cu_engine_t *e, int T, int R, int tiled)
     cublasStatus_t bs = CUBLAS_STATUS_SUCCESS;
     int dim = c->dim, h = c->hidden_dim, n_split = att_splits(e, T), l;
 
+    /* programmatic dependent launch pays where kernels are short (the
+     * products of few rows); at 128 rows it cost Qwen-0.5B's shapes 11%
+     * (scripts/gpu/ab-decode, NGX_GPU_PDL=0 against on) */
+    kc_pdl_step(T <= PDL_MAX_ROWS);
     kc_embed(s, e->dt, e->x, e->tok_emb, st, T, dim);
     for (l = 0; l < c->n_layers; l++) {
         const cu_layer_t *L = &e->layers[l];

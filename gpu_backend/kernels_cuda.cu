@@ -301,6 +301,14 @@ kc_swiglu(cudaStream_t s, kc_dtype_t dt, void *out, const float *gu,
         (T *) out, gu, n_tok, hidden));
 }
 
+static int pdl_step = 1;
+
+void
+kc_pdl_step(int on)
+{
+    pdl_step = on;
+}
+
 int
 kc_pdl_enabled(void)
 {
@@ -310,7 +318,7 @@ kc_pdl_enabled(void)
         const char *e = getenv("NGX_GPU_PDL");
         v = e == NULL || strcmp(e, "0") != 0;
     }
-    return v;
+    return v && pdl_step;
 }
 
 /* --- probe ------------------------------------------------------------ */

@@ -206,9 +206,12 @@ void kc_sample(cudaStream_t s, int32_t *out, const float *logits, int R,
 /* cudaSuccess if this build has code the current device can run */
 cudaError_t kc_probe(void);
 
-/* 1 unless NGX_GPU_PDL=0: launch the step's kernels with programmatic
- * dependent launch (kernels_cuda.cuh) */
+/* 1 unless NGX_GPU_PDL=0 or kc_pdl_step(0): launch the step's kernels
+ * with programmatic dependent launch (kernels_cuda.cuh).  kc_pdl_step
+ * sets it for the kernels queued (or captured) next: the engine turns it
+ * off for large steps, where it costs more than it saves. */
 int kc_pdl_enabled(void);
+void kc_pdl_step(int on);
 
 #ifdef __cplusplus
 }
