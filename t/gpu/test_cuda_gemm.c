@@ -159,6 +159,28 @@ test_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
     free(got);
 }
 
+/* an epilogue's output in dt against its reference: rounding to dt */
+static double
+epi_tol(kc_dtype_t dt)
+{
+    return dt == KC_F32 ? 1e-5 : dt == KC_BF16 ? 1e-2 : 2e-3;
+}
+
+/* ||got - ref|| / ||ref||, INFINITY when got holds a NaN */
+static double
+vec_err(const float *got, const double *ref, size_t n)
+{
+    double num = 0, den = 0;
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        double d = got[i] - ref[i];
+        num += isnan(got[i]) ? INFINITY : d * d;
+        den += ref[i] * ref[i];
+    }
+    return sqrt(num / den);
+}
+
 /*
  * The product with the SwiGLU epilogue: w's rows are gate and up
  * interleaved; hb[m][j] = silu(in . w[2j]) * (in . w[2j + 1]) in dt.
@@ -168,17 +190,16 @@ test_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
 static void
 test_swiglu_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
 {
-    double tol = dt == KC_F32 ? 1e-5 : dt == KC_BF16 ? 1e-2 : 2e-3;
+    double tol = epi_tol(dt), e;
     size_t es = kc_dtype_size(dt), nh = (size_t) M * (N / 2);
     float *in = malloc((size_t) M * K * 4), *w = malloc((size_t) N * K * 4);
     float *got = malloc(nh * 4);
-    double *ref = malloc(nh * 8), num, den;
+    double *ref = malloc(nh * 8);
     void *d_in = drand_dt(dt, in, (size_t) M * K);
     void *d_w = drand_dt(dt, w, (size_t) N * K);
     void *d_hb = dalloc(nh * es);
     float *d_out = dalloc((size_t) M * N * 4);
     int m, j, k, pass, fused = 0;
-    size_t i;
 
     for (m = 0; m < M; m++) {
         for (j = 0; j < N / 2; j++) {
@@ -214,17 +235,12 @@ test_swiglu_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
         }
         cudaStreamSynchronize(c->s);
         dget_dt(dt, got, d_hb, nh);
-        num = den = 0;
-        for (i = 0; i < nh; i++) {
-            double d = got[i] - ref[i];
-            num += isnan(got[i]) ? INFINITY : d * d;
-            den += ref[i] * ref[i];
-        }
-        CHECK(r == cudaSuccess && sqrt(num / den) < tol,
-              "%s %s M=%d K=%d N=%d: rel err %.2e",
-              pass == 0 ? "gemv swiglu" : fused ? "tuned swiglu (fused)"
-                                                : "tuned swiglu (cuBLAS)",
-              kc_dtype_name(dt), M, K, N, sqrt(num / den));
+        e = vec_err(got, ref, nh);
+        CHECK(r == cudaSuccess && e < tol, "%s %s M=%d K=%d N=%d: rel err "
+              "%.2e", pass == 0 ? "gemv swiglu" : fused
+                                  ? "tuned swiglu (fused)"
+                                  : "tuned swiglu (cuBLAS)",
+              kc_dtype_name(dt), M, K, N, e);
     }
     cudaFree(d_in);
     cudaFree(d_w);
@@ -245,7 +261,7 @@ test_swiglu_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
 static void
 test_norm_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
 {
-    double tol = dt == KC_F32 ? 1e-5 : dt == KC_BF16 ? 1e-2 : 2e-3;
+    double tol = epi_tol(dt);
     size_t es = kc_dtype_size(dt), n = (size_t) M * N, i;
     float *in = malloc((size_t) M * K * 4), *w = malloc((size_t) N * K * 4);
     float *x = malloc(n * 4), *nw = malloc((size_t) N * 4);
@@ -286,7 +302,7 @@ test_norm_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
     nrm = (gemv_norm_t) { d_x, d_nw, d_out, 1e-5f, d_count };
     for (pass = 0; pass < 3; pass++) {
         cudaError_t r = cudaSuccess;
-        double num = 0, den = 0, num_x = 0, den_x = 0;
+        double e, e_x;
 
         if (pass == 2) {
             gemm_tune(c->g, d_y, d_in, d_w, M, K, N, &ep);
@@ -309,20 +325,13 @@ test_norm_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
         cudaStreamSynchronize(c->s);
         dget_dt(dt, got, d_out, n);
         cudaMemcpy(got_x, d_x, n * 4, cudaMemcpyDeviceToHost);
-        for (i = 0; i < n; i++) {
-            double d = got[i] - ref[i], dx = got_x[i] - ref_x[i];
-            num += isnan(got[i]) ? INFINITY : d * d;
-            den += ref[i] * ref[i];
-            num_x += isnan(got_x[i]) ? INFINITY : dx * dx;
-            den_x += ref_x[i] * ref_x[i];
-        }
-        CHECK(r == cudaSuccess && sqrt(num / den) < tol
-              && sqrt(num_x / den_x) < 1e-5,
+        e = vec_err(got, ref, n);
+        e_x = vec_err(got_x, ref_x, n);
+        CHECK(r == cudaSuccess && e < tol && e_x < 1e-5,
               "%s %s M=%d K=%d N=%d: rel err %.2e, x %.2e",
               pass < 2 ? "gemv norm" : fused ? "tuned norm (fused)"
                                              : "tuned norm (cuBLAS)",
-              kc_dtype_name(dt), M, K, N, sqrt(num / den),
-              sqrt(num_x / den_x));
+              kc_dtype_name(dt), M, K, N, e, e_x);
     }
     cudaFree(d_in); cudaFree(d_w); cudaFree(d_x); cudaFree(d_nw);
     cudaFree(d_y); cudaFree(d_out); cudaFree(d_count);
