@@ -349,7 +349,7 @@ test_attention(kc_dtype_t dt, int H, int KV, int hd, int bs, int n_split,
     size_t bstride = (size_t) 2 * bs * kv_dim * L, cache_n = bstride * nb;
     kc_token_t tok[T];
     int32_t item_table[3], tables[64], perm[40];
-    int n_tab = 0, t, i, h, p, d;
+    int n_tab = 0, t, i, h;
     float *cache = malloc(cache_n * 4), *qkv = malloc((size_t) T * qkv_dim * 4);
     float *out = malloc((size_t) T * q_dim * 4);
     double *ref = malloc((size_t) T * q_dim * 8), *sc = malloc(512 * 8);
@@ -404,31 +404,9 @@ test_attention(kc_dtype_t dt, int H, int KV, int hd, int bs, int n_split,
         for (h = 0; h < H; h++) {
             const float *q = qkv + t * qkv_dim + h * hd;
             size_t koff = (size_t) (h / group) * hd;
-            double mx = -INFINITY, sum = 0;
-            for (p = 0; p < ctx; p++) {
-                const float *k = cache + tab[p / bs] * bstride
-                                 + (size_t) (p % bs) * kv_dim + koff;
-                double a = 0;
-                for (d = 0; d < hd; d++) {
-                    a += (double) q[d] * k[d];
-                }
-                sc[p] = a / sqrt((double) hd);
-                mx = sc[p] > mx ? sc[p] : mx;
-            }
-            for (p = 0; p < ctx; p++) {
-                sc[p] = exp(sc[p] - mx);
-                sum += sc[p];
-            }
-            for (d = 0; d < hd; d++) {
-                double o = 0;
-                for (p = 0; p < ctx; p++) {
-                    const float *v = cache + tab[p / bs] * bstride
-                                     + (size_t) bs * kv_dim
-                                     + (size_t) (p % bs) * kv_dim + koff;
-                    o += sc[p] * v[d];
-                }
-                ref[t * q_dim + h * hd + d] = o / sum;
-            }
+
+            ref_attention_row(ref + t * q_dim + h * hd, q, cache, tab,
+                              bstride, bs, kv_dim, koff, ctx, hd, sc);
         }
     }
     if (sync_ok("attention")) {
