@@ -109,7 +109,7 @@ typedef struct {
     float            *x, *y, *qkv, *gu, *logits;
     void             *xb, *att, *hb, *xl;
     float            *att_part;         /* split attention's partials */
-    int              *gemv_count;       /* gemv_norm_t's count */
+    int              *gemv_count;       /* gemv_epi_t's count */
     size_t            att_part_floats;
     /* cuDNN's fused attention for prefill rows (attention_cudnn.cu):
      * wanted at start, its scratch in the arena, what this step does */
@@ -661,7 +661,7 @@ gemm(cu_engine_t *e, float *out, const void *in, const void *w, int M,
 static gemm_epi_t
 epi_swiglu(const cu_engine_t *e)
 {
-    gemm_epi_t ep = { GEMV_SWIGLU, e->dt, e->hb, NULL, NULL, 0.0f, NULL };
+    gemm_epi_t ep = { GEMV_SWIGLU, e->dt, { e->hb, NULL, NULL, 0.0f, NULL } };
 
     return ep;
 }
@@ -670,8 +670,8 @@ epi_swiglu(const cu_engine_t *e)
 static gemm_epi_t
 epi_norm(const cu_engine_t *e, const float *w)
 {
-    gemm_epi_t ep = { GEMV_NORM, e->dt, e->xb, e->x, w, e->cfg.rms_eps,
-                      e->gemv_count };
+    gemm_epi_t ep = { GEMV_NORM, e->dt, { e->xb, e->x, w, e->cfg.rms_eps,
+                                          e->gemv_count } };
 
     return ep;
 }

@@ -91,8 +91,8 @@ gemm_destroy(gemm_t *g)
     free(g);
 }
 
-static const gemm_epi_t gemm_no_epi = { GEMV_PLAIN, 0, NULL, NULL, NULL, 0.0f,
-                                        NULL };
+static const gemm_epi_t gemm_no_epi = { GEMV_PLAIN, 0,
+                                        { NULL, NULL, NULL, 0.0f, NULL } };
 
 /* epi < 0: any */
 static shape_t *
@@ -117,11 +117,11 @@ epi_kernel(gemm_t *g, const gemm_epi_t *ep, float *y, int M, int N)
 {
     switch (ep->kind) {
     case GEMV_SWIGLU:
-        kc_swiglu(g->stream, (kc_dtype_t) ep->dt, ep->out, y, M, N / 2);
+        kc_swiglu(g->stream, (kc_dtype_t) ep->dt, ep->a.out, y, M, N / 2);
         break;
     case GEMV_NORM:
-        kc_rmsnorm(g->stream, (kc_dtype_t) ep->dt, ep->out, ep->x, y, ep->w,
-                   NULL, M, N, ep->eps, 1);
+        kc_rmsnorm(g->stream, (kc_dtype_t) ep->dt, ep->a.out, ep->a.x, y,
+                   ep->a.w, NULL, M, N, ep->a.eps, 1);
         break;
     }
     return cudaGetLastError();
@@ -136,22 +136,16 @@ lt_run(gemm_t *g, const shape_t *sh, const cublasLtMatmulAlgo_t *algo,
 {
     const float one = 1.0f, zero = 0.0f;
     cudaError_t r = cudaSuccess;
-    gemv_norm_t nrm;
 
     if (algo == NULL) {
         switch (ep->kind) {
         case GEMV_SWIGLU:
-            r = gemv_swiglu_run(g->stream, g->in_type, ep->out, in, w, sh->M,
-                                sh->K, sh->N);
+            r = gemv_swiglu_run(g->stream, g->in_type, ep->a.out, in, w,
+                                sh->M, sh->K, sh->N);
             break;
         case GEMV_NORM:
-            nrm.x = ep->x;
-            nrm.w = ep->w;
-            nrm.out = ep->out;
-            nrm.eps = ep->eps;
-            nrm.count = ep->count;
             r = gemv_norm_run(g->stream, g->in_type, y, in, w, sh->M, sh->K,
-                              sh->N, &nrm);
+                              sh->N, &ep->a);
             break;
         default:
             r = gemv_run(g->stream, g->in_type, y, in, w, sh->M, sh->K,

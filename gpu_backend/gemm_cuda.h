@@ -43,12 +43,8 @@ void gemm_destroy(gemm_t *g);
  */
 typedef struct {
     int           kind;
-    int           dt;           /* kc_dtype_t of out */
-    void         *out;
-    float        *x;            /* GEMV_NORM: the residual stream */
-    const float  *w;            /* GEMV_NORM: the norm's weights */
-    float         eps;
-    int          *count;        /* GEMV_NORM: one int, 0 (gemv_norm_t) */
+    int           dt;           /* kc_dtype_t of a.out */
+    gemv_epi_t    a;            /* out; for GEMV_NORM x, w, eps, count */
 } gemm_epi_t;
 
 /* time the candidates for this shape and epilogue (NULL: none) on these

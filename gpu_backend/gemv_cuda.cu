@@ -98,7 +98,7 @@ w8_issue(w8_t<T> (&c)[UNROLL][R], const T *const (&wr)[R], int k0, int K)
  */
 template <typename T, int M>
 __device__ __forceinline__ void
-gemv_norm_tail(const float *y, int N, const gemv_norm_t &nrm)
+gemv_norm_tail(const float *y, int N, const gemv_epi_t &nrm)
 {
     __shared__ int last_s;
     __shared__ float red[32];
@@ -139,7 +139,7 @@ gemv_norm_tail(const float *y, int N, const gemv_norm_t &nrm)
 template <typename T, int M, int R, int EPI>
 __global__ void __launch_bounds__(WARPS * 32)
 gemv_kernel(void *out, const T *in, const T *w, int K, int N,
-    gemv_norm_t nrm)
+    gemv_epi_t nrm)
 {
     /* 8 loads of 16 bytes in flight a thread (4 of 32 for f32), spread
      * over the warp's R rows */
@@ -250,7 +250,7 @@ gemv_kernel(void *out, const T *in, const T *w, int K, int N,
 template <typename T, int M, int EPI>
 static cudaError_t
 launch(cudaStream_t s, void *out, const void *in, const void *w, int K,
-    int N, const gemv_norm_t &nrm)
+    int N, const gemv_epi_t &nrm)
 {
     constexpr int R0 = M == 1 ? 1 : M <= 3 ? 2 : 4;
     constexpr int R = EPI == GEMV_SWIGLU && R0 < 2 ? 2 : R0;
@@ -264,7 +264,7 @@ launch(cudaStream_t s, void *out, const void *in, const void *w, int K,
 template <typename T, int EPI>
 static cudaError_t
 launch_m(cudaStream_t s, void *out, const void *in, const void *w, int M,
-    int K, int N, const gemv_norm_t &nrm)
+    int K, int N, const gemv_epi_t &nrm)
 {
     switch (M) {
     case 1: return launch<T, 1, EPI>(s, out, in, w, K, N, nrm);
@@ -289,7 +289,7 @@ gemv_supported(cudaDataType_t dt, int M, int K)
 template <int EPI>
 static cudaError_t
 run_dt(cudaStream_t s, cudaDataType_t dt, void *out, const void *in,
-    const void *w, int M, int K, int N, const gemv_norm_t &nrm)
+    const void *w, int M, int K, int N, const gemv_epi_t &nrm)
 {
     if (!gemv_supported(dt, M, K) || (EPI == GEMV_SWIGLU && N % 2 != 0)) {
         return cudaErrorInvalidValue;
@@ -310,7 +310,7 @@ cudaError_t
 gemv_run(cudaStream_t s, cudaDataType_t dt, float *out, const void *in,
     const void *w, int M, int K, int N)
 {
-    gemv_norm_t none = { NULL, NULL, NULL, 0.0f, NULL };
+    gemv_epi_t none = { NULL, NULL, NULL, 0.0f, NULL };
 
     return run_dt<GEMV_PLAIN>(s, dt, out, in, w, M, K, N, none);
 }
@@ -319,14 +319,14 @@ cudaError_t
 gemv_swiglu_run(cudaStream_t s, cudaDataType_t dt, void *out,
     const void *in, const void *w, int M, int K, int N)
 {
-    gemv_norm_t none = { NULL, NULL, NULL, 0.0f, NULL };
+    gemv_epi_t none = { NULL, NULL, NULL, 0.0f, NULL };
 
     return run_dt<GEMV_SWIGLU>(s, dt, out, in, w, M, K, N, none);
 }
 
 cudaError_t
 gemv_norm_run(cudaStream_t s, cudaDataType_t dt, float *y, const void *in,
-    const void *w, int M, int K, int N, const gemv_norm_t *nrm)
+    const void *w, int M, int K, int N, const gemv_epi_t *nrm)
 {
     if (N > KC_NORM_MAX_DIM) {
         return cudaErrorInvalidValue;

@@ -45,22 +45,25 @@ cudaError_t gemv_swiglu_run(cudaStream_t s, cudaDataType_t dt, void *out,
     const void *in, const void *w, int M, int K, int N);
 
 /*
- * The product y[M, N] (f32), then the residual add and RMSNorm of
- * kc_rmsnorm in its last block: x[m] += y[m]; out[m] = x[m] / rms(x[m])
- * * w in the storage dtype.  count: one int, 0 before the first launch
- * and after each.  N <= KC_NORM_MAX_DIM.
+ * An epilogue's operands: out for both (SwiGLU's [M][N / 2], the norm's
+ * [M][N], storage dtype); the rest the norm's.
  */
 typedef struct {
+    void         *out;
     float        *x;            /* [M][N] the residual stream */
     const float  *w;            /* [N] the norm's weights */
-    void         *out;          /* [M][N] storage dtype */
     float         eps;
-    int          *count;
-} gemv_norm_t;
+    int          *count;        /* one int, 0 before a launch and after */
+} gemv_epi_t;
 
+/*
+ * The product y[M, N] (f32), then the residual add and RMSNorm of
+ * kc_rmsnorm in its last block: x[m] += y[m]; out[m] = x[m] / rms(x[m])
+ * * w.  N <= KC_NORM_MAX_DIM.
+ */
 cudaError_t gemv_norm_run(cudaStream_t s, cudaDataType_t dt, float *y,
     const void *in, const void *w, int M, int K, int N,
-    const gemv_norm_t *nrm);
+    const gemv_epi_t *nrm);
 
 #ifdef __cplusplus
 }

@@ -225,7 +225,8 @@ test_swiglu_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
                 continue;
             }
         } else {
-            gemm_epi_t ep = { GEMV_SWIGLU, dt, d_hb, NULL, NULL, 0.0f, NULL };
+            gemm_epi_t ep = { GEMV_SWIGLU, dt,
+                              { d_hb, NULL, NULL, 0.0f, NULL } };
 
             gemm_tune(c->g, d_out, d_in, d_w, M, K, N, &ep);
             cudaMemset(d_hb, 0xff, nh * es);
@@ -274,7 +275,6 @@ test_norm_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
     int *d_count = dzero(4);
     int m, j, k, pass, fused = 0;
     gemm_epi_t ep;
-    gemv_norm_t nrm;
 
     for (i = 0; i < n; i++) {
         x[i] = frand() * 3;
@@ -298,8 +298,8 @@ test_norm_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
                                       / sqrt(ss / N + 1e-5) * nw[j];
         }
     }
-    ep = (gemm_epi_t) { GEMV_NORM, dt, d_out, d_x, d_nw, 1e-5f, d_count };
-    nrm = (gemv_norm_t) { d_x, d_nw, d_out, 1e-5f, d_count };
+    ep = (gemm_epi_t) { GEMV_NORM, dt,
+                        { d_out, d_x, d_nw, 1e-5f, d_count } };
     for (pass = 0; pass < 3; pass++) {
         cudaError_t r = cudaSuccess;
         double e, e_x;
@@ -312,7 +312,7 @@ test_norm_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
         cudaMemset(d_out, 0xff, n * es);
         if (pass < 2) {
             r = gemv_norm_run(c->s, cuda_dt(dt), d_y, d_in, d_w, M, K, N,
-                              &nrm);
+                              &ep.a);
             if (!gemv_supported(cuda_dt(dt), M, K)) {
                 CHECK(r == cudaErrorInvalidValue, "gemv norm refuses "
                       "M=%d K=%d", M, K);
