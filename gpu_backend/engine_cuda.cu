@@ -258,41 +258,23 @@ carve_weights(cu_engine_t *e, carve_t *cv)
     }
 }
 
-/* copy tensor t to dst on the device as dtype to (f32 for the norms),
- * converting on the host in chunks when the stored dtype differs */
-static cudaError_t
-upload(char *dst, const st_tensor_t *t, kc_dtype_t to, float *f32, void *conv)
-{
-    kc_dtype_t from = st_kc(t->dtype);
-    size_t es_from = kc_dtype_size(from), es_to = kc_dtype_size(to), i;
-    cudaError_t r = cudaSuccess;
-
-    if (from == to) {
-        return cudaMemcpy(dst, t->data, t->nbytes, cudaMemcpyHostToDevice);
-    }
-    for (i = 0; i < (size_t) t->numel && r == cudaSuccess; i += CONV_CHUNK) {
-        size_t n = (size_t) t->numel - i < CONV_CHUNK
-                   ? (size_t) t->numel - i : CONV_CHUNK;
-        kc_to_f32(from, f32, (const char *) t->data + i * es_from, n);
-        kc_from_f32(to, conv, f32, n);
-        r = cudaMemcpy(dst + i * es_to, conv, n * es_to,
-                       cudaMemcpyHostToDevice);
-    }
-    return r;
-}
-
-/* rows r0 .. r0 + n - 1 of t (len elements each) to dst, one every
- * pitch elements, as dtype to: how gate's and up's rows interleave */
+/* rows r0 .. r0 + n - 1 of t (len elements each, len <= CONV_CHUNK) to
+ * dst, one every pitch elements, as dtype to (f32 for the norms),
+ * converting on the host in chunks of rows when the stored dtype
+ * differs; a pitch of 2 * len interleaves gate's and up's rows */
 static cudaError_t
 upload_rows(char *dst, const st_tensor_t *t, size_t r0, size_t n,
     size_t len, size_t pitch, kc_dtype_t to, float *f32, void *conv)
 {
     kc_dtype_t from = st_kc(t->dtype);
     size_t es_from = kc_dtype_size(from), es_to = kc_dtype_size(to);
-    size_t per = CONV_CHUNK / len > 0 ? CONV_CHUNK / len : 1, i, k;
+    size_t per = CONV_CHUNK / len, i, k;
     const char *src = (const char *) t->data + r0 * len * es_from;
     cudaError_t r = cudaSuccess;
 
+    if (len == 0 || per == 0) {
+        return len == 0 ? cudaSuccess : cudaErrorInvalidValue;
+    }
     for (i = 0; i < n && r == cudaSuccess; i += k) {
         const void *h = src + i * len * es_from;
 
@@ -307,6 +289,17 @@ upload_rows(char *dst, const st_tensor_t *t, size_t r0, size_t n,
                          cudaMemcpyHostToDevice);
     }
     return r;
+}
+
+/* the whole of tensor t to dst, as rows of its last dimension */
+static cudaError_t
+upload(char *dst, const st_tensor_t *t, kc_dtype_t to, float *f32, void *conv)
+{
+    size_t len = t->ndim > 0 ? (size_t) t->shape[t->ndim - 1]
+                             : (size_t) t->numel;
+
+    return upload_rows(dst, t, 0, len ? (size_t) t->numel / len : 0, len,
+                       len, to, f32, conv);
 }
 
 static int
