@@ -121,6 +121,7 @@ typedef struct {
     void             *blas_ws;
     int32_t          *d_out;            /* [max_seqs] sampled ids */
     engine_logprobs_t *d_lp;            /* [max_seqs] */
+    void             *sample_scratch;   /* ks_sample()'s partials */
     /* penalties: each sequence's counts of its sampled tokens, and how
      * many tokens they count (-1: not kept, reload before use) */
     uint16_t         *d_counts;         /* [max_seqs][vocab] */
@@ -420,6 +421,8 @@ carve_acts(cu_engine_t *e, carve_t *cv)
     e->xl = carve(cv, S * dim * es);
     e->d_out = (int32_t *) carve(cv, S * 4);
     e->d_lp = (engine_logprobs_t *) carve(cv, S * sizeof(engine_logprobs_t));
+    e->sample_scratch = carve(cv, ks_sample_scratch_bytes(e->max_seqs,
+                                                          c->vocab_size));
     e->d_counts = (uint16_t *) carve(cv, S * c->vocab_size * 2);
     e->d_gen = (int32_t *) carve(cv, (size_t) c->max_seq_len * 4);
     /* splits only for steps of up to max_seqs tokens (decode) */
@@ -812,7 +815,7 @@ forward(cu_engine_t *e, int T, int R, int tiled)
                dim, c->rms_eps, 0);
     gemm(e, e->logits, e->xl, e->lm_head, R, dim, c->vocab_size, NULL, &bs);
     ks_sample(s, e->d_out, e->d_lp, e->logits, R, c->vocab_size, st,
-              e->drows, e->d_counts);
+              e->drows, e->d_counts, e->sample_scratch);
     return bs;
 }
 

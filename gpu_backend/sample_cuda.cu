@@ -8,13 +8,22 @@
  * engine does) and comes up with the step's inputs; so a seed means the
  * same random stream on either engine.
  *
- * One block per row:
+ * Two kernels.  ks_part_kernel, grid (chunks, rows): each block reads
+ * KS_CHUNK ids of a row with every load in flight at once (one block a
+ * row left a step's sampling waiting on one block's round trips: 27-36
+ * us for greedy over 128-152K ids) and writes the chunk's partials to
+ * the scratch: its first largest penalised logit, the sum of
+ * exp((l - that) / T), and for logprobs the raw logits' max, the sum of
+ * exp(l - max) and the n largest in order.  ks_sample_kernel, one block
+ * a row, combines a row's partials and applies the rules:
  *   penalties    applied to each logit as it is read, from the row's
  *                uint16 counts of the tokens its sequence sampled (the
  *                kernel counts the token it picks);
- *   greedy       the argmax, ties to the lowest id (sampler_argmax);
+ *   greedy       the first of the chunks' maxima, ties to the lowest id
+ *                (sampler_argmax): nothing more to read;
  *   no cut       p_i = exp((l_i - max) / T); the token where u * sum(p)
- *                falls, counting p in id order;
+ *                falls, counting p in id order: first the chunk, from
+ *                the chunks' sums, then the token in it;
  *   a cut        the candidates: for top_k the k most likely (the
  *                largest threshold with k tokens at or above it, by
  *                bisecting its bits: p >= 0, so bits order like values;
@@ -25,9 +34,12 @@
  *                as sampler.c does: the nucleus, then the draw.  So a u
  *                picks sampler.c's token (floats aside: the sums are
  *                block sums here).  More than KS_CAND_MAX candidates:
- *                the kept set is drawn from in id order instead.
+ *                the kept set is drawn from in id order instead, as
+ *                without a cut.  These passes are still the row's block
+ *                alone.
  *   logprobs     log_softmax of the raw row (before penalties): the
- *                picked token's and the n largest, one pass each.
+ *                picked token's, and the n largest merged from the
+ *                chunks' lists.
  */
 
 #include <limits.h>
@@ -37,17 +49,71 @@
 
 #define SAMPLE_THREADS  512
 #define BATCH           8       /* loads in flight per thread */
+#define PART_THREADS    128
+#define KS_CHUNK        (PART_THREADS * BATCH)  /* ids a partial covers */
+#define KS_FULL         0xffffffffu
 
 typedef struct {
     float  v;
     int    i;
 } ks_arg_t;
 
+/* a chunk's partials */
+typedef struct {
+    float  v;           /* the first largest penalised logit */
+    int    i;           /* its id */
+    float  s;           /* sum of exp((l - v) / T), T > 0 */
+    float  rv;          /* the largest raw logit (logprobs) */
+    float  rs;          /* sum of exp(l - rv) over the raw logits */
+} ks_part_t;
+
+/* the scratch: per row and chunk, the partials, the n largest raw
+ * logits and the draw's mass */
+typedef struct {
+    ks_arg_t   *top;            /* [R][chunks][ENGINE_MAX_LOGPROBS] */
+    ks_part_t  *part;           /* [R][chunks] */
+    float      *mass;           /* [R][chunks] */
+} ks_scratch_t;
+
+__host__ __device__ static inline int
+ks_chunks(int vocab)
+{
+    return (vocab + KS_CHUNK - 1) / KS_CHUNK;
+}
+
+static ks_scratch_t
+ks_scratch(void *base, int R, int vocab)
+{
+    size_t n = (size_t) R * ks_chunks(vocab);
+    ks_scratch_t sc;
+
+    sc.top = (ks_arg_t *) base;
+    sc.part = (ks_part_t *) (sc.top + n * ENGINE_MAX_LOGPROBS);
+    sc.mass = (float *) (sc.part + n);
+    return sc;
+}
+
+size_t
+ks_sample_scratch_bytes(int R, int vocab)
+{
+    return (size_t) R * ks_chunks(vocab)
+           * (ENGINE_MAX_LOGPROBS * sizeof(ks_arg_t) + sizeof(ks_part_t)
+              + sizeof(float));
+}
+
 /* (v, i) before (w, j): larger first, ties to the lower id */
 __device__ __forceinline__ bool
 ks_before(float v, int i, float w, int j)
 {
     return j == INT_MAX || (i != INT_MAX && (v > w || (v == w && i < j)));
+}
+
+/* a logit as the sampler sees it: penalised as sampler_penalize() */
+__device__ __forceinline__ float
+ks_logit(float l, const uint16_t *cnt, int i, float pres, float freq)
+{
+    return cnt != NULL && cnt[i] != 0 ? l - fmaf(freq, (float) cnt[i], pres)
+                                      : l;
 }
 
 /* the block's first (v, i) by ks_before, in every thread */
@@ -58,8 +124,8 @@ ks_block_arg(float v, int i, float *sv, int *si)
     ks_arg_t a;
 
     for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, v, o);
-        int oi = __shfl_xor_sync(0xffffffffu, i, o);
+        float ov = __shfl_xor_sync(KS_FULL, v, o);
+        int oi = __shfl_xor_sync(KS_FULL, i, o);
         if (ks_before(ov, oi, v, i)) {
             v = ov;
             i = oi;
@@ -72,7 +138,7 @@ ks_block_arg(float v, int i, float *sv, int *si)
     __syncthreads();
     a.v = sv[0];
     a.i = si[0];
-    for (int w = 1; w < SAMPLE_THREADS / 32; w++) {
+    for (int w = 1; w < (int) (blockDim.x >> 5); w++) {
         if (ks_before(sv[w], si[w], a.v, a.i)) {
             a.v = sv[w];
             a.i = si[w];
@@ -82,20 +148,181 @@ ks_block_arg(float v, int i, float *sv, int *si)
     return a;
 }
 
+/*
+ * In one warp: the first k of 0 .. n where x = u * total + y falls,
+ * counting the masses m(k) >= 0 in order; -1 where none (x >= total, or
+ * NaN).  Each lane sums a run of k in order, and every lane adds the
+ * runs before its own in the same order, so that a run's end is bit for
+ * bit the next run's start: the runs tile [0, total) and at most one
+ * lane owns x.  *rest: x less the mass before k, inf where rounding
+ * left x past the owner's own walk (k is then its last k with mass);
+ * *last: the last k with mass.
+ */
+template <typename M>
+__device__ int
+ks_warp_locate(M m, int n, float u, float y, float *rest, int *last)
+{
+    int lane = threadIdx.x & 31, per = (n + 31) >> 5;
+    int k0 = min(n, lane * per), k1 = min(n, k0 + per), at = -1, lst = -1;
+    float own = 0.0f, before = 0.0f, x, rs = INFINITY;
+    unsigned owners;
+
+    for (int k = k0; k < k1; k++) {
+        float v = m(k);
+        own += v;
+        lst = v > 0.0f ? k : lst;
+    }
+    for (int j = 0; j < 31; j++) {
+        float o = __shfl_sync(KS_FULL, own, j);
+        if (j < lane) {
+            before += o;
+        }
+    }
+    x = fmaf(u, __shfl_sync(KS_FULL, before + own, 31), y);
+    if (own > 0.0f && before <= x && x < before + own) {
+        float z = x - before, c = 0.0f;
+        for (int k = k0; k < k1; k++) {
+            float v = m(k);
+            if (v > 0.0f) {
+                at = k;
+                if (z < c + v) {
+                    rs = z - c;
+                    break;
+                }
+            }
+            c += v;
+        }
+    }
+    owners = __ballot_sync(KS_FULL, at >= 0);
+    *last = (int) __reduce_max_sync(KS_FULL, (unsigned) (lst + 1)) - 1;
+    if (owners == 0) {
+        *rest = INFINITY;
+        return -1;
+    }
+    *rest = __shfl_sync(KS_FULL, rs, __ffs(owners) - 1);
+    return __shfl_sync(KS_FULL, at, __ffs(owners) - 1);
+}
+
+/*
+ * A chunk of a row: the first largest penalised logit, the sum of
+ * exp((l - it) / T) when the row draws, and for logprobs the raw max,
+ * the sum of exp(l - max) and the n largest raw logits in order (ending
+ * early with an id of INT_MAX).  Each thread holds its BATCH logits in
+ * registers: every pass after the loads is arithmetic.
+ */
+__global__ void __launch_bounds__(PART_THREADS)
+ks_part_kernel(ks_part_t *parts, ks_arg_t *tops, const float *logits,
+    int vocab, kc_step_t st, ks_rows_t rows, const uint16_t *counts)
+{
+    __shared__ float red[32], sv[32];
+    __shared__ int si[32];
+    kc_pdl_wait();
+    kc_pdl_trigger();
+    int p = blockIdx.x, nc = gridDim.x, r = blockIdx.y, tid = threadIdx.x;
+    const float *l = logits + (size_t) r * vocab;
+    float temp = st.temperature[r];
+    int crow = rows.count_row ? rows.count_row[r] : -1;
+    int nlp = rows.n_logprobs ? rows.n_logprobs[r] : -1;
+    float pres = crow >= 0 ? rows.presence[r] : 0.0f;
+    float freq = crow >= 0 ? rows.frequency[r] : 0.0f;
+    const uint16_t *cnt = crow >= 0 ? counts + (size_t) crow * vocab : NULL;
+    float raw[BATCH], v[BATCH], bv = -INFINITY, rmax = -INFINITY;
+    int id[BATCH], bi = INT_MAX;
+    ks_part_t out;
+    ks_arg_t a;
+
+#pragma unroll
+    for (int u = 0; u < BATCH; u++) {
+        id[u] = p * KS_CHUNK + u * PART_THREADS + tid;
+        raw[u] = id[u] < vocab ? l[id[u]] : -INFINITY;
+    }
+#pragma unroll
+    for (int u = 0; u < BATCH; u++) {
+        v[u] = id[u] < vocab ? ks_logit(raw[u], cnt, id[u], pres, freq)
+                             : -INFINITY;
+        if (id[u] < vocab && (bi == INT_MAX || v[u] > bv)) {
+            bv = v[u];
+            bi = id[u];
+        }
+        rmax = fmaxf(rmax, raw[u]);
+    }
+    a = ks_block_arg(bv, bi, sv, si);
+    out.v = a.v;
+    out.i = a.i;
+    out.s = 0.0f;
+    out.rv = -INFINITY;
+    out.rs = 0.0f;
+
+    if (temp > 0.0f && vocab > 1 && a.v > -INFINITY) {
+        float inv_t = 1.0f / temp, s = 0.0f;
+#pragma unroll
+        for (int u = 0; u < BATCH; u++) {
+            s += expf((v[u] - a.v) * inv_t);
+        }
+        out.s = kc_block_sum(s, red);
+    }
+
+    if (nlp >= 0) {
+        ks_arg_t *top = tops + ((size_t) r * nc + p) * ENGINE_MAX_LOGPROBS;
+        float pv = INFINITY, s = 0.0f;
+        int pi = -1;
+
+        out.rv = ks_block_arg(rmax, 0, sv, si).v;
+        if (out.rv > -INFINITY) {
+#pragma unroll
+            for (int u = 0; u < BATCH; u++) {
+                s += expf(raw[u] - out.rv);
+            }
+            out.rs = kc_block_sum(s, red);
+        }
+        /* the n largest: each pass the first after the last one found */
+        for (int k = 0; k < min(nlp, ENGINE_MAX_LOGPROBS); k++) {
+            float b = -INFINITY;
+            int bj = INT_MAX;
+#pragma unroll
+            for (int u = 0; u < BATCH; u++) {
+                if (id[u] < vocab
+                    && (raw[u] < pv || (raw[u] == pv && id[u] > pi))
+                    && ks_before(raw[u], id[u], b, bj))
+                {
+                    b = raw[u];
+                    bj = id[u];
+                }
+            }
+            a = ks_block_arg(b, bj, sv, si);
+            if (tid == 0) {
+                top[k] = a;
+            }
+            if (a.i == INT_MAX) {
+                break;
+            }
+            pv = a.v;
+            pi = a.i;
+        }
+    }
+    if (tid == 0) {
+        parts[(size_t) r * nc + p] = out;
+    }
+}
+
 __global__ void __launch_bounds__(SAMPLE_THREADS)
 ks_sample_kernel(int32_t *out, engine_logprobs_t *lps, const float *logits,
-    int vocab, kc_step_t st, ks_rows_t rows, uint16_t *counts)
+    int vocab, kc_step_t st, ks_rows_t rows, uint16_t *counts,
+    ks_scratch_t sc)
 {
-    __shared__ float red[32], part[SAMPLE_THREADS + 1], sv[32];
-    __shared__ int si[32], found, off_gt[SAMPLE_THREADS + 1],
-                   off_eq[SAMPLE_THREADS + 1];
+    __shared__ float red[32], sv[32], pbuf[KS_CHUNK], rest_s;
+    __shared__ int si[32], off_gt[SAMPLE_THREADS + 1],
+                   off_eq[SAMPLE_THREADS + 1], won[ENGINE_MAX_LOGPROBS];
     __shared__ float cand_p[KS_CAND_MAX];
     __shared__ int cand_i[KS_CAND_MAX];
     __shared__ int pick_s;
     kc_pdl_wait();
     kc_pdl_trigger();
-    int r = blockIdx.x, tid = threadIdx.x;
+    int r = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    int nc = ks_chunks(vocab);
     const float *l = logits + (size_t) r * vocab;
+    const ks_part_t *pt = sc.part + (size_t) r * nc;
+    float *mass = sc.mass + (size_t) r * nc;
     float temp = st.temperature[r], top_p = st.top_p[r];
     int top_k = rows.top_k ? rows.top_k[r] : 0;
     int crow = rows.count_row ? rows.count_row[r] : -1;
@@ -103,19 +330,16 @@ ks_sample_kernel(int32_t *out, engine_logprobs_t *lps, const float *logits,
     float pres = crow >= 0 ? rows.presence[r] : 0.0f;
     float freq = crow >= 0 ? rows.frequency[r] : 0.0f;
     uint16_t *cnt = crow >= 0 ? counts + (size_t) crow * vocab : NULL;
-    float bv = -INFINITY, mx, inv_t, sum, thr = 0.0f, x, own = 0.0f;
-    int bi = INT_MAX, chunk, i0, i1, pick;
+    float bv = -INFINITY, mx, inv_t, sum, thr = 0.0f, rest;
+    int bi = INT_MAX, chunk, i0, i1, pick, c, last;
     ks_arg_t a;
 
-    /* a logit as the sampler sees it: penalised as sampler_penalize() */
-#define LOGIT(i)                                                          \
-    (cnt != NULL && cnt[i] != 0                                           \
-     ? l[i] - fmaf(freq, (float) cnt[i], pres) : l[i])
+#define LOGIT(i)  ks_logit(l[i], cnt, i, pres, freq)
 
     /*
-     * Every pass over the row reads BATCH strided elements per thread
-     * before using any: one block per row, so the reads' latency, not
-     * their bytes, is what a pass costs.
+     * The passes over the row left to this block (the cuts) read BATCH
+     * strided elements per thread before using any: the reads' latency,
+     * not their bytes, is what a pass costs.
      */
 #define STRIDED(load, body)                                               \
     for (int base = tid; base < vocab; base += BATCH * SAMPLE_THREADS) {  \
@@ -132,10 +356,14 @@ ks_sample_kernel(int32_t *out, engine_logprobs_t *lps, const float *logits,
             if (i < vocab) { (void) i; body; }                            \
         }                                                                 \
     }
-#define RAW(i)  l[i]
 
-    /* argmax: the first of the largest */
-    STRIDED(LOGIT, if (bi == INT_MAX || v > bv) { bv = v; bi = i; });
+    /* argmax: the first of the chunks' largest */
+    for (c = tid; c < nc; c += SAMPLE_THREADS) {
+        if (ks_before(pt[c].v, pt[c].i, bv, bi)) {
+            bv = pt[c].v;
+            bi = pt[c].i;
+        }
+    }
     a = ks_block_arg(bv, bi, sv, si);
     pick = a.i;
 
@@ -144,13 +372,18 @@ ks_sample_kernel(int32_t *out, engine_logprobs_t *lps, const float *logits,
     }
 
     /* unnormalised probabilities, recomputed where needed (the same
-     * values every time: the same expression on the same inputs) */
+     * values every time: the same expression on the same inputs); a
+     * chunk's mass is its sum rescaled from its own max to the row's */
     mx = a.v;
     inv_t = 1.0f / temp;
 #define P(v)  expf(((v) - mx) * inv_t)
 
     sum = 0.0f;
-    STRIDED(LOGIT, sum += P(v));
+    for (c = tid; c < nc; c += SAMPLE_THREADS) {
+        float m = pt[c].s > 0.0f ? pt[c].s * P(pt[c].v) : 0.0f;
+        mass[c] = m;
+        sum += m;
+    }
     sum = kc_block_sum(sum, red);
 
     /* each thread owns a contiguous run of ids, for passes in id order */
@@ -322,45 +555,70 @@ ks_sample_kernel(int32_t *out, engine_logprobs_t *lps, const float *logits,
             }
             thr = __uint_as_float(lo);
         }
+
+        /* the chunks' masses of p >= thr, for the draw below: a warp a
+         * chunk */
+        for (c = warp; c < nc; c += SAMPLE_THREADS / 32) {
+            int end = min(vocab, (c + 1) * KS_CHUNK);
+            float m = 0.0f;
+
+            for (int base = c * KS_CHUNK + lane; base < end;
+                 base += BATCH * 32)
+            {
+                float p_[BATCH];
+                _Pragma("unroll")
+                for (int u = 0; u < BATCH; u++) {
+                    int i_ = base + u * 32;
+                    p_[u] = i_ < end ? P(LOGIT(i_)) : 0.0f;
+                }
+                _Pragma("unroll")
+                for (int u = 0; u < BATCH; u++) {
+                    m += p_[u] >= thr ? p_[u] : 0.0f;
+                }
+            }
+            m = kc_warp_sum(m);
+            if (lane == 0) {
+                mass[c] = m;
+            }
+        }
     }
 
-    /* the token where u * mass falls, counting in id order: one thread
-     * adds the runs' masses up in order, so the runs' intervals tile
-     * [0, mass) exactly */
-    CONTIGUOUS(float p = P(v); own += p >= thr ? p : 0.0f);
-    part[tid] = own;
-    if (tid == 0) {
-        found = INT_MAX;
-    }
+    /*
+     * The token where u * mass falls, counting p >= thr in id order:
+     * the chunk (its mass: from the partials, or the pass above), then
+     * the token in it.  Rounding between the two: the chunk's last token
+     * with mass; past the end: the argmax (sampler.c's "best").
+     */
     __syncthreads();
-    if (tid == 0) {
-        float c = 0.0f;
-        for (int k = 0; k < SAMPLE_THREADS; k++) {
-            float o = part[k];
-            part[k] = c;
-            c += o;
-        }
-        part[SAMPLE_THREADS] = c;
-    }
-    __syncthreads();
-    x = st.uniform[r] * part[SAMPLE_THREADS];
-    if (i0 < i1 && x >= part[tid] && x < part[tid + 1]) {
-        float c = part[tid];
-        int at = -1, done = 0;
-        CONTIGUOUS(
-            float p = P(v);
-            if (!done && p >= thr) {
-                at = i;                 /* rounding: the last one kept */
-                c += p;
-                done = x < c;
-            });
-        if (at >= 0) {
-            atomicMin(&found, at);
+    if (warp == 0) {
+        c = ks_warp_locate([&](int k) { return mass[k]; }, nc,
+                           st.uniform[r], 0.0f, &rest, &last);
+        if (lane == 0) {
+            pick_s = c;
+            rest_s = rest;
         }
     }
     __syncthreads();
-    if (found != INT_MAX) {
-        pick = found;
+    c = pick_s;
+    rest = rest_s;
+    __syncthreads();
+    if (c >= 0) {
+        int c0 = c * KS_CHUNK, n = min(KS_CHUNK, vocab - c0), k;
+
+        for (k = tid; k < n; k += SAMPLE_THREADS) {
+            float p = P(LOGIT(c0 + k));
+            pbuf[k] = p >= thr ? p : 0.0f;
+        }
+        __syncthreads();
+        if (warp == 0) {
+            k = ks_warp_locate([&](int j) { return pbuf[j]; }, n, 0.0f,
+                               rest, &rest, &last);
+            if (lane == 0) {
+                pick_s = k >= 0 ? c0 + k : last >= 0 ? c0 + last : pick;
+            }
+        }
+        __syncthreads();
+        pick = pick_s;
     }
 
 picked:
@@ -375,24 +633,37 @@ picked:
 
     if (nlp >= 0) {
         engine_logprobs_t *lp = lps + r;
-        float rmax = -INFINITY, s = 0.0f, lse, pv = INFINITY;
-        int pi = -1, k;
+        const ks_arg_t *top = sc.top + (size_t) r * nc * ENGINE_MAX_LOGPROBS;
+        float rmax = -INFINITY, s = 0.0f, lse;
+        int k;
 
-        STRIDED(RAW, rmax = fmaxf(rmax, v));
-        a = ks_block_arg(rmax, 0, sv, si);
-        rmax = a.v;
-        STRIDED(RAW, s += expf(v - rmax));
+        for (c = tid; c < nc; c += SAMPLE_THREADS) {
+            rmax = fmaxf(rmax, pt[c].rv);
+        }
+        rmax = ks_block_arg(rmax, 0, sv, si).v;
+        for (c = tid; c < nc; c += SAMPLE_THREADS) {
+            s += pt[c].rs > 0.0f ? pt[c].rs * expf(pt[c].rv - rmax) : 0.0f;
+        }
         lse = rmax + logf(kc_block_sum(s, red));
         if (tid == 0) {
             lp->logprob = l[pick] - lse;
         }
-        /* the n largest: each pass the first after the last one found */
-        for (k = 0; k < nlp && k < vocab; k++) {
+        /* the n largest: each round the best of the chunks' lists' heads
+         * (a list's head: the rounds it has won) */
+        for (k = 0; k < nlp && k < ENGINE_MAX_LOGPROBS; k++) {
             float b = -INFINITY;
             int bj = INT_MAX;
-            STRIDED(RAW,
-                if ((v < pv || (v == pv && i > pi))
-                    && ks_before(v, i, b, bj)) { b = v; bj = i; });
+            for (c = tid; c < nc; c += SAMPLE_THREADS) {
+                int h = 0;
+                for (int j = 0; j < k; j++) {
+                    h += won[j] == c;
+                }
+                ks_arg_t e = top[(size_t) c * ENGINE_MAX_LOGPROBS + h];
+                if (ks_before(e.v, e.i, b, bj)) {
+                    b = e.v;
+                    bj = e.i;
+                }
+            }
             a = ks_block_arg(b, bj, sv, si);
             if (a.i == INT_MAX) {
                 break;
@@ -400,9 +671,9 @@ picked:
             if (tid == 0) {
                 lp->top_id[k] = a.i;
                 lp->top_logprob[k] = a.v - lse;
+                won[k] = a.i / KS_CHUNK;
             }
-            pv = a.v;
-            pi = a.i;
+            __syncthreads();
         }
         if (tid == 0) {
             lp->n_top = k;
@@ -410,7 +681,6 @@ picked:
     }
 #undef P
 #undef LOGIT
-#undef RAW
 #undef STRIDED
 #undef CONTIGUOUS
 }
@@ -436,10 +706,18 @@ ks_counts_kernel(uint16_t *row, int vocab, const int32_t *tokens, int n)
 void
 ks_sample(cudaStream_t s, int32_t *out, engine_logprobs_t *lp,
     const float *logits, int R, int vocab, kc_step_t st, ks_rows_t rows,
-    uint16_t *counts)
+    uint16_t *counts, void *scratch)
 {
+    ks_scratch_t sc = ks_scratch(scratch, R, vocab);
+
+    if (R <= 0) {
+        return;
+    }
+    kc_launch(ks_part_kernel, dim3(ks_chunks(vocab), R), PART_THREADS, 0, s,
+              sc.part, sc.top, logits, vocab, st, rows,
+              (const uint16_t *) counts);
     kc_launch(ks_sample_kernel, R, SAMPLE_THREADS, 0, s, out, lp, logits,
-              vocab, st, rows, counts);
+              vocab, st, rows, counts, sc);
 }
 
 void
@@ -449,11 +727,20 @@ ks_counts_load(cudaStream_t s, uint16_t *counts_row, int vocab,
     ks_counts_kernel<<<1, 1024, 0, s>>>(counts_row, vocab, tokens, n);
 }
 
+/* for the kernel tests: the engine hands ks_sample() its arena's scratch;
+ * here it is the stream's, freed once the stream is past it */
 void
 kc_sample(cudaStream_t s, int32_t *out, const float *logits, int R,
     int vocab, kc_step_t st)
 {
     ks_rows_t none = { NULL, NULL, NULL, NULL, NULL };
+    void *scratch = NULL;
 
-    ks_sample(s, out, NULL, logits, R, vocab, st, none, NULL);
+    if (cudaMallocAsync(&scratch, ks_sample_scratch_bytes(R, vocab), s)
+        != cudaSuccess)
+    {
+        return;
+    }
+    ks_sample(s, out, NULL, logits, R, vocab, st, none, NULL, scratch);
+    cudaFreeAsync(scratch, s);
 }

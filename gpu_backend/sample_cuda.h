@@ -3,7 +3,7 @@
  * token of each logits row by sampler.h's rules, the device's counts of
  * each sequence's sampled tokens for the penalties, and logprobs.
  * kc_sample() (kernels_cuda.h) is ks_sample() with every rule off but
- * temperature and top_p.
+ * temperature and top_p, on scratch of its own.
  */
 
 #ifndef GPU_SAMPLE_CUDA_H
@@ -38,11 +38,16 @@ typedef struct {
 
 /*
  * out[r]: the token of logits row r; lp[r] its logprobs when asked for.
- * counts: [rows of counts][vocab] uint16, saturating.
+ * counts: [rows of counts][vocab] uint16, saturating.  scratch: device
+ * memory of ks_sample_scratch_bytes(R, vocab) (or more, for any R up to
+ * the one it was sized for), which the call's kernels own until they end.
  */
 void ks_sample(cudaStream_t s, int32_t *out, engine_logprobs_t *lp,
     const float *logits, int R, int vocab, kc_step_t st, ks_rows_t rows,
-    uint16_t *counts);
+    uint16_t *counts, void *scratch);
+
+/* the scratch ks_sample() needs for R rows of vocab logits */
+size_t ks_sample_scratch_bytes(int R, int vocab);
 
 /* counts_row = the counts of tokens[0 .. n) (device memory), n >= 0 */
 void ks_counts_load(cudaStream_t s, uint16_t *counts_row, int vocab,
