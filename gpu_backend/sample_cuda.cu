@@ -24,15 +24,18 @@
  *   no cut       p_i = exp((l_i - max) / T); the token where u * sum(p)
  *                falls, counting p in id order: first the chunk, from
  *                the chunks' sums, then the token in it;
- *   a cut        the candidates: for top_k the k most likely (the
- *                largest threshold with k tokens at or above it, by
- *                bisecting its bits: p >= 0, so bits order like values;
- *                ties at it in id order), else every token above the
- *                nucleus' threshold, found the same way; they are
- *                gathered and sorted in shared memory (most likely
- *                first, ties to the lower id) and one thread walks them
- *                as sampler.c does: the nucleus, then the draw.  So a u
- *                picks sampler.c's token (floats aside: the sums are
+ *   a cut        the candidates: every p at or above a power of two
+ *                that one pass's counts per binade show to hold top_k
+ *                tokens, or the nucleus' mass, when at most KS_CAND_MAX
+ *                do; else for top_k the k most likely (the largest
+ *                threshold with k tokens at or above it, by bisecting
+ *                its bits: p >= 0, so bits order like values; ties at
+ *                it in id order), else every token above the nucleus'
+ *                threshold, found the same way.  They are gathered and
+ *                sorted in shared memory (most likely first, ties to
+ *                the lower id) and one thread walks them as sampler.c
+ *                does: the first top_k, the nucleus, then the draw.  So
+ *                a u picks sampler.c's token (floats aside: the sums are
  *                block sums here).  More than KS_CAND_MAX candidates:
  *                the kept set is drawn from in id order instead, as
  *                without a cut.  These passes are still the row's block
@@ -52,6 +55,7 @@
 #define PART_THREADS    128
 #define KS_CHUNK        (PART_THREADS * BATCH)  /* ids a partial covers */
 #define KS_FULL         0xffffffffu
+#define KS_BINADES      24      /* a cut's bound: p >= 2^-23 at least */
 
 typedef struct {
     float  v;
@@ -312,7 +316,8 @@ ks_sample_kernel(int32_t *out, engine_logprobs_t *lps, const float *logits,
 {
     __shared__ float red[32], sv[32], pbuf[KS_CHUNK], rest_s;
     __shared__ int si[32], off_gt[SAMPLE_THREADS + 1],
-                   off_eq[SAMPLE_THREADS + 1], won[ENGINE_MAX_LOGPROBS];
+                   off_eq[SAMPLE_THREADS + 1], won[ENGINE_MAX_LOGPROBS],
+                   bins[KS_BINADES];
     __shared__ float cand_p[KS_CAND_MAX];
     __shared__ int cand_i[KS_CAND_MAX];
     __shared__ int pick_s;
@@ -408,11 +413,63 @@ ks_sample_kernel(int32_t *out, engine_logprobs_t *lps, const float *logits,
         bool cut_k = top_k > 0 && top_k < vocab;
         float target = (top_p > 0.0f ? top_p : 0.0f) * sum, n_gt, n_eq;
         unsigned lo = 0, hi = 0x3f800000u;      /* p of the argmax is 1 */
-        int allowed, n_cand;
+        int allowed, n_cand, bound, n_use;
 
-        /* the largest threshold with top_k tokens, or the nucleus'
+        /*
+         * A lower bound of the threshold below, from one pass's counts
+         * per binade: the largest power of two 2^-e with top_k tokens at
+         * or above it, or the nucleus' mass (each p counted as its
+         * binade's floor).  When at most KS_CAND_MAX tokens are, they are
+         * the candidates (sorted, the walk takes sampler.c's first top_k
+         * of them, its nucleus) and the bisection's passes are not run.
+         */
+        for (int e = tid; e < KS_BINADES; e += SAMPLE_THREADS) {
+            bins[e] = 0;
+        }
+        __syncthreads();
+        for (int base = 0; base < vocab; base += BATCH * SAMPLE_THREADS) {
+            float p_[BATCH];
+            _Pragma("unroll")
+            for (int u = 0; u < BATCH; u++) {
+                int i_ = base + u * SAMPLE_THREADS + tid;
+                p_[u] = i_ < vocab ? P(LOGIT(i_)) : 0.0f;
+            }
+            _Pragma("unroll")
+            for (int u = 0; u < BATCH; u++) {
+                /* p in [2^-e, 2^(1-e)); 0 and NaN land past the bins */
+                unsigned e = min(127u - (__float_as_uint(p_[u]) >> 23),
+                                 (unsigned) KS_BINADES);
+                unsigned same = __match_any_sync(KS_FULL, e);
+                if (e < KS_BINADES && lane == __ffs(same) - 1) {
+                    atomicAdd(&bins[e], __popc(same));
+                }
+            }
+        }
+        __syncthreads();
+        if (tid == 0) {
+            float lb = 0.0f;
+            int n = 0;
+
+            pick_s = -1;
+            for (int e = 0; e < KS_BINADES; e++) {
+                n += bins[e];
+                lb += ldexpf((float) bins[e], -e);
+                if (cut_k ? n >= top_k : lb >= target) {
+                    pick_s = n <= KS_CAND_MAX ? e : -1;
+                    break;
+                }
+            }
+        }
+        __syncthreads();
+        bound = pick_s;
+        if (bound >= 0) {
+            lo = (127u - bound) << 23;          /* 2^-bound */
+        }
+        __syncthreads();
+
+        /* else the largest threshold with top_k tokens, or the nucleus'
          * mass, at or above it */
-        while (lo < hi) {
+        while (bound < 0 && lo < hi) {
             unsigned mid = lo + (hi - lo + 1) / 2;
             float th = __uint_as_float(mid), m = 0.0f;
             if (cut_k) {
@@ -430,7 +487,7 @@ ks_sample_kernel(int32_t *out, engine_logprobs_t *lps, const float *logits,
         thr = __uint_as_float(lo);
 
         /* candidates: every p above thr, and ties at it in id order (for
-         * top_k only as many as make k) */
+         * top_k's exact threshold only as many as make k) */
         n_gt = 0.0f;
         n_eq = 0.0f;
         CONTIGUOUS(float p = P(v); n_gt += p > thr ? 1.0f : 0.0f;
@@ -451,8 +508,8 @@ ks_sample_kernel(int32_t *out, engine_logprobs_t *lps, const float *logits,
             off_eq[SAMPLE_THREADS] = ce;
         }
         __syncthreads();
-        allowed = cut_k ? top_k - off_gt[SAMPLE_THREADS]
-                        : off_eq[SAMPLE_THREADS];
+        allowed = cut_k && bound < 0 ? top_k - off_gt[SAMPLE_THREADS]
+                                     : off_eq[SAMPLE_THREADS];
         allowed = min(allowed, off_eq[SAMPLE_THREADS]);
         n_cand = off_gt[SAMPLE_THREADS] + allowed;
 
@@ -504,16 +561,17 @@ ks_sample_kernel(int32_t *out, engine_logprobs_t *lps, const float *logits,
 
             /* sampler_pick()'s walk, in its order and its sums */
             if (tid == 0) {
-                float cum = 0.0f, mass = 0.0f, u;
+                float cum = 0.0f, kmass = 0.0f, u;
                 int kept = 0;
 
+                n_use = cut_k ? min(n_cand, top_k) : n_cand;
                 if (cut_k) {
-                    for (int k = 0; k < n_cand; k++) {
-                        mass += cand_p[k];
+                    for (int k = 0; k < n_use; k++) {
+                        kmass += cand_p[k];
                     }
-                    target = top_p * mass;
+                    target = top_p * kmass;
                 }
-                while (kept < n_cand) {
+                while (kept < n_use) {
                     cum += cand_p[kept++];
                     if (cum >= target) {
                         break;
