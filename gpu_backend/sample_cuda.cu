@@ -25,9 +25,10 @@
  *                falls, counting p in id order: first the chunk, from
  *                the chunks' sums, then the token in it;
  *   a cut        the candidates: every p at or above a power of two
- *                that one pass's counts per binade show to hold top_k
- *                tokens, or the nucleus' mass, when at most KS_CAND_MAX
- *                do; else for top_k the k most likely (the largest
+ *                that one pass's counts per binade (and for top_p a
+ *                second pass's mass) show to hold top_k tokens, or the
+ *                nucleus, when at most KS_CAND_MAX tokens are at or
+ *                above it; else for top_k the k most likely (the largest
  *                threshold with k tokens at or above it, by bisecting
  *                its bits: p >= 0, so bits order like values; ties at
  *                it in id order), else every token above the nucleus'
@@ -417,11 +418,13 @@ ks_sample_kernel(int32_t *out, engine_logprobs_t *lps, const float *logits,
 
         /*
          * A lower bound of the threshold below, from one pass's counts
-         * per binade: the largest power of two 2^-e with top_k tokens at
-         * or above it, or the nucleus' mass (each p counted as its
-         * binade's floor).  When at most KS_CAND_MAX tokens are, they are
-         * the candidates (sorted, the walk takes sampler.c's first top_k
-         * of them, its nucleus) and the bisection's passes are not run.
+         * per binade: for top_k the first power of two 2^-e with top_k
+         * tokens at or above it, for the nucleus the last with at most
+         * KS_CAND_MAX, if a second pass finds the nucleus' mass at or
+         * above it (the bisection's own test).  The tokens at or above
+         * it, at most KS_CAND_MAX, are then the candidates (sorted, the
+         * walk takes sampler.c's first top_k of them, its nucleus) and
+         * the bisection's passes are not run.
          */
         for (int e = tid; e < KS_BINADES; e += SAMPLE_THREADS) {
             bins[e] = 0;
@@ -447,25 +450,35 @@ ks_sample_kernel(int32_t *out, engine_logprobs_t *lps, const float *logits,
         }
         __syncthreads();
         if (tid == 0) {
-            float lb = 0.0f;
             int n = 0;
 
             pick_s = -1;
-            for (int e = 0; e < KS_BINADES; e++) {
+            for (int e = 0; e < KS_BINADES && n + bins[e] <= KS_CAND_MAX;
+                 e++)
+            {
                 n += bins[e];
-                lb += ldexpf((float) bins[e], -e);
-                if (cut_k ? n >= top_k : lb >= target) {
-                    pick_s = n <= KS_CAND_MAX ? e : -1;
+                pick_s = e;
+                if (cut_k && n >= top_k) {
                     break;
                 }
+            }
+            if (cut_k && n < top_k) {
+                pick_s = -1;
             }
         }
         __syncthreads();
         bound = pick_s;
+        __syncthreads();
+        if (bound >= 0 && !cut_k) {
+            float th = __uint_as_float((127u - bound) << 23), m = 0.0f;
+            STRIDED(LOGIT, float p = P(v); m += p >= th ? p : 0.0f);
+            if (!(kc_block_sum(m, red) >= target)) {
+                bound = -1;
+            }
+        }
         if (bound >= 0) {
             lo = (127u - bound) << 23;          /* 2^-bound */
         }
-        __syncthreads();
 
         /* else the largest threshold with top_k tokens, or the nucleus'
          * mass, at or above it */
