@@ -672,6 +672,27 @@ epi_norm(const cu_engine_t *e, const float *w)
     return ep;
 }
 
+/* RoPE and the K/V store after the q|k|v product, into layer l's cache */
+static gemm_epi_t
+epi_rope(const cu_engine_t *e, int l)
+{
+    const model_config_t *c = &e->cfg;
+    gemm_epi_t ep = { GEMV_ROPE, e->dt, { NULL, NULL, NULL, 0.0f, NULL } };
+
+    ep.r.st = e->dst;
+    ep.r.kv_layer = e->kvbuf + (size_t) l * e->kv_layer_stride * e->esz;
+    ep.r.block_stride = e->kv_block_stride;
+    ep.r.bias = e->layers[l].b_qkv;
+    ep.r.inv_freq = e->inv_freq;
+    ep.r.n_heads = c->n_heads;
+    ep.r.n_kv_heads = c->n_kv_heads;
+    ep.r.head_dim = c->head_dim;
+    ep.r.rope_dim = c->rope_dim;
+    ep.r.interleaved = c->rope_interleaved;
+    ep.r.block_size = e->block_size;
+    return ep;
+}
+
 /* Whether the o and down products carry the residual add and the next
  * norm (epi_norm): not for Glm4, whose outputs are normed themselves
  * before the add. */
@@ -690,9 +711,9 @@ tune_layer_gemms(cu_engine_t *e, int T)
     const cu_layer_t *L = &e->layers[0];
     int dim = c->dim, h = c->hidden_dim;
     gemm_epi_t sw = epi_swiglu(e), nf = epi_norm(e, L->ffn_norm);
-    gemm_epi_t na = epi_norm(e, L->attn_norm);
+    gemm_epi_t na = epi_norm(e, L->attn_norm), rp = epi_rope(e, 0);
 
-    gemm_tune(e->gemm, e->qkv, e->xb, L->w_qkv, T, dim, e->qkv_dim, NULL);
+    gemm_tune(e->gemm, e->qkv, e->xb, L->w_qkv, T, dim, e->qkv_dim, &rp);
     gemm_tune(e->gemm, e->y, e->att, L->wo, T, e->q_dim, dim,
               norm_chained(e) ? &nf : NULL);
     gemm_tune(e->gemm, e->gu, e->xb, L->w_gate_up, T, dim, 2 * h, &sw);
@@ -761,6 +782,7 @@ forward(cu_engine_t *e, int T, int R, int tiled)
         int last = l + 1 == c->n_layers;
         gemm_epi_t nf = epi_norm(e, L->ffn_norm), sw = epi_swiglu(e);
         gemm_epi_t na = epi_norm(e, last ? NULL : e->layers[l + 1].attn_norm);
+        gemm_epi_t rp = epi_rope(e, l);
 
         /* x += the last layer's feed-forward output; xb = norm(x): done
          * by the down product's epilogue when chained */
@@ -768,13 +790,10 @@ forward(cu_engine_t *e, int T, int R, int tiled)
             kc_rmsnorm(s, e->dt, e->xb, e->x, l > 0 ? e->y : NULL,
                        L->attn_norm, NULL, T, dim, c->rms_eps, l > 0);
         }
-        gemm(e, e->qkv, e->xb, L->w_qkv, T, dim, e->qkv_dim, NULL, &bs);
-        /* every row's K/V is stored before any row attends: a prefill
-         * chunk sees its own earlier tokens */
-        kc_rope_kv(s, e->dt, e->qkv, kv_l, e->kv_block_stride, st,
-                   L->b_qkv, e->inv_freq, T, c->n_heads, c->n_kv_heads,
-                   c->head_dim, c->rope_dim, c->rope_interleaved,
-                   e->block_size);
+        /* q|k|v, then RoPE and the K/V store (in the product's kernel at
+         * few rows); every row's K/V is stored before any row attends: a
+         * prefill chunk sees its own earlier tokens */
+        gemm(e, e->qkv, e->xb, L->w_qkv, T, dim, e->qkv_dim, &rp, &bs);
         /* With cuDNN (staged by cu_begin, never in a graph) the prefill
          * rows are its, the decode rows the per-token kernel's. */
         if (e->dnn_step) {

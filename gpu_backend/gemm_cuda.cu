@@ -16,13 +16,20 @@
 #define CANDIDATES  8
 #define TUNE_RUNS   20
 
+/* how a shape runs: cuBLASLt's algo and the epilogue's kernel, or
+ * gemv_cuda.cu's kernel with the epilogue in it, or without it and the
+ * epilogue's kernel after it */
+#define GEMV_WON_NONE   0
+#define GEMV_WON_FUSED  1
+#define GEMV_WON_THEN   2
+
 typedef struct {
     int                      M, K, N;
     cublasLtMatmulDesc_t     op;
     cublasLtMatrixLayout_t   a, b, c;   /* w, in, out */
     cublasLtMatmulAlgo_t     algo;
-    int                      gemv;      /* gemv_cuda.cu's kernel won */
-    int                      epi;       /* GEMV_PLAIN, _SWIGLU, _NORM */
+    int                      gemv;      /* GEMV_WON_*: gemv_cuda.cu's won */
+    int                      epi;       /* GEMV_PLAIN, _SWIGLU, _NORM, _ROPE */
 } shape_t;
 
 struct gemm_s {
@@ -35,6 +42,7 @@ struct gemm_s {
     cudaEvent_t         ev0, ev1;
     int                 n_shapes, improved, n_gemv;
     int                 use_gemv;       /* NGX_GPU_GEMV=0: cuBLAS only */
+    int                 rope_fused;     /* NGX_GPU_ROPE_FUSED=0: not */
     shape_t             shapes[MAX_SHAPES];
 };
 
@@ -54,6 +62,8 @@ gemm_create(cudaStream_t s, cublasHandle_t blas, void *ws, size_t ws_bytes,
     g->in_type = in_type;
     g->use_gemv = getenv("NGX_GPU_GEMV") == NULL
                   || strcmp(getenv("NGX_GPU_GEMV"), "0") != 0;
+    g->rope_fused = getenv("NGX_GPU_ROPE_FUSED") == NULL
+                    || strcmp(getenv("NGX_GPU_ROPE_FUSED"), "0") != 0;
     if (cublasLtCreate(&g->lt) != CUBLAS_STATUS_SUCCESS
         || cudaEventCreate(&g->ev0) != cudaSuccess
         || cudaEventCreate(&g->ev1) != cudaSuccess)
@@ -123,21 +133,28 @@ epi_kernel(gemm_t *g, const gemm_epi_t *ep, float *y, int M, int N)
         kc_rmsnorm(g->stream, (kc_dtype_t) ep->dt, ep->a.out, ep->a.x, y,
                    ep->a.w, NULL, M, N, ep->a.eps, 1);
         break;
+    case GEMV_ROPE:
+        kc_rope_kv(g->stream, (kc_dtype_t) ep->dt, y, ep->r.kv_layer,
+                   ep->r.block_stride, ep->r.st, ep->r.bias,
+                   ep->r.inv_freq, M, ep->r.n_heads, ep->r.n_kv_heads,
+                   ep->r.head_dim, ep->r.rope_dim, ep->r.interleaved,
+                   ep->r.block_size);
+        break;
     }
     return cudaGetLastError();
 }
 
-/* the product into y and its epilogue: algo NULL is gemv_cuda.cu's
- * kernel with the epilogue in it, else the cuBLASLt algo and the
- * epilogue's own kernel */
+/* the product into y and its epilogue, as kern (GEMV_WON_*) says; algo:
+ * cuBLASLt's, for GEMV_WON_NONE */
 static cublasStatus_t
-lt_run(gemm_t *g, const shape_t *sh, const cublasLtMatmulAlgo_t *algo,
-    float *y, const void *in, const void *w, const gemm_epi_t *ep)
+lt_run(gemm_t *g, const shape_t *sh, int kern,
+    const cublasLtMatmulAlgo_t *algo, float *y, const void *in,
+    const void *w, const gemm_epi_t *ep)
 {
     const float one = 1.0f, zero = 0.0f;
     cudaError_t r = cudaSuccess;
 
-    if (algo == NULL) {
+    if (kern == GEMV_WON_FUSED) {
         switch (ep->kind) {
         case GEMV_SWIGLU:
             r = gemv_swiglu_run(g->stream, g->in_type, ep->a.out, in, w,
@@ -147,6 +164,10 @@ lt_run(gemm_t *g, const shape_t *sh, const cublasLtMatmulAlgo_t *algo,
             r = gemv_norm_run(g->stream, g->in_type, y, in, w, sh->M, sh->K,
                               sh->N, &ep->a);
             break;
+        case GEMV_ROPE:
+            r = gemv_rope_run(g->stream, g->in_type, y, in, w, sh->M, sh->K,
+                              sh->N, &ep->r);
+            break;
         default:
             r = gemv_run(g->stream, g->in_type, y, in, w, sh->M, sh->K,
                          sh->N);
@@ -154,9 +175,16 @@ lt_run(gemm_t *g, const shape_t *sh, const cublasLtMatmulAlgo_t *algo,
         return r == cudaSuccess ? CUBLAS_STATUS_SUCCESS
                                 : CUBLAS_STATUS_EXECUTION_FAILED;
     }
-    if (cublasLtMatmul(g->lt, sh->op, &one, w, sh->a, in, sh->b, &zero,
-                       y, sh->c, y, sh->c, algo, g->ws, g->ws_bytes,
-                       g->stream) != CUBLAS_STATUS_SUCCESS)
+    if (kern == GEMV_WON_THEN) {
+        if (gemv_run(g->stream, g->in_type, y, in, w, sh->M, sh->K, sh->N)
+            != cudaSuccess)
+        {
+            return CUBLAS_STATUS_EXECUTION_FAILED;
+        }
+    } else if (cublasLtMatmul(g->lt, sh->op, &one, w, sh->a, in, sh->b,
+                              &zero, y, sh->c, y, sh->c, algo, g->ws,
+                              g->ws_bytes, g->stream)
+               != CUBLAS_STATUS_SUCCESS)
     {
         return CUBLAS_STATUS_EXECUTION_FAILED;
     }
@@ -165,15 +193,16 @@ lt_run(gemm_t *g, const shape_t *sh, const cublasLtMatmulAlgo_t *algo,
 }
 
 /*
- * mean device time of one run in ms, -1 if it fails; algo NULL times
- * gemv_cuda.cu's kernel.  TUNE_RUNS runs are captured into a graph and
+ * mean device time of one run in ms, -1 if it fails (kern and algo as
+ * lt_run's).  TUNE_RUNS runs are captured into a graph and
  * the graph's replay is timed, as the decode graphs will run them: timed
  * one call at a time, a small product measures the host's cost of the
  * call (cuBLASLt's is several µs) rather than the device's.
  */
 static float
-timed(gemm_t *g, const shape_t *sh, const cublasLtMatmulAlgo_t *algo,
-    float *out, const void *in, const void *w, const gemm_epi_t *ep)
+timed(gemm_t *g, const shape_t *sh, int kern,
+    const cublasLtMatmulAlgo_t *algo, float *out, const void *in,
+    const void *w, const gemm_epi_t *ep)
 {
     cudaGraph_t graph = NULL;
     cudaGraphExec_t exec = NULL;
@@ -181,7 +210,7 @@ timed(gemm_t *g, const shape_t *sh, const cublasLtMatmulAlgo_t *algo,
     float ms = -1.0f;
     int i;
 
-    if (lt_run(g, sh, algo, out, in, w, ep) != CUBLAS_STATUS_SUCCESS
+    if (lt_run(g, sh, kern, algo, out, in, w, ep) != CUBLAS_STATUS_SUCCESS
         || cudaStreamBeginCapture(g->stream, cudaStreamCaptureModeThreadLocal)
            != cudaSuccess)
     {
@@ -189,7 +218,7 @@ timed(gemm_t *g, const shape_t *sh, const cublasLtMatmulAlgo_t *algo,
         return -1.0f;
     }
     for (i = 0; i < TUNE_RUNS && st == CUBLAS_STATUS_SUCCESS; i++) {
-        st = lt_run(g, sh, algo, out, in, w, ep);
+        st = lt_run(g, sh, kern, algo, out, in, w, ep);
     }
     if (cudaStreamEndCapture(g->stream, &graph) != cudaSuccess
         || st != CUBLAS_STATUS_SUCCESS
@@ -265,7 +294,7 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
         if (res[i].state != CUBLAS_STATUS_SUCCESS) {
             continue;
         }
-        ms = timed(g, &sh, &res[i].algo, out, in, w, ep);
+        ms = timed(g, &sh, GEMV_WON_NONE, &res[i].algo, out, in, w, ep);
         if (ms > 0.0f && (best < 0 || ms < best_ms)) {
             best = i;
             best_ms = ms;
@@ -277,18 +306,31 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
     g->improved += best != 0;
     sh.algo = res[best].algo;
 
-    /* our own kernel for few rows, with the epilogue in it, kept only
-     * where it is faster than cuBLAS's product and the epilogue's own
-     * kernel */
-    if (g->use_gemv && gemv_supported(g->in_type, M, K)
-        && (ep->kind != GEMV_SWIGLU || N % 2 == 0)
-        && (ep->kind != GEMV_NORM || N <= KC_NORM_MAX_DIM))
-    {
-        float ms = timed(g, &sh, NULL, out, in, w, ep);
-        if (ms > 0.0f && ms < best_ms) {
-            sh.gemv = 1;
-            g->n_gemv++;
+    /* our own kernel for few rows, with the epilogue in it, then
+     * without it and the epilogue's own kernel after it: each kept only
+     * where it is faster than what came before */
+    if (g->use_gemv && gemv_supported(g->in_type, M, K)) {
+        float ms;
+
+        if ((ep->kind != GEMV_ROPE || g->rope_fused)
+            && ((ep->kind != GEMV_SWIGLU && ep->kind != GEMV_ROPE)
+                || N % 2 == 0)
+            && (ep->kind != GEMV_NORM || N <= KC_NORM_MAX_DIM))
+        {
+            ms = timed(g, &sh, GEMV_WON_FUSED, NULL, out, in, w, ep);
+            if (ms > 0.0f && ms < best_ms) {
+                sh.gemv = GEMV_WON_FUSED;
+                best_ms = ms;
+            }
         }
+        if (ep->kind != GEMV_PLAIN) {
+            ms = timed(g, &sh, GEMV_WON_THEN, NULL, out, in, w, ep);
+            if (ms > 0.0f && ms < best_ms) {
+                sh.gemv = GEMV_WON_THEN;
+                best_ms = ms;
+            }
+        }
+        g->n_gemv += sh.gemv != GEMV_WON_NONE;
     }
     g->shapes[g->n_shapes++] = sh;
     cublasLtMatmulPreferenceDestroy(pref);
@@ -316,9 +358,8 @@ gemm_run(gemm_t *g, float *out, const void *in, const void *w, int M,
         sh = find(g, M, K, N, -1);      /* its product, cuBLAS's pick */
     }
     if (sh != NULL) {
-        return lt_run(g, sh, sh->gemv && sh->epi == ep->kind ? NULL
-                                                            : &sh->algo,
-                      out, in, w, ep);
+        return lt_run(g, sh, sh->epi == ep->kind ? sh->gemv : GEMV_WON_NONE,
+                      &sh->algo, out, in, w, ep);
     }
     if (cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one,
                      w, g->in_type, K, in, g->in_type, K, &zero,
@@ -336,7 +377,7 @@ gemm_fused(const gemm_t *g, int M, int K, int N, int kind)
 {
     const shape_t *sh = find(g, M, K, N, kind);
 
-    return sh != NULL && sh->gemv;
+    return sh != NULL && sh->gemv == GEMV_WON_FUSED;
 }
 
 int

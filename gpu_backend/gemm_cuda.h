@@ -37,14 +37,16 @@ void gemm_destroy(gemm_t *g);
  * What follows a product (kind GEMV_PLAIN: nothing): GEMV_SWIGLU, the
  * product's N rows are gate and up interleaved and out[M, N / 2] =
  * silu(gate) * up (kc_swiglu); GEMV_NORM, x += the product and out =
- * RMSNorm(x) * w (kc_rmsnorm with write_x).  out in dtype dt.  With
- * gemv_cuda.cu's kernel the epilogue runs inside it; with cuBLAS its
- * kernel runs after the product, which is then in y.
+ * RMSNorm(x) * w (kc_rmsnorm with write_x); GEMV_ROPE, the product is
+ * q|k|v and kc_rope_kv() follows (r: its operands).  out in dtype dt.
+ * With gemv_cuda.cu's kernel the epilogue runs inside it; with cuBLAS
+ * its kernel runs after the product, which is then in y.
  */
 typedef struct {
     int           kind;
-    int           dt;           /* kc_dtype_t of a.out */
+    int           dt;           /* kc_dtype_t of a.out and of the cache */
     gemv_epi_t    a;            /* out; for GEMV_NORM x, w, eps, count */
+    gemv_rope_t   r;            /* GEMV_ROPE's */
 } gemm_epi_t;
 
 /* time the candidates for this shape and epilogue (NULL: none) on these

@@ -16,9 +16,11 @@
  * the feed-forward needs no SwiGLU kernel between its two products.
  * With the norm epilogue (gemv_norm_run) the last block to finish adds
  * the product to the residual stream and norms the sum for the next
- * product.  So at decode a layer is five kernels: q|k|v, RoPE + KV
- * store, attention, o + norm, gate|up + SwiGLU, down + the next layer's
- * norm.
+ * product.  With the RoPE epilogue (gemv_rope_run) a warp holds the two
+ * q|k|v rows of a RoPE pair and does kc_rope_kv()'s work for them: bias,
+ * rotation, q into the output, k and v into the cache.  So at decode a
+ * layer is five kernels: q|k|v + RoPE + KV store, attention (and its
+ * combine), o + norm, gate|up + SwiGLU, down + the next layer's norm.
  */
 
 
@@ -139,15 +141,39 @@ gemv_norm_tail(const float *y, int N, const gemv_epi_t &nrm)
 template <typename T, int M, int R, int EPI>
 __global__ void __launch_bounds__(WARPS * 32)
 gemv_kernel(void *out, const T *in, const T *w, int K, int N,
-    gemv_epi_t nrm)
+    gemv_epi_t nrm, gemv_rope_t rp)
 {
     /* 8 loads of 16 bytes in flight a thread (4 of 32 for f32), spread
      * over the warp's R rows */
     constexpr int UNROLL = (sizeof(T) == 4 ? 4 : 8) / R > 0
                            ? (sizeof(T) == 4 ? 4 : 8) / R : 1;
     const int lane = threadIdx.x & 31;
-    const int n0 = (blockIdx.x * WARPS + (threadIdx.x >> 5)) * R;
+    const int unit = blockIdx.x * WARPS + (threadIdx.x >> 5);
+    const int n0 = unit * R;
     float acc[R][M];
+    /* RoPE: the warp's pair; lane m < M holds token m and, for a k or
+     * v pair, its K row (the step's inputs were uploaded before the
+     * kernel ahead of this one ran: they need no wait) */
+    int d0 = 0, d1 = 0, ang = -1;
+    kc_token_t tk = { 0, 0, 0 };
+    T *k_row = NULL;
+
+    if constexpr (EPI == GEMV_ROPE) {
+        static_assert(R == 2, "a RoPE pair a warp");
+        if (unit < N / 2) {
+            kc_qkv_pair(unit, rp.n_heads, rp.n_kv_heads, rp.head_dim,
+                        rp.rope_dim, rp.interleaved, &d0, &d1, &ang);
+            if (lane < M) {
+                tk = rp.st.tokens[lane];
+                if (d0 >= rp.n_heads * rp.head_dim) {
+                    k_row = kc_kv_row((T *) rp.kv_layer, rp.block_stride,
+                                      rp.st, tk,
+                                      rp.n_kv_heads * rp.head_dim,
+                                      rp.block_size);
+                }
+            }
+        }
+    }
 
     /* a warp past N (in the last block) has no rows, but its block still
      * counts itself in the norm's tail */
@@ -166,6 +192,10 @@ gemv_kernel(void *out, const T *in, const T *w, int K, int N,
 #pragma unroll
         for (int r = 0; r < R; r++) {
             wr_[r] = w + (size_t) (n0 + r < N ? n0 + r : n0) * K;
+        }
+        if constexpr (EPI == GEMV_ROPE) {
+            wr_[0] = w + (size_t) d0 * K;
+            wr_[R - 1] = w + (size_t) d1 * K;
         }
         const T *const (&wr)[R] = wr_;
 
@@ -212,7 +242,21 @@ gemv_kernel(void *out, const T *in, const T *w, int K, int N,
             w8_issue<T, UNROLL, R>(c, wr, k0, K);
         }
 
-        if constexpr (EPI == GEMV_SWIGLU) {
+        if constexpr (EPI == GEMV_ROPE) {
+            const int hd = rp.head_dim, q_dim = rp.n_heads * hd;
+            const int kv_dim = rp.n_kv_heads * hd;
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                float a = kc_warp_sum(acc[0][m]);
+                float b = kc_warp_sum(acc[R - 1][m]);
+                if (lane == m) {
+                    kc_qkv_rope(&a, &b, d0, d1, ang, tk.pos, rp.bias,
+                                rp.inv_freq);
+                    kc_qkv_put((float *) out + (size_t) m * N, k_row, d0,
+                               d1, a, b, q_dim, kv_dim, rp.block_size);
+                }
+            }
+        } else if constexpr (EPI == GEMV_SWIGLU) {
             /* rows n0 + r, n0 + r + 1: gate and up of output (n0 + r) / 2 */
 #pragma unroll
             for (int r = 0; r + 1 < R; r += 2) {
@@ -250,34 +294,39 @@ gemv_kernel(void *out, const T *in, const T *w, int K, int N,
 template <typename T, int M, int EPI>
 static cudaError_t
 launch(cudaStream_t s, void *out, const void *in, const void *w, int K,
-    int N, const gemv_epi_t &nrm)
+    int N, const gemv_epi_t &nrm, const gemv_rope_t &rp)
 {
     constexpr int R0 = M == 1 ? 1 : M <= 3 ? 2 : 4;
-    constexpr int R = EPI == GEMV_SWIGLU && R0 < 2 ? 2 : R0;
+    constexpr int R = EPI == GEMV_ROPE ? 2
+                      : EPI == GEMV_SWIGLU && R0 < 2 ? 2 : R0;
 
     return kc_launch(gemv_kernel<T, M, R, EPI>,
                      dim3((N + WARPS * R - 1) / (WARPS * R)),
                      dim3(WARPS * 32), 0, s, out, (const T *) in,
-                     (const T *) w, K, N, nrm);
+                     (const T *) w, K, N, nrm, rp);
 }
 
 template <typename T, int EPI>
 static cudaError_t
 launch_m(cudaStream_t s, void *out, const void *in, const void *w, int M,
-    int K, int N, const gemv_epi_t &nrm)
+    int K, int N, const gemv_epi_t &nrm, const gemv_rope_t &rp)
 {
     switch (M) {
-    case 1: return launch<T, 1, EPI>(s, out, in, w, K, N, nrm);
-    case 2: return launch<T, 2, EPI>(s, out, in, w, K, N, nrm);
-    case 3: return launch<T, 3, EPI>(s, out, in, w, K, N, nrm);
-    case 4: return launch<T, 4, EPI>(s, out, in, w, K, N, nrm);
-    case 5: return launch<T, 5, EPI>(s, out, in, w, K, N, nrm);
-    case 6: return launch<T, 6, EPI>(s, out, in, w, K, N, nrm);
-    case 7: return launch<T, 7, EPI>(s, out, in, w, K, N, nrm);
-    case 8: return launch<T, 8, EPI>(s, out, in, w, K, N, nrm);
+    case 1: return launch<T, 1, EPI>(s, out, in, w, K, N, nrm, rp);
+    case 2: return launch<T, 2, EPI>(s, out, in, w, K, N, nrm, rp);
+    case 3: return launch<T, 3, EPI>(s, out, in, w, K, N, nrm, rp);
+    case 4: return launch<T, 4, EPI>(s, out, in, w, K, N, nrm, rp);
+    case 5: return launch<T, 5, EPI>(s, out, in, w, K, N, nrm, rp);
+    case 6: return launch<T, 6, EPI>(s, out, in, w, K, N, nrm, rp);
+    case 7: return launch<T, 7, EPI>(s, out, in, w, K, N, nrm, rp);
+    case 8: return launch<T, 8, EPI>(s, out, in, w, K, N, nrm, rp);
     }
     return cudaErrorInvalidValue;
 }
+
+/* the operands of the epilogues a launch does not have */
+static const gemv_epi_t no_epi = { NULL, NULL, NULL, 0.0f, NULL };
+static const gemv_rope_t no_rope = {};
 
 int
 gemv_supported(cudaDataType_t dt, int M, int K)
@@ -289,18 +338,21 @@ gemv_supported(cudaDataType_t dt, int M, int K)
 template <int EPI>
 static cudaError_t
 run_dt(cudaStream_t s, cudaDataType_t dt, void *out, const void *in,
-    const void *w, int M, int K, int N, const gemv_epi_t &nrm)
+    const void *w, int M, int K, int N, const gemv_epi_t &nrm,
+    const gemv_rope_t &rp)
 {
-    if (!gemv_supported(dt, M, K) || (EPI == GEMV_SWIGLU && N % 2 != 0)) {
+    if (!gemv_supported(dt, M, K)
+        || ((EPI == GEMV_SWIGLU || EPI == GEMV_ROPE) && N % 2 != 0))
+    {
         return cudaErrorInvalidValue;
     }
     switch (dt) {
     case CUDA_R_32F:
-        return launch_m<float, EPI>(s, out, in, w, M, K, N, nrm);
+        return launch_m<float, EPI>(s, out, in, w, M, K, N, nrm, rp);
     case CUDA_R_16BF:
-        return launch_m<__nv_bfloat16, EPI>(s, out, in, w, M, K, N, nrm);
+        return launch_m<__nv_bfloat16, EPI>(s, out, in, w, M, K, N, nrm, rp);
     case CUDA_R_16F:
-        return launch_m<__half, EPI>(s, out, in, w, M, K, N, nrm);
+        return launch_m<__half, EPI>(s, out, in, w, M, K, N, nrm, rp);
     default:
         return cudaErrorInvalidValue;
     }
@@ -310,18 +362,14 @@ cudaError_t
 gemv_run(cudaStream_t s, cudaDataType_t dt, float *out, const void *in,
     const void *w, int M, int K, int N)
 {
-    gemv_epi_t none = { NULL, NULL, NULL, 0.0f, NULL };
-
-    return run_dt<GEMV_PLAIN>(s, dt, out, in, w, M, K, N, none);
+    return run_dt<GEMV_PLAIN>(s, dt, out, in, w, M, K, N, no_epi, no_rope);
 }
 
 cudaError_t
 gemv_swiglu_run(cudaStream_t s, cudaDataType_t dt, void *out,
     const void *in, const void *w, int M, int K, int N)
 {
-    gemv_epi_t none = { NULL, NULL, NULL, 0.0f, NULL };
-
-    return run_dt<GEMV_SWIGLU>(s, dt, out, in, w, M, K, N, none);
+    return run_dt<GEMV_SWIGLU>(s, dt, out, in, w, M, K, N, no_epi, no_rope);
 }
 
 cudaError_t
@@ -331,5 +379,12 @@ gemv_norm_run(cudaStream_t s, cudaDataType_t dt, float *y, const void *in,
     if (N > KC_NORM_MAX_DIM) {
         return cudaErrorInvalidValue;
     }
-    return run_dt<GEMV_NORM>(s, dt, y, in, w, M, K, N, *nrm);
+    return run_dt<GEMV_NORM>(s, dt, y, in, w, M, K, N, *nrm, no_rope);
+}
+
+cudaError_t
+gemv_rope_run(cudaStream_t s, cudaDataType_t dt, float *y, const void *in,
+    const void *w, int M, int K, int N, const gemv_rope_t *rp)
+{
+    return run_dt<GEMV_ROPE>(s, dt, y, in, w, M, K, N, no_epi, *rp);
 }

@@ -18,12 +18,15 @@
 #include <cuda_runtime.h>
 #include <library_types.h>
 
+#include "kernels_cuda.h"
+
 #define GEMV_MAX_M  8
 
 /* what follows the product in the same kernel */
 #define GEMV_PLAIN   0
 #define GEMV_SWIGLU  1
 #define GEMV_NORM    2
+#define GEMV_ROPE    3
 
 #ifdef __cplusplus
 extern "C" {
@@ -64,6 +67,30 @@ typedef struct {
 cudaError_t gemv_norm_run(cudaStream_t s, cudaDataType_t dt, float *y,
     const void *in, const void *w, int M, int K, int N,
     const gemv_epi_t *nrm);
+
+/*
+ * The RoPE epilogue's operands, kc_rope_kv()'s: the step's tokens, the
+ * layer's cache and q|k|v bias, the rotation.
+ */
+typedef struct {
+    kc_step_t     st;
+    void         *kv_layer;
+    size_t        block_stride;
+    const float  *bias;         /* [q|k|v] or NULL */
+    const float  *inv_freq;
+    int           n_heads, n_kv_heads, head_dim, rope_dim, interleaved;
+    int           block_size;
+} gemv_rope_t;
+
+/*
+ * The q|k|v product and kc_rope_kv() in one: a warp a RoPE pair of w's
+ * rows (kc_qkv_pair); the M rows are the step's first M tokens; q goes
+ * rotated into y ([M][N] f32, N = q|k|v), k and v into the cache (y's k
+ * and v parts are not written).
+ */
+cudaError_t gemv_rope_run(cudaStream_t s, cudaDataType_t dt, float *y,
+    const void *in, const void *w, int M, int K, int N,
+    const gemv_rope_t *rp);
 
 #ifdef __cplusplus
 }

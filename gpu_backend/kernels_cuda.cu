@@ -191,14 +191,7 @@ kc_rmsnorm(cudaStream_t s, kc_dtype_t dt, void *out, float *x,
 
 /* --- RoPE and the KV-cache store ------------------------------------- */
 
-/*
- * One block per token, one thread per pair of dims of a q or k head.
- * Pair j of a head is (d0, d1): for j < rope_dim / 2 a rotated pair,
- * (2j, 2j + 1) interleaved or (j, j + rope_dim / 2) half-split; past
- * that the dims rope_dim.. two by two, which only take the bias.  q and
- * k (and their biases) are side by side, so head h's dims start at h *
- * head_dim in both.
- */
+/* one block per token, one thread per pair of dims (kc_qkv_pair) */
 template <typename T>
 __global__ void
 rope_kv_kernel(float *qkv, T *kv, size_t block_stride, kc_step_t st,
@@ -208,51 +201,21 @@ rope_kv_kernel(float *qkv, T *kv, size_t block_stride, kc_step_t st,
     kc_pdl_wait();
     kc_pdl_trigger();
     kc_token_t tk = st.tokens[blockIdx.x];
-    int half = hd / 2, rhalf = rot / 2, q_dim = n_heads * hd;
-    int kv_dim = n_kv * hd;
+    int q_dim = n_heads * hd, kv_dim = n_kv * hd;
     float *q = qkv + (size_t) blockIdx.x * (q_dim + 2 * kv_dim);
-    const float *v = q + q_dim + kv_dim;
-    const int32_t *table = st.tables + st.item_table[tk.item];
-    T *k_row = kv + (size_t) table[tk.pos / bs] * block_stride
-               + (size_t) (tk.pos % bs) * kv_dim;
-    T *v_row = k_row + (size_t) bs * kv_dim;
+    T *k_row = kc_kv_row(kv, block_stride, st, tk, kv_dim, bs);
 
-    for (int i = threadIdx.x; i < (n_heads + n_kv) * half;
-         i += blockDim.x)
+    for (int u = threadIdx.x; u < (q_dim + 2 * kv_dim) / 2;
+         u += blockDim.x)
     {
-        int h = i / half, j = i - h * half, d0, d1;
-        float a, b, sn, cs;
+        int d0, d1, ang;
+        float a, b;
 
-        if (j < rhalf && !interleaved) {
-            d0 = h * hd + j;
-            d1 = d0 + rhalf;
-        } else {
-            d0 = h * hd + 2 * j;
-            d1 = d0 + 1;
-        }
+        kc_qkv_pair(u, n_heads, n_kv, hd, rot, interleaved, &d0, &d1, &ang);
         a = q[d0];
         b = q[d1];
-        if (bias != NULL) {
-            a += bias[d0];
-            b += bias[d1];
-        }
-        if (j < rhalf) {
-            float x0 = a;
-            sincosf((float) tk.pos * inv_freq[j], &sn, &cs);
-            a = x0 * cs - b * sn;
-            b = b * cs + x0 * sn;
-        }
-        if (h < n_heads) {
-            q[d0] = a;
-            q[d1] = b;
-        } else {
-            k_row[d0 - q_dim] = kc_store<T>(a);
-            k_row[d1 - q_dim] = kc_store<T>(b);
-        }
-    }
-    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
-        float b = bias != NULL ? bias[q_dim + kv_dim + i] : 0.0f;
-        v_row[i] = kc_store<T>(v[i] + b);
+        kc_qkv_rope(&a, &b, d0, d1, ang, tk.pos, bias, inv_freq);
+        kc_qkv_put(q, k_row, d0, d1, a, b, q_dim, kv_dim, bs);
     }
 }
 
@@ -263,7 +226,7 @@ kc_rope_kv(cudaStream_t s, kc_dtype_t dt, float *qkv, void *kv_layer,
     int head_dim, int rope_dim, int interleaved, int block_size)
 {
     /* one thread per pair, at most 1024 */
-    int nt = ((n_heads + n_kv_heads) * (head_dim / 2) + 31) / 32 * 32;
+    int nt = ((n_heads + 2 * n_kv_heads) * (head_dim / 2) + 31) / 32 * 32;
 
     nt = nt > 1024 ? 1024 : nt;
     KC_DISPATCH(dt, kc_launch(rope_kv_kernel<T>, n_tok, nt, 0, s,

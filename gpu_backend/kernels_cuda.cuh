@@ -97,6 +97,94 @@ kc_load8(const __half *p, float *f)
     kc_unpack8(*reinterpret_cast<const uint4 *>(p), p, f);
 }
 
+/*
+ * RoPE over a q|k|v row, a pair of dims at a time (kc_rope_kv's kernel
+ * and the RoPE epilogue of gemv_cuda.cu).  Pair u < (q_dim + 2 kv_dim)
+ * / 2 is, for q's and k's heads, pair j of head h: (j, j + rot / 2)
+ * for j < rot / 2 unless interleaved, else (2j, 2j + 1); rotated by
+ * pos * inv_freq[j] for j < rot / 2 (*ang = j, else -1), as k_rope in
+ * kernels_cpu.c.  Then v's dims two by two, which only take the bias.
+ */
+__device__ __forceinline__ void
+kc_qkv_pair(int u, int n_heads, int n_kv, int hd, int rot, int interleaved,
+    int *d0, int *d1, int *ang)
+{
+    int half = hd / 2, rotated = (n_heads + n_kv) * half;
+
+    if (u < rotated) {
+        int h = u / half, j = u - h * half;
+
+        if (j < rot / 2 && !interleaved) {
+            *d0 = j;
+            *d1 = j + rot / 2;
+        } else {
+            *d0 = 2 * j;
+            *d1 = 2 * j + 1;
+        }
+        *d0 += h * hd;
+        *d1 += h * hd;
+        *ang = j < rot / 2 ? j : -1;
+    } else {
+        *d0 = 2 * u;            /* 2 * rotated = q_dim + kv_dim: v's */
+        *d1 = *d0 + 1;
+        *ang = -1;
+    }
+}
+
+/* pair (d0, d1)'s values a and b with the bias added and, when ang >=
+ * 0, rotated to position pos */
+__device__ __forceinline__ void
+kc_qkv_rope(float *a, float *b, int d0, int d1, int ang, int pos,
+    const float *bias, const float *inv_freq)
+{
+    if (bias != NULL) {
+        *a += bias[d0];
+        *b += bias[d1];
+    }
+    if (ang >= 0) {
+        float sn, cs, x0 = *a;
+
+        sincosf((float) pos * inv_freq[ang], &sn, &cs);
+        *a = x0 * cs - *b * sn;
+        *b = *b * cs + x0 * sn;
+    }
+}
+
+/* token tk's K row in the paged cache (kv: the layer's start in block
+ * 0); its V row is bs rows further */
+template <typename T>
+__device__ __forceinline__ T *
+kc_kv_row(T *kv, size_t block_stride, const kc_step_t &st, kc_token_t tk,
+    int kv_dim, int bs)
+{
+    return kv + (size_t) st.tables[st.item_table[tk.item] + tk.pos / bs]
+                * block_stride
+           + (size_t) (tk.pos % bs) * kv_dim;
+}
+
+/* pair (d0, d1), its final values a and b: q's into the token's q|k|v
+ * row q_row (f32), k's and v's into its K row k_row (kc_kv_row) and the
+ * V row after it */
+template <typename T>
+__device__ __forceinline__ void
+kc_qkv_put(float *q_row, T *k_row, int d0, int d1, float a, float b,
+    int q_dim, int kv_dim, int bs)
+{
+    int o = d0 - q_dim;
+
+    if (o < 0) {
+        q_row[d0] = a;
+        q_row[d1] = b;
+        return;
+    }
+    if (o >= kv_dim) {
+        k_row += (size_t) bs * kv_dim;
+        o -= kv_dim;
+    }
+    k_row[o] = kc_store<T>(a);
+    k_row[o + d1 - d0] = kc_store<T>(b);
+}
+
 __device__ __forceinline__ float
 kc_warp_sum(float v)
 {

@@ -225,8 +225,8 @@ test_swiglu_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
                 continue;
             }
         } else {
-            gemm_epi_t ep = { GEMV_SWIGLU, dt,
-                              { d_hb, NULL, NULL, 0.0f, NULL } };
+            gemm_epi_t ep = { .kind = GEMV_SWIGLU, .dt = dt,
+                              .a = { d_hb, NULL, NULL, 0.0f, NULL } };
 
             gemm_tune(c->g, d_out, d_in, d_w, M, K, N, &ep);
             cudaMemset(d_hb, 0xff, nh * es);
@@ -298,8 +298,8 @@ test_norm_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
                                       / sqrt(ss / N + 1e-5) * nw[j];
         }
     }
-    ep = (gemm_epi_t) { GEMV_NORM, dt,
-                        { d_out, d_x, d_nw, 1e-5f, d_count } };
+    ep = (gemm_epi_t) { .kind = GEMV_NORM, .dt = dt,
+                        .a = { d_out, d_x, d_nw, 1e-5f, d_count } };
     for (pass = 0; pass < 3; pass++) {
         cudaError_t r = cudaSuccess;
         double e, e_x;
@@ -417,6 +417,134 @@ report_bandwidth(void)
     ctx_close(&c);
 }
 
+/*
+ * The q|k|v product with the RoPE epilogue, against the plain product
+ * and kc_rope_kv() after it (each tested against a double reference on
+ * its own, in this file and in test_cuda_kernels): the q rows and the
+ * whole cache.  M decode tokens, each its own sequence, at positions
+ * spread over three blocks of a shuffled table.  Directly the two paths
+ * run the same sums and the same rotation, so they must agree to f32
+ * rounding; through gemm_tune/gemm_run (the fused kernel or cuBLAS's
+ * product and kc_rope_kv) to dt's.
+ */
+static void
+test_rope_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int H, int KV,
+    int hd, int rot, int il, int use_bias)
+{
+    int q_dim = H * hd, kv_dim = KV * hd, N = q_dim + 2 * kv_dim;
+    int bs = 16, nb = 3 * M + 1, m, i, pass;
+    size_t es = kc_dtype_size(dt), layer = (size_t) 2 * bs * kv_dim;
+    size_t cache_n = layer * nb, ny = (size_t) M * N;
+    float *in = malloc((size_t) M * K * 4), *w = malloc((size_t) N * K * 4);
+    float *bias = malloc((size_t) N * 4), inv[128];
+    float *y_ref = malloc(ny * 4), *y = malloc(ny * 4);
+    float *c_ref = malloc(cache_n * 4), *c_got = malloc(cache_n * 4);
+    double *ref = malloc((cache_n > ny ? cache_n : ny) * 8);
+    kc_token_t tok[GEMV_MAX_M];
+    int32_t item_table[GEMV_MAX_M], tables[3 * GEMV_MAX_M];
+    void *d_in = drand_dt(dt, in, (size_t) M * K);
+    void *d_w = drand_dt(dt, w, (size_t) N * K);
+    void *d_cref = dzero(cache_n * es), *d_cache = dzero(cache_n * es);
+    float *d_yref = dalloc(ny * 4), *d_y = dalloc(ny * 4), *d_bias = NULL;
+    float *d_inv;
+    gemm_epi_t ep;
+    char what[96];
+
+    snprintf(what, sizeof(what), "rope %s M=%d K=%d H=%d KV=%d hd %d rot %d"
+             "%s%s", kc_dtype_name(dt), M, K, H, KV, hd, rot,
+             il ? " interleaved" : "", use_bias ? " bias" : "");
+    for (i = 0; i < N; i++) {
+        bias[i] = use_bias ? frand() : 0.0f;
+    }
+    for (i = 0; i < rot / 2; i++) {
+        inv[i] = (float) (1.0 / pow(10000.0, (double) (2 * i) / rot));
+    }
+    for (m = 0; m < M; m++) {
+        tok[m].tok = m;
+        tok[m].pos = 5 + 5 * m;         /* <= 40: in the item's 3 blocks */
+        tok[m].item = m;
+        item_table[m] = 3 * m;
+    }
+    for (i = 0; i < 3 * M; i++) {       /* blocks 1..3M, shuffled */
+        tables[i] = 1 + (i * 7 + 3) % (3 * M);
+    }
+    d_inv = dput(inv, sizeof(inv));
+    if (use_bias) {
+        d_bias = dput(bias, (size_t) N * 4);
+    }
+    memset(&ep, 0, sizeof(ep));
+    ep.kind = GEMV_ROPE;
+    ep.dt = dt;
+    ep.r.st.tokens = dput(tok, sizeof(tok));
+    ep.r.st.item_table = dput(item_table, sizeof(item_table));
+    ep.r.st.tables = dput(tables, sizeof(tables));
+    ep.r.kv_layer = d_cache;
+    ep.r.block_stride = layer;
+    ep.r.bias = d_bias;
+    ep.r.inv_freq = d_inv;
+    ep.r.n_heads = H;
+    ep.r.n_kv_heads = KV;
+    ep.r.head_dim = hd;
+    ep.r.rope_dim = rot;
+    ep.r.interleaved = il;
+    ep.r.block_size = bs;
+
+    /* the reference: the plain product, then kc_rope_kv */
+    gemv_run(c->s, cuda_dt(dt), d_yref, d_in, d_w, M, K, N);
+    kc_rope_kv(c->s, dt, d_yref, d_cref, layer, ep.r.st, d_bias, d_inv, M,
+               H, KV, hd, rot, il, bs);
+    cudaStreamSynchronize(c->s);
+    cudaMemcpy(y_ref, d_yref, ny * 4, cudaMemcpyDeviceToHost);
+    dget_dt(dt, c_ref, d_cref, cache_n);
+
+    for (pass = 0; pass < 2; pass++) {
+        cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+        double tol = pass == 0 ? 1e-6 : epi_tol(dt), eq = 0, ec;
+        int fused = 1;
+
+        cudaMemset(d_cache, 0, cache_n * es);
+        if (pass == 0) {
+            if (gemv_rope_run(c->s, cuda_dt(dt), d_y, d_in, d_w, M, K, N,
+                              &ep.r) != cudaSuccess)
+            {
+                st = CUBLAS_STATUS_EXECUTION_FAILED;
+            }
+        } else {
+            gemm_tune(c->g, d_y, d_in, d_w, M, K, N, &ep);
+            cudaMemset(d_cache, 0, cache_n * es);
+            fused = gemm_fused(c->g, M, K, N, GEMV_ROPE);
+            st = gemm_run(c->g, d_y, d_in, d_w, M, K, N, &ep);
+        }
+        cudaStreamSynchronize(c->s);
+        cudaMemcpy(y, d_y, ny * 4, cudaMemcpyDeviceToHost);
+        dget_dt(dt, c_got, d_cache, cache_n);
+        for (m = 0; m < M; m++) {
+            double e;
+
+            for (i = 0; i < q_dim; i++) {
+                ref[i] = y_ref[(size_t) m * N + i];
+            }
+            e = vec_err(y + (size_t) m * N, ref, q_dim);
+            eq = e > eq ? e : eq;
+        }
+        for (i = 0; i < (int) cache_n; i++) {
+            ref[i] = c_ref[i];
+        }
+        ec = vec_err(c_got, ref, cache_n);
+        CHECK(st == CUBLAS_STATUS_SUCCESS && sync_ok(what) && eq < tol
+              && ec < tol, "%s (%s): q %.3g, cache %.3g", what,
+              pass == 0 ? "gemv" : fused ? "tuned, fused" : "tuned, cuBLAS",
+              eq, ec);
+    }
+    printf("%s: fused = plain + kc_rope_kv\n", what);
+    cudaFree(d_in); cudaFree(d_w); cudaFree(d_cref); cudaFree(d_cache);
+    cudaFree(d_yref); cudaFree(d_y); cudaFree(d_bias); cudaFree(d_inv);
+    cudaFree((void *) ep.r.st.tokens); cudaFree((void *) ep.r.st.item_table);
+    cudaFree((void *) ep.r.st.tables);
+    free(in); free(w); free(bias); free(y_ref); free(y); free(c_ref);
+    free(c_got); free(ref);
+}
+
 int
 main(void)
 {
@@ -458,6 +586,14 @@ main(void)
             test_norm_shape(&c, dt, M, 64, 2100);
         }
         test_norm_shape(&c, dt, 12, 128, 200);
+        /* q|k|v with RoPE and the K/V store: Llama-like, Qwen2 (bias),
+         * GLM (half rotated, interleaved), a quarter rotated */
+        for (M = 1; M <= GEMV_MAX_M; M++) {
+            test_rope_shape(&c, dt, M, 896, 14, 2, 64, 64, 0, 1);
+            test_rope_shape(&c, dt, M, 64, 4, 2, 16, 16, 0, 0);
+            test_rope_shape(&c, dt, M, 80, 4, 2, 64, 32, 1, 1);
+            test_rope_shape(&c, dt, M, 96, 3, 1, 48, 12, 0, 0);
+        }
         /* beyond what gemv takes: cuBLAS only */
         test_shape(&c, dt, 9, 896, 100);
         test_shape(&c, dt, 2, 12, 7);
