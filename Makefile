@@ -83,7 +83,7 @@ test-gpu: build models
 	@t/run gpu
 
 bench: build models
-	@scripts/bench
+	@NGX_GPU_BUILD=$(B) scripts/bench
 
 clean:
 	rm -rf $(B) t/servroot*
