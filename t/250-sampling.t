@@ -331,7 +331,8 @@ SKIP: {
         my $cut = substr($text, 0, index($text, $stop));
         my $sb = Encode::encode_utf8($stop);
         my ($gen, $kept) = (0, 0);
-        $gen++ until index(join('', @bytes[0 .. $gen - 1]), $sb) >= 0;
+        $gen++ until $gen > @bytes
+                     || index(join('', @bytes[0 .. $gen - 1]), $sb) >= 0;
         $kept++ while $kept < @bytes && $want[$kept] < length $cut;
         my %req = (prompt => 'hi', max_tokens => 40, stop => $stop,
                    logprobs => 2);

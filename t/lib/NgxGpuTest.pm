@@ -395,11 +395,20 @@ CONF
              "$nd/nginx.conf" or die "exec nginx: $!";
     }
     push @nginx, $pid;
-    for (1 .. 100) {
-        return $port if IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port");
+    # ready once it listens and its worker has connected to the backend:
+    # before that a request gets 503 backend_unavailable, which a suite's
+    # first request must not see by chance
+    for (1 .. 200) {
+        if (IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port")
+            && open(my $log, '<', "$nd/logs/error.log"))
+        {
+            my $text = do { local $/; <$log> };
+            return $port if $text =~ /gpu backend "unix:\Q$sock\E" connected/;
+        }
         sleep 0.05;
     }
-    die "nginx did not listen on $port: see $nd/logs/error.log\n";
+    die "nginx did not listen on $port or reach its backend: see "
+        . "$nd/logs/error.log\n";
 }
 
 
