@@ -672,6 +672,13 @@ epi_norm(const cu_engine_t *e, const float *w)
     return ep;
 }
 
+/* layer l's part of the KV cache: its start in block 0 */
+static char *
+kv_layer(const cu_engine_t *e, int l)
+{
+    return e->kvbuf + (size_t) l * e->kv_layer_stride * e->esz;
+}
+
 /* RoPE and the K/V store after the q|k|v product, into layer l's cache */
 static gemm_epi_t
 epi_rope(const cu_engine_t *e, int l)
@@ -680,7 +687,7 @@ epi_rope(const cu_engine_t *e, int l)
     gemm_epi_t ep = { GEMV_ROPE, e->dt, { NULL, NULL, NULL, 0.0f, NULL } };
 
     ep.r.st = e->dst;
-    ep.r.kv_layer = e->kvbuf + (size_t) l * e->kv_layer_stride * e->esz;
+    ep.r.kv_layer = kv_layer(e, l);
     ep.r.block_stride = e->kv_block_stride;
     ep.r.bias = e->layers[l].b_qkv;
     ep.r.inv_freq = e->inv_freq;
@@ -778,7 +785,7 @@ forward(cu_engine_t *e, int T, int R, int tiled)
     kc_embed(s, e->dt, e->x, e->tok_emb, st, T, dim);
     for (l = 0; l < c->n_layers; l++) {
         const cu_layer_t *L = &e->layers[l];
-        char *kv_l = e->kvbuf + (size_t) l * e->kv_layer_stride * e->esz;
+        char *kv_l = kv_layer(e, l);
         int last = l + 1 == c->n_layers;
         gemm_epi_t nf = epi_norm(e, L->ffn_norm), sw = epi_swiglu(e);
         gemm_epi_t na = epi_norm(e, last ? NULL : e->layers[l + 1].attn_norm);

@@ -189,13 +189,14 @@ gemv_kernel(void *out, const T *in, const T *w, int K, int N,
         /* rows past N (the last warp's) read row n0 again and are not
          * written */
         const T *wr_[R];
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            wr_[r] = w + (size_t) (n0 + r < N ? n0 + r : n0) * K;
-        }
         if constexpr (EPI == GEMV_ROPE) {
-            wr_[0] = w + (size_t) d0 * K;
-            wr_[R - 1] = w + (size_t) d1 * K;
+            wr_[0] = w + (size_t) d0 * K;       /* the warp's pair */
+            wr_[1] = w + (size_t) d1 * K;
+        } else {
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                wr_[r] = w + (size_t) (n0 + r < N ? n0 + r : n0) * K;
+            }
         }
         const T *const (&wr)[R] = wr_;
 
@@ -266,7 +267,7 @@ gemv_kernel(void *out, const T *in, const T *w, int K, int N,
                     float u = kc_warp_sum(acc[r + 1][m]);
                     if (lane == 0 && n0 + r + 1 < N) {
                         ((T *) out)[(size_t) m * (N / 2) + (n0 + r) / 2] =
-                            kc_store<T>(g / (1.0f + expf(-g)) * u);
+                            kc_store<T>(kc_silu_mul(g, u));
                     }
                 }
             }

@@ -248,7 +248,7 @@ swiglu_kernel(T *out, const float *gu, int n_tok, int hidden)
          i += (size_t) gridDim.x * blockDim.x)
     {
         float2 p = reinterpret_cast<const float2 *>(gu)[i];    /* g, u */
-        out[i] = kc_store<T>(p.x / (1.0f + expf(-p.x)) * p.y);
+        out[i] = kc_store<T>(kc_silu_mul(p.x, p.y));
     }
 }
 

@@ -97,6 +97,13 @@ kc_load8(const __half *p, float *f)
     kc_unpack8(*reinterpret_cast<const uint4 *>(p), p, f);
 }
 
+/* SwiGLU of one (gate, up) pair: silu(g) * u, as k_swiglu in kernels_cpu.c */
+__device__ __forceinline__ float
+kc_silu_mul(float g, float u)
+{
+    return g / (1.0f + expf(-g)) * u;
+}
+
 /*
  * RoPE over a q|k|v row, a pair of dims at a time (kc_rope_kv's kernel
  * and the RoPE epilogue of gemv_cuda.cu).  Pair u < (q_dim + 2 kv_dim)
