@@ -6,7 +6,12 @@
  * before using any (so that enough bytes are in flight to cover the
  * memory's latency), and multiplies each chunk with the same 8 elements
  * of every input row, which it loads once for the R rows.  The R x M
- * partial sums are reduced across the warp at the end.
+ * partial sums are reduced across the warp at the end.  With a split
+ * of KS, KS warps of a block share the R rows, each taking every KS-th
+ * run of 32 chunks, and their sums meet in shared memory: a product
+ * with a long K and few rows (the down product: 896 rows of 4864 in
+ * Qwen-0.5B) otherwise has too few warps, each waiting on a long chain
+ * of loads.
  * Weights are read with the evict-first hint: each is used once a step,
  * and the L2 is better kept for the activations and the KV cache.
  *
@@ -74,14 +79,14 @@ w8_f32(const w8_t<__half> &c, float *f)
     kc_unpack8(c.v[0], (const __half *) NULL, f);
 }
 
-/* UNROLL chunks of R rows from column k0 on, 32 * 8 elements apart */
-template <typename T, int UNROLL, int R>
+/* UNROLL chunks of R rows from column k0 on, STEP elements apart */
+template <typename T, int UNROLL, int R, int STEP>
 __device__ __forceinline__ void
 w8_issue(w8_t<T> (&c)[UNROLL][R], const T *const (&wr)[R], int k0, int K)
 {
 #pragma unroll
     for (int u = 0; u < UNROLL; u++) {
-        int k = k0 + u * 32 * 8;
+        int k = k0 + u * STEP;
         if (k < K) {
 #pragma unroll
             for (int r = 0; r < R; r++) {
@@ -138,7 +143,14 @@ gemv_norm_tail(const float *y, int N, const gemv_epi_t &nrm)
     }
 }
 
-template <typename T, int M, int R, int EPI>
+/*
+ * KS warps share a unit's rows (KS > 1: a long K and few rows, where one
+ * warp a unit leaves too few warps, each with too long a chain of loads):
+ * warp j of the KS takes the chunks j, j + KS, j + 2 KS, ... of 32 x 8
+ * elements, and the first of them adds the others' sums (through shared
+ * memory) before the epilogue.
+ */
+template <typename T, int M, int R, int EPI, int KS>
 __global__ void __launch_bounds__(WARPS * 32)
 gemv_kernel(void *out, const T *in, const T *w, int K, int N,
     gemv_epi_t nrm, gemv_rope_t rp)
@@ -147,10 +159,12 @@ gemv_kernel(void *out, const T *in, const T *w, int K, int N,
      * over the warp's R rows */
     constexpr int UNROLL = (sizeof(T) == 4 ? 4 : 8) / R > 0
                            ? (sizeof(T) == 4 ? 4 : 8) / R : 1;
-    const int lane = threadIdx.x & 31;
-    const int unit = blockIdx.x * WARPS + (threadIdx.x >> 5);
+    constexpr int STEP = 32 * 8 * KS;   /* elements between a lane's chunks */
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int unit = blockIdx.x * (WARPS / KS) + warp / KS;
+    const int part = warp % KS;
     const int n0 = unit * R;
-    float acc[R][M];
+    float acc[R][M], v[R][M];
     /* RoPE: the warp's pair; lane m < M holds token m and, for a k or
      * v pair, its K row (the step's inputs were uploaded before the
      * kernel ahead of this one ran: they need no wait) */
@@ -204,16 +218,16 @@ gemv_kernel(void *out, const T *in, const T *w, int K, int N,
          * with programmatic dependent launch they are issued while it
          * still runs, and only the inputs wait for it */
         w8_t<T> c[UNROLL][R];
-        int k0 = lane * 8;
+        int k0 = (part * 32 + lane) * 8;
 
-        w8_issue<T, UNROLL, R>(c, wr, k0, K);
+        w8_issue<T, UNROLL, R, STEP>(c, wr, k0, K);
         kc_pdl_wait();
         kc_pdl_trigger();
 
         for (;;) {
 #pragma unroll
             for (int u = 0; u < UNROLL; u++) {
-                int k = k0 + u * 32 * 8;
+                int k = k0 + u * STEP;
 
                 if (k >= K) {
                     break;
@@ -236,20 +250,59 @@ gemv_kernel(void *out, const T *in, const T *w, int K, int N,
                     }
                 }
             }
-            k0 += 32 * 8 * UNROLL;
+            k0 += STEP * UNROLL;
             if (k0 >= K) {
                 break;
             }
-            w8_issue<T, UNROLL, R>(c, wr, k0, K);
+            w8_issue<T, UNROLL, R, STEP>(c, wr, k0, K);
         }
+
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                v[r][m] = kc_warp_sum(acc[r][m]);
+            }
+        }
+    }
+
+    if constexpr (KS > 1) {
+        __shared__ float sums[WARPS][R][M];
+
+        if (lane == 0 && n0 < N) {
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+#pragma unroll
+                for (int m = 0; m < M; m++) {
+                    sums[warp][r][m] = v[r][m];
+                }
+            }
+        }
+        __syncthreads();
+        if (part == 0 && n0 < N) {
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+#pragma unroll
+                for (int m = 0; m < M; m++) {
+                    float t = v[r][m];
+                    for (int j = 1; j < KS; j++) {
+                        t += sums[warp + j][r][m];
+                    }
+                    v[r][m] = t;
+                }
+            }
+        }
+    }
+
+    /* the epilogue, by the first warp of the unit's KS */
+    if (n0 < N && part == 0) {
 
         if constexpr (EPI == GEMV_ROPE) {
             const int hd = rp.head_dim, q_dim = rp.n_heads * hd;
             const int kv_dim = rp.n_kv_heads * hd;
 #pragma unroll
             for (int m = 0; m < M; m++) {
-                float a = kc_warp_sum(acc[0][m]);
-                float b = kc_warp_sum(acc[R - 1][m]);
+                float a = v[0][m], b = v[R - 1][m];
                 if (lane == m) {
                     kc_qkv_rope(&a, &b, d0, d1, ang, tk.pos, rp.bias,
                                 rp.inv_freq);
@@ -263,8 +316,7 @@ gemv_kernel(void *out, const T *in, const T *w, int K, int N,
             for (int r = 0; r + 1 < R; r += 2) {
 #pragma unroll
                 for (int m = 0; m < M; m++) {
-                    float g = kc_warp_sum(acc[r][m]);
-                    float u = kc_warp_sum(acc[r + 1][m]);
+                    float g = v[r][m], u = v[r + 1][m];
                     if (lane == 0 && n0 + r + 1 < N) {
                         ((T *) out)[(size_t) m * (N / 2) + (n0 + r) / 2] =
                             kc_store<T>(kc_silu_mul(g, u));
@@ -276,9 +328,8 @@ gemv_kernel(void *out, const T *in, const T *w, int K, int N,
             for (int r = 0; r < R; r++) {
 #pragma unroll
                 for (int m = 0; m < M; m++) {
-                    float v = kc_warp_sum(acc[r][m]);
                     if (lane == 0 && n0 + r < N) {
-                        ((float *) out)[(size_t) m * N + n0 + r] = v;
+                        ((float *) out)[(size_t) m * N + n0 + r] = v[r][m];
                     }
                 }
             }
@@ -292,7 +343,7 @@ gemv_kernel(void *out, const T *in, const T *w, int K, int N,
 /* rows a warp: one input row needs no sharing of its loads; more rows
  * share each load of the inputs among more weight rows; a SwiGLU pair
  * needs two */
-template <typename T, int M, int EPI>
+template <typename T, int M, int EPI, int KS>
 static cudaError_t
 launch(cudaStream_t s, void *out, const void *in, const void *w, int K,
     int N, const gemv_epi_t &nrm, const gemv_rope_t &rp)
@@ -300,27 +351,41 @@ launch(cudaStream_t s, void *out, const void *in, const void *w, int K,
     constexpr int R0 = M == 1 ? 1 : M <= 3 ? 2 : 4;
     constexpr int R = EPI == GEMV_ROPE ? 2
                       : EPI == GEMV_SWIGLU && R0 < 2 ? 2 : R0;
+    constexpr int ROWS = WARPS / KS * R;        /* a block's */
 
-    return kc_launch(gemv_kernel<T, M, R, EPI>,
-                     dim3((N + WARPS * R - 1) / (WARPS * R)),
-                     dim3(WARPS * 32), 0, s, out, (const T *) in,
-                     (const T *) w, K, N, nrm, rp);
+    return kc_launch(gemv_kernel<T, M, R, EPI, KS>,
+                     dim3((N + ROWS - 1) / ROWS), dim3(WARPS * 32), 0, s,
+                     out, (const T *) in, (const T *) w, K, N, nrm, rp);
+}
+
+template <typename T, int M, int EPI>
+static cudaError_t
+launch_ks(cudaStream_t s, void *out, const void *in, const void *w, int K,
+    int N, int split, const gemv_epi_t &nrm, const gemv_rope_t &rp)
+{
+    switch (split) {
+    case 1: return launch<T, M, EPI, 1>(s, out, in, w, K, N, nrm, rp);
+    case 2: return launch<T, M, EPI, 2>(s, out, in, w, K, N, nrm, rp);
+    case 4: return launch<T, M, EPI, 4>(s, out, in, w, K, N, nrm, rp);
+    case 8: return launch<T, M, EPI, 8>(s, out, in, w, K, N, nrm, rp);
+    }
+    return cudaErrorInvalidValue;
 }
 
 template <typename T, int EPI>
 static cudaError_t
 launch_m(cudaStream_t s, void *out, const void *in, const void *w, int M,
-    int K, int N, const gemv_epi_t &nrm, const gemv_rope_t &rp)
+    int K, int N, int split, const gemv_epi_t &nrm, const gemv_rope_t &rp)
 {
     switch (M) {
-    case 1: return launch<T, 1, EPI>(s, out, in, w, K, N, nrm, rp);
-    case 2: return launch<T, 2, EPI>(s, out, in, w, K, N, nrm, rp);
-    case 3: return launch<T, 3, EPI>(s, out, in, w, K, N, nrm, rp);
-    case 4: return launch<T, 4, EPI>(s, out, in, w, K, N, nrm, rp);
-    case 5: return launch<T, 5, EPI>(s, out, in, w, K, N, nrm, rp);
-    case 6: return launch<T, 6, EPI>(s, out, in, w, K, N, nrm, rp);
-    case 7: return launch<T, 7, EPI>(s, out, in, w, K, N, nrm, rp);
-    case 8: return launch<T, 8, EPI>(s, out, in, w, K, N, nrm, rp);
+    case 1: return launch_ks<T, 1, EPI>(s, out, in, w, K, N, split, nrm, rp);
+    case 2: return launch_ks<T, 2, EPI>(s, out, in, w, K, N, split, nrm, rp);
+    case 3: return launch_ks<T, 3, EPI>(s, out, in, w, K, N, split, nrm, rp);
+    case 4: return launch_ks<T, 4, EPI>(s, out, in, w, K, N, split, nrm, rp);
+    case 5: return launch_ks<T, 5, EPI>(s, out, in, w, K, N, split, nrm, rp);
+    case 6: return launch_ks<T, 6, EPI>(s, out, in, w, K, N, split, nrm, rp);
+    case 7: return launch_ks<T, 7, EPI>(s, out, in, w, K, N, split, nrm, rp);
+    case 8: return launch_ks<T, 8, EPI>(s, out, in, w, K, N, split, nrm, rp);
     }
     return cudaErrorInvalidValue;
 }
@@ -339,7 +404,7 @@ gemv_supported(cudaDataType_t dt, int M, int K)
 template <int EPI>
 static cudaError_t
 run_dt(cudaStream_t s, cudaDataType_t dt, void *out, const void *in,
-    const void *w, int M, int K, int N, const gemv_epi_t &nrm,
+    const void *w, int M, int K, int N, int split, const gemv_epi_t &nrm,
     const gemv_rope_t &rp)
 {
     if (!gemv_supported(dt, M, K)
@@ -349,11 +414,12 @@ run_dt(cudaStream_t s, cudaDataType_t dt, void *out, const void *in,
     }
     switch (dt) {
     case CUDA_R_32F:
-        return launch_m<float, EPI>(s, out, in, w, M, K, N, nrm, rp);
+        return launch_m<float, EPI>(s, out, in, w, M, K, N, split, nrm, rp);
     case CUDA_R_16BF:
-        return launch_m<__nv_bfloat16, EPI>(s, out, in, w, M, K, N, nrm, rp);
+        return launch_m<__nv_bfloat16, EPI>(s, out, in, w, M, K, N, split,
+                                            nrm, rp);
     case CUDA_R_16F:
-        return launch_m<__half, EPI>(s, out, in, w, M, K, N, nrm, rp);
+        return launch_m<__half, EPI>(s, out, in, w, M, K, N, split, nrm, rp);
     default:
         return cudaErrorInvalidValue;
     }
@@ -361,31 +427,33 @@ run_dt(cudaStream_t s, cudaDataType_t dt, void *out, const void *in,
 
 cudaError_t
 gemv_run(cudaStream_t s, cudaDataType_t dt, float *out, const void *in,
-    const void *w, int M, int K, int N)
+    const void *w, int M, int K, int N, int split)
 {
-    return run_dt<GEMV_PLAIN>(s, dt, out, in, w, M, K, N, no_epi, no_rope);
+    return run_dt<GEMV_PLAIN>(s, dt, out, in, w, M, K, N, split, no_epi,
+                              no_rope);
 }
 
 cudaError_t
 gemv_swiglu_run(cudaStream_t s, cudaDataType_t dt, void *out,
-    const void *in, const void *w, int M, int K, int N)
+    const void *in, const void *w, int M, int K, int N, int split)
 {
-    return run_dt<GEMV_SWIGLU>(s, dt, out, in, w, M, K, N, no_epi, no_rope);
+    return run_dt<GEMV_SWIGLU>(s, dt, out, in, w, M, K, N, split, no_epi,
+                               no_rope);
 }
 
 cudaError_t
 gemv_norm_run(cudaStream_t s, cudaDataType_t dt, float *y, const void *in,
-    const void *w, int M, int K, int N, const gemv_epi_t *nrm)
+    const void *w, int M, int K, int N, int split, const gemv_epi_t *nrm)
 {
     if (N > KC_NORM_MAX_DIM) {
         return cudaErrorInvalidValue;
     }
-    return run_dt<GEMV_NORM>(s, dt, y, in, w, M, K, N, *nrm, no_rope);
+    return run_dt<GEMV_NORM>(s, dt, y, in, w, M, K, N, split, *nrm, no_rope);
 }
 
 cudaError_t
 gemv_rope_run(cudaStream_t s, cudaDataType_t dt, float *y, const void *in,
-    const void *w, int M, int K, int N, const gemv_rope_t *rp)
+    const void *w, int M, int K, int N, int split, const gemv_rope_t *rp)
 {
-    return run_dt<GEMV_ROPE>(s, dt, y, in, w, M, K, N, no_epi, *rp);
+    return run_dt<GEMV_ROPE>(s, dt, y, in, w, M, K, N, split, no_epi, *rp);
 }

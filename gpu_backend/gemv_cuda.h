@@ -7,9 +7,10 @@
  * bandwidth.  cuBLAS's kernels for M = 1..8 leave a third of the
  * bandwidth unused at these shapes (too few tiles, or a split-K reduce),
  * so this is a kernel whose only job is to stream the weights: one warp
- * per output row, 16-byte loads, several in flight per thread, the few
- * input rows read through the L1 cache.  gemm_cuda.c times it against
- * cuBLASLt's candidates at start and keeps whichever is faster.
+ * (or a split of 2-8 warps) per output row, 16-byte loads, several in
+ * flight per thread, the few input rows read through the L1 cache.
+ * gemm_cuda.c times it against cuBLASLt's candidates at start and keeps
+ * whichever is faster.
  */
 
 #ifndef GPU_GEMV_CUDA_H
@@ -21,6 +22,7 @@
 #include "kernels_cuda.h"
 
 #define GEMV_MAX_M  8
+#define GEMV_MAX_SPLIT  8       /* split: 1, 2, 4 or 8 warps a row's K */
 
 /* what follows the product in the same kernel */
 #define GEMV_PLAIN   0
@@ -35,9 +37,11 @@ extern "C" {
 /* whether the kernel takes this shape and dtype */
 int gemv_supported(cudaDataType_t dt, int M, int K);
 
-/* queue the product on the stream (capturable) */
+/* queue the product on the stream (capturable); split warps share each
+ * row's K (1, 2, 4 or 8: more for a long K and few rows, so that more
+ * warps stream it; gemm_tune times each) */
 cudaError_t gemv_run(cudaStream_t s, cudaDataType_t dt, float *out,
-    const void *in, const void *w, int M, int K, int N);
+    const void *in, const void *w, int M, int K, int N, int split);
 
 /*
  * The product and SwiGLU in one: w's N rows are gate and up interleaved
@@ -45,7 +49,7 @@ cudaError_t gemv_run(cudaStream_t s, cudaDataType_t dt, float *out,
  * is silu(gate) * up.  N even.
  */
 cudaError_t gemv_swiglu_run(cudaStream_t s, cudaDataType_t dt, void *out,
-    const void *in, const void *w, int M, int K, int N);
+    const void *in, const void *w, int M, int K, int N, int split);
 
 /*
  * An epilogue's operands: out for both (SwiGLU's [M][N / 2], the norm's
@@ -65,7 +69,7 @@ typedef struct {
  * * w.  N <= KC_NORM_MAX_DIM.
  */
 cudaError_t gemv_norm_run(cudaStream_t s, cudaDataType_t dt, float *y,
-    const void *in, const void *w, int M, int K, int N,
+    const void *in, const void *w, int M, int K, int N, int split,
     const gemv_epi_t *nrm);
 
 /*
@@ -89,7 +93,7 @@ typedef struct {
  * and v parts are not written).
  */
 cudaError_t gemv_rope_run(cudaStream_t s, cudaDataType_t dt, float *y,
-    const void *in, const void *w, int M, int K, int N,
+    const void *in, const void *w, int M, int K, int N, int split,
     const gemv_rope_t *rp);
 
 #ifdef __cplusplus

@@ -125,20 +125,26 @@ test_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
     float *d_out = dalloc((size_t) M * N * 4);
     double e;
     cudaError_t r;
+    int split;
 
-    if (gemv_supported(cuda_dt(dt), M, K)) {
-        r = gemv_run(c->s, cuda_dt(dt), d_out, d_in, d_w, M, K, N);
+    for (split = 1; split <= GEMV_MAX_SPLIT; split *= 2) {
+        if (!gemv_supported(cuda_dt(dt), M, K)) {
+            CHECK(gemv_run(c->s, cuda_dt(dt), d_out, d_in, d_w, M, K, N,
+                           split)
+                  == cudaErrorInvalidValue, "gemv refuses M=%d K=%d", M, K);
+            break;
+        }
+        r = gemv_run(c->s, cuda_dt(dt), d_out, d_in, d_w, M, K, N, split);
         cudaStreamSynchronize(c->s);
         cudaMemcpy(got, d_out, (size_t) M * N * 4, cudaMemcpyDeviceToHost);
         e = product_err(got, in, w, M, K, N);
-        CHECK(r == cudaSuccess && e < tol, "gemv %s M=%d K=%d N=%d: %s, "
-              "rel err %.2e", kc_dtype_name(dt), M, K, N,
+        CHECK(r == cudaSuccess && e < tol, "gemv %s M=%d K=%d N=%d split "
+              "%d: %s, rel err %.2e", kc_dtype_name(dt), M, K, N, split,
               cudaGetErrorString(r), e);
         cudaMemset(d_out, 0xff, (size_t) M * N * 4);
-    } else {
-        CHECK(gemv_run(c->s, cuda_dt(dt), d_out, d_in, d_w, M, K, N)
-              == cudaErrorInvalidValue, "gemv refuses M=%d K=%d", M, K);
     }
+    CHECK(gemv_run(c->s, cuda_dt(dt), d_out, d_in, d_w, M, K, N, 3)
+          == cudaErrorInvalidValue, "gemv refuses split 3");
 
     gemm_tune(c->g, d_out, d_in, d_w, M, K, N, NULL);
     cudaMemset(d_out, 0xff, (size_t) M * N * 4);
@@ -188,7 +194,7 @@ vec_err(const float *got, const double *ref, size_t n)
  * and the fused kernel or the tuned product and kc_swiglu.
  */
 static void
-test_swiglu_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
+test_swiglu_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N, int split)
 {
     double tol = epi_tol(dt), e;
     size_t es = kc_dtype_size(dt), nh = (size_t) M * (N / 2);
@@ -218,7 +224,8 @@ test_swiglu_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
 
         cudaMemset(d_hb, 0xff, nh * es);
         if (pass == 0) {
-            r = gemv_swiglu_run(c->s, cuda_dt(dt), d_hb, d_in, d_w, M, K, N);
+            r = gemv_swiglu_run(c->s, cuda_dt(dt), d_hb, d_in, d_w, M, K, N,
+                                split);
             if (!gemv_supported(cuda_dt(dt), M, K)) {
                 CHECK(r == cudaErrorInvalidValue, "gemv swiglu refuses "
                       "M=%d K=%d", M, K);
@@ -237,11 +244,11 @@ test_swiglu_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
         cudaStreamSynchronize(c->s);
         dget_dt(dt, got, d_hb, nh);
         e = vec_err(got, ref, nh);
-        CHECK(r == cudaSuccess && e < tol, "%s %s M=%d K=%d N=%d: rel err "
-              "%.2e", pass == 0 ? "gemv swiglu" : fused
+        CHECK(r == cudaSuccess && e < tol, "%s %s M=%d K=%d N=%d split %d: "
+              "rel err %.2e", pass == 0 ? "gemv swiglu" : fused
                                   ? "tuned swiglu (fused)"
                                   : "tuned swiglu (cuBLAS)",
-              kc_dtype_name(dt), M, K, N, e);
+              kc_dtype_name(dt), M, K, N, split, e);
     }
     cudaFree(d_in);
     cudaFree(d_w);
@@ -260,7 +267,7 @@ test_swiglu_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
  * norm), then tuned as the engine runs it.
  */
 static void
-test_norm_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
+test_norm_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N, int split)
 {
     double tol = epi_tol(dt);
     size_t es = kc_dtype_size(dt), n = (size_t) M * N, i;
@@ -312,7 +319,7 @@ test_norm_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
         cudaMemset(d_out, 0xff, n * es);
         if (pass < 2) {
             r = gemv_norm_run(c->s, cuda_dt(dt), d_y, d_in, d_w, M, K, N,
-                              &ep.a);
+                              split, &ep.a);
             if (!gemv_supported(cuda_dt(dt), M, K)) {
                 CHECK(r == cudaErrorInvalidValue, "gemv norm refuses "
                       "M=%d K=%d", M, K);
@@ -328,10 +335,10 @@ test_norm_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N)
         e = vec_err(got, ref, n);
         e_x = vec_err(got_x, ref_x, n);
         CHECK(r == cudaSuccess && e < tol && e_x < 1e-5,
-              "%s %s M=%d K=%d N=%d: rel err %.2e, x %.2e",
+              "%s %s M=%d K=%d N=%d split %d: rel err %.2e, x %.2e",
               pass < 2 ? "gemv norm" : fused ? "tuned norm (fused)"
                                              : "tuned norm (cuBLAS)",
-              kc_dtype_name(dt), M, K, N, e, e_x);
+              kc_dtype_name(dt), M, K, N, split, e, e_x);
     }
     cudaFree(d_in); cudaFree(d_w); cudaFree(d_x); cudaFree(d_nw);
     cudaFree(d_y); cudaFree(d_out); cudaFree(d_count);
@@ -358,7 +365,7 @@ time_us(ctx_t *c, int use_gemv, void *out, void *in, void *w, int M, int K,
     cudaStreamBeginCapture(c->s, cudaStreamCaptureModeThreadLocal);
     for (i = 0; i < 50; i++) {
         if (use_gemv) {
-            gemv_run(c->s, CUDA_R_16BF, out, in, w, M, K, N);
+            gemv_run(c->s, CUDA_R_16BF, out, in, w, M, K, N, 1);
         } else {
             cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one,
                          w, CUDA_R_16BF, K, in, CUDA_R_16BF, K, &zero, out,
@@ -429,7 +436,7 @@ report_bandwidth(void)
  */
 static void
 test_rope_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int H, int KV,
-    int hd, int rot, int il, int use_bias)
+    int hd, int rot, int il, int use_bias, int split)
 {
     int q_dim = H * hd, kv_dim = KV * hd, N = q_dim + 2 * kv_dim;
     int bs = 16, nb = 3 * M + 1, m, i, pass;
@@ -448,11 +455,11 @@ test_rope_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int H, int KV,
     float *d_yref = dalloc(ny * 4), *d_y = dalloc(ny * 4), *d_bias = NULL;
     float *d_inv;
     gemm_epi_t ep;
-    char what[96];
+    char what[128];
 
     snprintf(what, sizeof(what), "rope %s M=%d K=%d H=%d KV=%d hd %d rot %d"
-             "%s%s", kc_dtype_name(dt), M, K, H, KV, hd, rot,
-             il ? " interleaved" : "", use_bias ? " bias" : "");
+             "%s%s split %d", kc_dtype_name(dt), M, K, H, KV, hd, rot,
+             il ? " interleaved" : "", use_bias ? " bias" : "", split);
     for (i = 0; i < N; i++) {
         bias[i] = use_bias ? frand() : 0.0f;
     }
@@ -490,7 +497,7 @@ test_rope_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int H, int KV,
     ep.r.block_size = bs;
 
     /* the reference: the plain product, then kc_rope_kv */
-    gemv_run(c->s, cuda_dt(dt), d_yref, d_in, d_w, M, K, N);
+    gemv_run(c->s, cuda_dt(dt), d_yref, d_in, d_w, M, K, N, split);
     kc_rope_kv(c->s, dt, d_yref, d_cref, layer, ep.r.st, d_bias, d_inv, M,
                H, KV, hd, rot, il, bs);
     cudaStreamSynchronize(c->s);
@@ -505,7 +512,7 @@ test_rope_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int H, int KV,
         cudaMemset(d_cache, 0, cache_n * es);
         if (pass == 0) {
             if (gemv_rope_run(c->s, cuda_dt(dt), d_y, d_in, d_w, M, K, N,
-                              &ep.r) != cudaSuccess)
+                              split, &ep.r) != cudaSuccess)
             {
                 st = CUBLAS_STATUS_EXECUTION_FAILED;
             }
@@ -548,7 +555,7 @@ test_rope_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int H, int KV,
 int
 main(void)
 {
-    int n = 0, d, M;
+    int n = 0, d, M, ks;
     static const int shapes[][2] = {    /* K, N */
         { 8, 5 }, { 64, 1 }, { 896, 1152 }, { 2048, 333 }, { 8200, 37 },
         { 2056, 4099 },
@@ -575,24 +582,29 @@ main(void)
         }
         /* the feed-forward's product with SwiGLU: Qwen-0.5B's and odd */
         for (M = 1; M <= GEMV_MAX_M; M += 3) {
-            test_swiglu_shape(&c, dt, M, 896, 2 * 486);
-            test_swiglu_shape(&c, dt, M, 64, 2 * 37);
+            for (ks = 1; ks <= GEMV_MAX_SPLIT; ks *= 2) {
+                test_swiglu_shape(&c, dt, M, 896, 2 * 486, ks);
+                test_swiglu_shape(&c, dt, M, 64, 2 * 37, ks);
+            }
         }
-        test_swiglu_shape(&c, dt, 12, 128, 2 * 100);
+        test_swiglu_shape(&c, dt, 12, 128, 2 * 100, 1);
         /* o and down products with the norm after them */
         for (M = 1; M <= GEMV_MAX_M; M += 3) {
-            test_norm_shape(&c, dt, M, 896, 896);
-            test_norm_shape(&c, dt, M, 4864, 896);
-            test_norm_shape(&c, dt, M, 64, 2100);
+            for (ks = 1; ks <= GEMV_MAX_SPLIT; ks *= 2) {
+                test_norm_shape(&c, dt, M, 896, 896, ks);
+                test_norm_shape(&c, dt, M, 4864, 896, ks);
+                test_norm_shape(&c, dt, M, 64, 2100, ks);
+            }
         }
-        test_norm_shape(&c, dt, 12, 128, 200);
+        test_norm_shape(&c, dt, 12, 128, 200, 1);
         /* q|k|v with RoPE and the K/V store: Llama-like, Qwen2 (bias),
          * GLM (half rotated, interleaved), a quarter rotated */
         for (M = 1; M <= GEMV_MAX_M; M++) {
-            test_rope_shape(&c, dt, M, 896, 14, 2, 64, 64, 0, 1);
-            test_rope_shape(&c, dt, M, 64, 4, 2, 16, 16, 0, 0);
-            test_rope_shape(&c, dt, M, 80, 4, 2, 64, 32, 1, 1);
-            test_rope_shape(&c, dt, M, 96, 3, 1, 48, 12, 0, 0);
+            ks = 1 << (M % 4);          /* each split, twice */
+            test_rope_shape(&c, dt, M, 896, 14, 2, 64, 64, 0, 1, ks);
+            test_rope_shape(&c, dt, M, 64, 4, 2, 16, 16, 0, 0, ks);
+            test_rope_shape(&c, dt, M, 80, 4, 2, 64, 32, 1, 1, ks);
+            test_rope_shape(&c, dt, M, 96, 3, 1, 48, 12, 0, 0, ks);
         }
         /* beyond what gemv takes: cuBLAS only */
         test_shape(&c, dt, 9, 896, 100);
