@@ -107,6 +107,9 @@ typedef struct {
 
     /* activations: f32 where sums are, storage dtype where cuBLAS reads */
     float            *x, *y, *qkv, *gu, *logits;
+    float            *x2;               /* the residual stream's other
+                                         * buffer (norm prologues) */
+    int               norm_pro;         /* NGX_GPU_NORM_PROLOGUE=0: not */
     void             *xb, *att, *hb, *xl;
     float            *att_part;         /* split attention's partials */
     int              *gemv_count;       /* gemv_epi_t's count */
@@ -411,6 +414,7 @@ carve_acts(cu_engine_t *e, carve_t *cv)
     size_t es = e->esz, dim = c->dim, h = c->hidden_dim;
 
     e->x = (float *) carve(cv, T * dim * 4);
+    e->x2 = (float *) carve(cv, T * dim * 4);
     e->y = (float *) carve(cv, T * dim * 4);
     e->qkv = (float *) carve(cv, T * e->qkv_dim * 4);
     e->gu = (float *) carve(cv, T * 2 * h * 4);
@@ -664,12 +668,48 @@ epi_swiglu(const cu_engine_t *e)
 
 /* x += the product; xb = RMSNorm(x) * w, for the product after it */
 static gemm_epi_t
-epi_norm(const cu_engine_t *e, const float *w)
+epi_norm(const cu_engine_t *e, float *x, const float *w)
 {
-    gemm_epi_t ep = { GEMV_NORM, e->dt, { e->xb, e->x, w, e->cfg.rms_eps,
+    gemm_epi_t ep = { GEMV_NORM, e->dt, { e->xb, x, w, e->cfg.rms_eps,
                                           e->gemv_count } };
 
     return ep;
+}
+
+/*
+ * Whether a T-row step's product of K = dim and N rows with epilogue
+ * kind makes its own input (the norm prologue, gemv_pro_t) from the
+ * residual stream and the product before it (K_p x dim), which then
+ * runs plain instead of ending in the add and norm: where the two
+ * timed that way at start (tune_layer_gemms) take less than the other
+ * way.  The prologue is each block's: it pays where blocks are few and
+ * the input short (Qwen-0.5B's 896), not where thousands of blocks each
+ * read 2048 (the 1B's gate|up).
+ */
+static int
+norm_pro(const cu_engine_t *e, int T, int N, int kind, int K_p)
+{
+    int dim = e->cfg.dim;
+    float c_pro, c_plain, p_norm, p_plain;
+
+    if (!e->norm_pro || e->cfg.post_norms || T > GEMV_MAX_M) {
+        return 0;
+    }
+    c_pro = gemm_time_us(e->gemm, T, dim, N, kind, 1);
+    c_plain = gemm_time_us(e->gemm, T, dim, N, kind, 0);
+    p_norm = gemm_time_us(e->gemm, T, K_p, dim, GEMV_NORM, 0);
+    p_plain = gemm_time_us(e->gemm, T, K_p, dim, GEMV_PLAIN, 0);
+    return c_pro > 0.0f && c_plain > 0.0f && p_norm > 0.0f
+           && p_plain > 0.0f && c_pro + p_plain < c_plain + p_norm;
+}
+
+/* ... and its operands: x + y into x_out, normed with w */
+static gemv_pro_t
+pro_of(const cu_engine_t *e, float *x, const float *w, float *x_out)
+{
+    gemv_pro_t p = { x, e->y, w, e->cfg.rms_eps, x_out };
+
+    return p;
 }
 
 /* layer l's part of the KV cache: its start in block 0 */
@@ -717,12 +757,23 @@ tune_layer_gemms(cu_engine_t *e, int T)
     const model_config_t *c = &e->cfg;
     const cu_layer_t *L = &e->layers[0];
     int dim = c->dim, h = c->hidden_dim;
-    gemm_epi_t sw = epi_swiglu(e), nf = epi_norm(e, L->ffn_norm);
-    gemm_epi_t na = epi_norm(e, L->attn_norm), rp = epi_rope(e, 0);
+    gemm_epi_t sw = epi_swiglu(e), nf = epi_norm(e, e->x, L->ffn_norm);
+    gemm_epi_t na = epi_norm(e, e->x, L->attn_norm), rp = epi_rope(e, 0);
 
     gemm_tune(e->gemm, e->qkv, e->xb, L->w_qkv, T, dim, e->qkv_dim, &rp);
+    if (norm_chained(e) && e->norm_pro && T <= GEMV_MAX_M) {
+        /* the two consumers again, making their input (norm_pro) */
+        gemm_epi_t rpp = rp, swp = sw;
+
+        rpp.p = pro_of(e, e->x, L->attn_norm, e->x2);
+        swp.p = pro_of(e, e->x, L->ffn_norm, e->x2);
+        gemm_tune(e->gemm, e->qkv, e->xb, L->w_qkv, T, dim, e->qkv_dim,
+                  &rpp);
+        gemm_tune(e->gemm, e->gu, e->xb, L->w_gate_up, T, dim, 2 * h, &swp);
+    }
     gemm_tune(e->gemm, e->y, e->att, L->wo, T, e->q_dim, dim,
               norm_chained(e) ? &nf : NULL);
+    gemm_tune(e->gemm, e->y, e->att, L->wo, T, e->q_dim, dim, NULL);
     gemm_tune(e->gemm, e->gu, e->xb, L->w_gate_up, T, dim, 2 * h, &sw);
     if (norm_chained(e) && c->n_layers > 1) {
         gemm_tune(e->gemm, e->y, e->hb, L->w_down, T, h, dim, &na);
@@ -740,6 +791,14 @@ tune_gemms(cu_engine_t *e, int B)
     tune_layer_gemms(e, B);
     gemm_tune(e->gemm, e->logits, e->xl, e->lm_head, B, c->dim,
               c->vocab_size, NULL);
+    if (getenv("NGX_GPU_GEMM_LOG") != NULL) {
+        log_info("cuda engine: %d-row steps: norm prologue in q|k|v %s, "
+                 "in gate|up %s", B,
+                 norm_pro(e, B, e->qkv_dim, GEMV_ROPE, c->hidden_dim)
+                 ? "yes" : "no",
+                 norm_pro(e, B, 2 * c->hidden_dim, GEMV_SWIGLU, e->q_dim)
+                 ? "yes" : "no");
+    }
 }
 
 /* blocks per context for attention over T tokens: enough blocks for two
@@ -777,6 +836,11 @@ forward(cu_engine_t *e, int T, int R, int tiled)
     kc_step_t st = e->dst;
     cublasStatus_t bs = CUBLAS_STATUS_SUCCESS;
     int dim = c->dim, h = c->hidden_dim, n_split = att_splits(e, T), l;
+    /* the residual stream and its other buffer: a norm prologue writes
+     * x + y to the other one, which is the stream from then on */
+    float *xr = e->x, *xo = e->x2, *xt;
+    int pro_qkv = norm_pro(e, T, e->qkv_dim, GEMV_ROPE, h);
+    int pro_gu = norm_pro(e, T, 2 * h, GEMV_SWIGLU, e->q_dim);
 
     /* programmatic dependent launch pays where kernels are short (the
      * products of few rows); at 128 rows it cost Qwen-0.5B's shapes 11%
@@ -787,15 +851,17 @@ forward(cu_engine_t *e, int T, int R, int tiled)
         const cu_layer_t *L = &e->layers[l];
         char *kv_l = kv_layer(e, l);
         int last = l + 1 == c->n_layers;
-        gemm_epi_t nf = epi_norm(e, L->ffn_norm), sw = epi_swiglu(e);
-        gemm_epi_t na = epi_norm(e, last ? NULL : e->layers[l + 1].attn_norm);
-        gemm_epi_t rp = epi_rope(e, l);
+        gemm_epi_t sw = epi_swiglu(e), rp = epi_rope(e, l), nf, na;
 
         /* x += the last layer's feed-forward output; xb = norm(x): done
-         * by the down product's epilogue when chained */
+         * by the down product's epilogue when chained, or by this
+         * product's prologue */
         if (l == 0 || !norm_chained(e)) {
-            kc_rmsnorm(s, e->dt, e->xb, e->x, l > 0 ? e->y : NULL,
+            kc_rmsnorm(s, e->dt, e->xb, xr, l > 0 ? e->y : NULL,
                        L->attn_norm, NULL, T, dim, c->rms_eps, l > 0);
+        } else if (pro_qkv) {
+            rp.p = pro_of(e, xr, L->attn_norm, xo);
+            xt = xr, xr = xo, xo = xt;
         }
         /* q|k|v, then RoPE and the K/V store (in the product's kernel at
          * few rows); every row's K/V is stored before any row attends: a
@@ -815,21 +881,29 @@ forward(cu_engine_t *e, int T, int R, int tiled)
                          c->n_kv_heads, c->head_dim, e->block_size);
         }
         if (norm_chained(e)) {
-            /* x += o's output; xb = ffn_norm(x) */
-            gemm(e, e->y, e->att, L->wo, T, e->q_dim, dim, &nf, &bs);
+            /* x += o's output; xb = ffn_norm(x): in o's epilogue, or in
+             * gate|up's prologue */
+            nf = epi_norm(e, xr, L->ffn_norm);
+            gemm(e, e->y, e->att, L->wo, T, e->q_dim, dim,
+                 pro_gu ? NULL : &nf, &bs);
         } else {
             /* Glm4: the attention output is normed before the residual
              * add; in place, in f32 */
             gemm(e, e->y, e->att, L->wo, T, e->q_dim, dim, NULL, &bs);
             kc_rmsnorm(s, KC_F32, e->y, e->y, NULL, L->post_attn_norm, NULL,
                        T, dim, c->rms_eps, 0);
-            kc_rmsnorm(s, e->dt, e->xb, e->x, e->y, L->ffn_norm, NULL, T,
+            kc_rmsnorm(s, e->dt, e->xb, xr, e->y, L->ffn_norm, NULL, T,
                        dim, c->rms_eps, 1);
+        }
+        if (pro_gu) {
+            sw.p = pro_of(e, xr, L->ffn_norm, xo);
+            xt = xr, xr = xo, xo = xt;
         }
         gemm(e, e->gu, e->xb, L->w_gate_up, T, dim, 2 * h, &sw, &bs);
         /* the next layer's x += y and norm, or (last) the final norm's */
+        na = epi_norm(e, xr, last ? NULL : e->layers[l + 1].attn_norm);
         gemm(e, e->y, e->hb, L->w_down, T, h, dim,
-             norm_chained(e) && !last ? &na : NULL, &bs);
+             norm_chained(e) && !last && !pro_qkv ? &na : NULL, &bs);
         if (c->post_norms) {
             kc_rmsnorm(s, KC_F32, e->y, e->y, NULL, L->post_ffn_norm, NULL,
                        T, dim, c->rms_eps, 0);
@@ -837,7 +911,7 @@ forward(cu_engine_t *e, int T, int R, int tiled)
     }
     /* the last residual add, the final norm and lm_head only for the
      * rows whose logits are used */
-    kc_rmsnorm(s, e->dt, e->xl, e->x, e->y, e->final_norm, st.row_tok, R,
+    kc_rmsnorm(s, e->dt, e->xl, xr, e->y, e->final_norm, st.row_tok, R,
                dim, c->rms_eps, 0);
     gemm(e, e->logits, e->xl, e->lm_head, R, dim, c->vocab_size, NULL, &bs);
     ks_sample(s, e->d_out, e->d_lp, e->logits, R, c->vocab_size, st,
@@ -1307,6 +1381,8 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
     e->tune = env == NULL || strcmp(env, "0") != 0;
     env = getenv("NGX_GPU_CUDNN_ATTENTION");
     e->dnn_want = env == NULL || strcmp(env, "0") != 0;
+    env = getenv("NGX_GPU_NORM_PROLOGUE");
+    e->norm_pro = env == NULL || strcmp(env, "0") != 0;
 
     /* the storage dtype: the option, else the checkpoint's */
     dts = o->dtype && o->dtype[0] ? o->dtype

@@ -36,6 +36,8 @@ typedef struct {
     int                      gemv;      /* GEMV_WON_*: gemv_cuda.cu's won */
     int                      split;     /* ... with split warps a row */
     int                      epi;       /* GEMV_PLAIN, _SWIGLU, _NORM, _ROPE */
+    int                      pro;       /* with the norm prologue */
+    float                    ms;        /* the pick's time */
 } shape_t;
 
 struct gemm_s {
@@ -113,17 +115,18 @@ gemm_destroy(gemm_t *g)
 }
 
 static const gemm_epi_t gemm_no_epi = { GEMV_PLAIN, 0,
-                                        { NULL, NULL, NULL, 0.0f, NULL } };
+                                        { NULL, NULL, NULL, 0.0f, NULL },
+                                        {}, {} };
 
 /* epi < 0: any */
 static shape_t *
-find(const gemm_t *g, int M, int K, int N, int epi)
+find(const gemm_t *g, int M, int K, int N, int epi, int pro)
 {
     int i;
 
     for (i = 0; i < g->n_shapes; i++) {
         const shape_t *sh = &g->shapes[i];
-        if (sh->M == M && sh->K == K && sh->N == N
+        if (sh->M == M && sh->K == K && sh->N == N && sh->pro == pro
             && (epi < 0 || sh->epi == epi))
         {
             return (shape_t *) sh;
@@ -163,13 +166,19 @@ lt_run(gemm_t *g, const shape_t *sh, int kern,
     const void *w, const gemm_epi_t *ep)
 {
     const float one = 1.0f, zero = 0.0f;
+    const gemv_pro_t *pro = ep->p.x != NULL ? &ep->p : NULL;
     cudaError_t r = cudaSuccess;
 
+    if (pro != NULL && (kern != GEMV_WON_FUSED
+                        || (ep->kind != GEMV_SWIGLU && ep->kind != GEMV_ROPE)))
+    {
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    }
     if (kern == GEMV_WON_FUSED) {
         switch (ep->kind) {
         case GEMV_SWIGLU:
             r = gemv_swiglu_run(g->stream, g->in_type, ep->a.out, in, w,
-                                sh->M, sh->K, sh->N, sh->split);
+                                sh->M, sh->K, sh->N, sh->split, pro);
             break;
         case GEMV_NORM:
             r = gemv_norm_run(g->stream, g->in_type, y, in, w, sh->M, sh->K,
@@ -177,7 +186,7 @@ lt_run(gemm_t *g, const shape_t *sh, int kern,
             break;
         case GEMV_ROPE:
             r = gemv_rope_run(g->stream, g->in_type, y, in, w, sh->M, sh->K,
-                              sh->N, sh->split, &ep->r);
+                              sh->N, sh->split, &ep->r, pro);
             break;
         default:
             r = gemv_run(g->stream, g->in_type, y, in, w, sh->M, sh->K,
@@ -266,13 +275,14 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
     cublasLtMatmulPreference_t pref = NULL;
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     shape_t sh;
-    int n = 0, i, best = -1;
+    int n = 0, i, best = -1, pro;
     float best_ms = 0.0f;
 
     if (ep == NULL) {
         ep = &gemm_no_epi;
     }
-    if (find(g, M, K, N, ep->kind) != NULL) {
+    pro = ep->p.x != NULL;
+    if (find(g, M, K, N, ep->kind, pro) != NULL) {
         return 0;
     }
     if (g->n_shapes == MAX_SHAPES) {
@@ -283,6 +293,7 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
     sh.K = K;
     sh.N = N;
     sh.epi = ep->kind;
+    sh.pro = pro;
 
     /* the column-major view of out^T [N,M] = w [K,N]^T . in^T [K,M] */
     if (cublasLtMatmulDescCreate(&sh.op, CUBLAS_COMPUTE_32F, CUDA_R_32F)
@@ -308,8 +319,9 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
         goto fail;
     }
 
-    /* candidate 0 is cuBLAS's own pick: keep another only if faster */
-    for (i = 0; i < n; i++) {
+    /* candidate 0 is cuBLAS's own pick: keep another only if faster;
+     * with the norm prologue only our kernel (fused) runs */
+    for (i = 0; i < n && !pro; i++) {
         float ms;
         if (res[i].state != CUBLAS_STATUS_SUCCESS) {
             continue;
@@ -320,11 +332,14 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
             best_ms = ms;
         }
     }
-    if (best < 0) {
+    if (pro) {
+        best_ms = 1e30f;
+    } else if (best < 0) {
         goto fail;
+    } else {
+        g->improved += best != 0;
+        sh.algo = res[best].algo;
     }
-    g->improved += best != 0;
-    sh.algo = res[best].algo;
 
     /* our own kernel for few rows, with the epilogue in it, then
      * without it and the epilogue's own kernel after it, each with 1, 2,
@@ -363,9 +378,13 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
         sh.split = best_split;
         g->n_gemv += sh.gemv != GEMV_WON_NONE;
     }
+    if (pro && sh.gemv != GEMV_WON_FUSED) {
+        goto fail;
+    }
+    sh.ms = best_ms;
     if (g->log) {
-        log_info("gemm M=%d K=%d N=%d epilogue %d: %s, split %d, %.2f us",
-                 M, K, N, ep->kind,
+        log_info("gemm M=%d K=%d N=%d epilogue %d%s: %s, split %d, "
+                 "%.2f us", M, K, N, ep->kind, pro ? " (norm prologue)" : "",
                  sh.gemv == GEMV_WON_FUSED ? "gemv + epilogue"
                  : sh.gemv == GEMV_WON_THEN ? "gemv, epilogue after"
                  : "cuBLAS", sh.split, best_ms * 1000.0f);
@@ -391,13 +410,16 @@ gemm_run(gemm_t *g, float *out, const void *in, const void *w, int M,
     if (ep == NULL) {
         ep = &gemm_no_epi;
     }
-    sh = find(g, M, K, N, ep->kind);
+    sh = find(g, M, K, N, ep->kind, ep->p.x != NULL);
     if (sh == NULL && ep->kind == GEMV_PLAIN) {
-        sh = find(g, M, K, N, -1);      /* its product, cuBLAS's pick */
+        sh = find(g, M, K, N, -1, 0);   /* its product, cuBLAS's pick */
     }
     if (sh != NULL) {
         return lt_run(g, sh, sh->epi == ep->kind ? sh->gemv : GEMV_WON_NONE,
                       &sh->algo, out, in, w, ep);
+    }
+    if (ep->p.x != NULL) {
+        return CUBLAS_STATUS_NOT_SUPPORTED;
     }
     if (cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one,
                      w, g->in_type, K, in, g->in_type, K, &zero,
@@ -413,9 +435,17 @@ gemm_run(gemm_t *g, float *out, const void *in, const void *w, int M,
 int
 gemm_fused(const gemm_t *g, int M, int K, int N, int kind)
 {
-    const shape_t *sh = find(g, M, K, N, kind);
+    const shape_t *sh = find(g, M, K, N, kind, 0);
 
     return sh != NULL && sh->gemv == GEMV_WON_FUSED;
+}
+
+float
+gemm_time_us(const gemm_t *g, int M, int K, int N, int kind, int pro)
+{
+    const shape_t *sh = find(g, M, K, N, kind, pro);
+
+    return sh != NULL ? sh->ms * 1000.0f : -1.0f;
 }
 
 int

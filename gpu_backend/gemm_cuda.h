@@ -47,6 +47,8 @@ typedef struct {
     int           dt;           /* kc_dtype_t of a.out and of the cache */
     gemv_epi_t    a;            /* out; for GEMV_NORM x, w, eps, count */
     gemv_rope_t   r;            /* GEMV_ROPE's */
+    gemv_pro_t    p;            /* the norm prologue (p.x NULL: none):
+                                 * tuned and run as a shape of its own */
 } gemm_epi_t;
 
 /* time the candidates for this shape and epilogue (NULL: none) on these
@@ -61,6 +63,11 @@ cublasStatus_t gemm_run(gemm_t *g, float *y, const void *in,
 
 /* whether this shape with this epilogue runs as one kernel */
 int gemm_fused(const gemm_t *g, int M, int K, int N, int kind);
+
+/* the tuned pick's device µs for the shape, epilogue kind and (pro) the
+ * norm prologue, or -1 where not tuned (or, with the prologue, where our
+ * kernel cannot run it) */
+float gemm_time_us(const gemm_t *g, int M, int K, int N, int kind, int pro);
 
 /* tuned shapes so far, how many of them beat cuBLAS's first pick, and
  * how many run gemv_cuda.cu's kernel */

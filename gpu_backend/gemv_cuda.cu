@@ -26,6 +26,11 @@
  * rotation, q into the output, k and v into the cache.  So at decode a
  * layer is five kernels: q|k|v + RoPE + KV store, attention (and its
  * combine), o + norm, gate|up + SwiGLU, down + the next layer's norm.
+ * With the norm prologue (gemv_pro_t, for the SwiGLU and RoPE products)
+ * the norm moves from the product before into this one's start: each
+ * block norms x + y into shared memory itself, and the product before
+ * runs plain, without the norm tail's count and serial last block;
+ * the engine takes it where the pair timed faster at start.
  */
 
 
@@ -144,6 +149,61 @@ gemv_norm_tail(const float *y, int N, const gemv_epi_t &nrm)
 }
 
 /*
+ * The norm prologue (pro.x != NULL): the block makes its own input, in
+ * the storage dtype in shared memory, from the residual stream and the
+ * product before: v = x + y; xs = v / rms(v) * w, as kc_rmsnorm and
+ * gemv_norm_tail do; block 0 also writes v to pro.x_out (another buffer:
+ * the other blocks still read x).  So the product before needs no tail
+ * (an atomic count, then one block's reads and norm, in series).
+ */
+template <typename T, int M>
+__device__ __forceinline__ void
+gemv_prologue(T *xs, int K, const gemv_pro_t &pro)
+{
+    __shared__ float red[32];
+    __shared__ float scale_s[M];
+    const int nt = blockDim.x, k4 = K / 4;
+
+    for (int m = 0; m < M; m++) {
+        const float4 *x = reinterpret_cast<const float4 *>(pro.x + m * K);
+        const float4 *y = reinterpret_cast<const float4 *>(pro.y + m * K);
+        float ss = 0.0f;
+
+        for (int i = threadIdx.x; i < k4; i += nt) {
+            float4 a = x[i], b = __ldcg(y + i);
+            a.x += b.x; a.y += b.y; a.z += b.z; a.w += b.w;
+            ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+        }
+        ss = kc_block_sum(ss, red);
+        if (threadIdx.x == 0) {
+            scale_s[m] = 1.0f / sqrtf(ss / (float) K + pro.eps);
+        }
+    }
+    __syncthreads();
+    for (int m = 0; m < M; m++) {
+        const float4 *x = reinterpret_cast<const float4 *>(pro.x + m * K);
+        const float4 *y = reinterpret_cast<const float4 *>(pro.y + m * K);
+        const float4 *nw = reinterpret_cast<const float4 *>(pro.w);
+        float4 *xo = reinterpret_cast<float4 *>(pro.x_out + m * K);
+        T *o = xs + m * K;
+        float sc = scale_s[m];
+
+        for (int i = threadIdx.x; i < k4; i += nt) {
+            float4 a = x[i], b = __ldcg(y + i), g = nw[i];
+            a.x += b.x; a.y += b.y; a.z += b.z; a.w += b.w;
+            if (blockIdx.x == 0) {
+                xo[i] = a;
+            }
+            o[4 * i] = kc_store<T>(g.x * (a.x * sc));
+            o[4 * i + 1] = kc_store<T>(g.y * (a.y * sc));
+            o[4 * i + 2] = kc_store<T>(g.z * (a.z * sc));
+            o[4 * i + 3] = kc_store<T>(g.w * (a.w * sc));
+        }
+    }
+    __syncthreads();
+}
+
+/*
  * KS warps share a unit's rows (KS > 1: a long K and few rows, where one
  * warp a unit leaves too few warps, each with too long a chain of loads):
  * warp j of the KS takes the chunks j, j + KS, j + 2 KS, ... of 32 x 8
@@ -153,8 +213,9 @@ gemv_norm_tail(const float *y, int N, const gemv_epi_t &nrm)
 template <typename T, int M, int R, int EPI, int KS>
 __global__ void __launch_bounds__(WARPS * 32)
 gemv_kernel(void *out, const T *in, const T *w, int K, int N,
-    gemv_epi_t nrm, gemv_rope_t rp)
+    gemv_epi_t nrm, gemv_rope_t rp, gemv_pro_t pro)
 {
+    extern __shared__ __align__(16) unsigned char gemv_smem[];
     /* 8 loads of 16 bytes in flight a thread (4 of 32 for f32), spread
      * over the warp's R rows */
     constexpr int UNROLL = (sizeof(T) == 4 ? 4 : 8) / R > 0
@@ -189,8 +250,37 @@ gemv_kernel(void *out, const T *in, const T *w, int K, int N,
         }
     }
 
-    /* a warp past N (in the last block) has no rows, but its block still
-     * counts itself in the norm's tail */
+    /* rows past N (the last warp's) read row n0 again and are not
+     * written; a warp past N (in the last block) has no rows, but its
+     * block still counts itself in the norm's tail and makes its part of
+     * the prologue's input */
+    const T *wr_[R];
+    if constexpr (EPI == GEMV_ROPE) {
+        wr_[0] = w + (size_t) d0 * K;           /* the warp's pair */
+        wr_[1] = w + (size_t) d1 * K;
+    } else {
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            wr_[r] = w + (size_t) (n0 + r < N ? n0 + r : n0) * K;
+        }
+    }
+    const T *const (&wr)[R] = wr_;
+    w8_t<T> c[UNROLL][R];
+    int k0 = (part * 32 + lane) * 8;
+
+    /* the first loads need nothing from the kernel before this one: with
+     * programmatic dependent launch they are issued while it still runs,
+     * and only the inputs (and the prologue) wait for it */
+    if (n0 < N) {
+        w8_issue<T, UNROLL, R, STEP>(c, wr, k0, K);
+    }
+    kc_pdl_wait();
+    kc_pdl_trigger();
+    if (pro.x != NULL) {
+        gemv_prologue<T, M>((T *) gemv_smem, K, pro);
+        in = (const T *) gemv_smem;
+    }
+
     if (n0 < N) {
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -199,30 +289,6 @@ gemv_kernel(void *out, const T *in, const T *w, int K, int N,
                 acc[r][m] = 0.0f;
             }
         }
-
-        /* rows past N (the last warp's) read row n0 again and are not
-         * written */
-        const T *wr_[R];
-        if constexpr (EPI == GEMV_ROPE) {
-            wr_[0] = w + (size_t) d0 * K;       /* the warp's pair */
-            wr_[1] = w + (size_t) d1 * K;
-        } else {
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-                wr_[r] = w + (size_t) (n0 + r < N ? n0 + r : n0) * K;
-            }
-        }
-        const T *const (&wr)[R] = wr_;
-
-        /* the first loads need nothing from the kernel before this one:
-         * with programmatic dependent launch they are issued while it
-         * still runs, and only the inputs wait for it */
-        w8_t<T> c[UNROLL][R];
-        int k0 = (part * 32 + lane) * 8;
-
-        w8_issue<T, UNROLL, R, STEP>(c, wr, k0, K);
-        kc_pdl_wait();
-        kc_pdl_trigger();
 
         for (;;) {
 #pragma unroll
@@ -346,28 +412,35 @@ gemv_kernel(void *out, const T *in, const T *w, int K, int N,
 template <typename T, int M, int EPI, int KS>
 static cudaError_t
 launch(cudaStream_t s, void *out, const void *in, const void *w, int K,
-    int N, const gemv_epi_t &nrm, const gemv_rope_t &rp)
+    int N, const gemv_epi_t &nrm, const gemv_rope_t &rp,
+    const gemv_pro_t &pro)
 {
     constexpr int R0 = M == 1 ? 1 : M <= 3 ? 2 : 4;
     constexpr int R = EPI == GEMV_ROPE ? 2
                       : EPI == GEMV_SWIGLU && R0 < 2 ? 2 : R0;
     constexpr int ROWS = WARPS / KS * R;        /* a block's */
 
+    size_t smem = pro.x != NULL ? (size_t) M * K * sizeof(T) : 0;
+
+    if (smem > GEMV_PRO_MAX_BYTES) {
+        return cudaErrorInvalidValue;
+    }
     return kc_launch(gemv_kernel<T, M, R, EPI, KS>,
-                     dim3((N + ROWS - 1) / ROWS), dim3(WARPS * 32), 0, s,
-                     out, (const T *) in, (const T *) w, K, N, nrm, rp);
+                     dim3((N + ROWS - 1) / ROWS), dim3(WARPS * 32), smem, s,
+                     out, (const T *) in, (const T *) w, K, N, nrm, rp, pro);
 }
 
 template <typename T, int M, int EPI>
 static cudaError_t
 launch_ks(cudaStream_t s, void *out, const void *in, const void *w, int K,
-    int N, int split, const gemv_epi_t &nrm, const gemv_rope_t &rp)
+    int N, int split, const gemv_epi_t &nrm, const gemv_rope_t &rp,
+    const gemv_pro_t &pro)
 {
     switch (split) {
-    case 1: return launch<T, M, EPI, 1>(s, out, in, w, K, N, nrm, rp);
-    case 2: return launch<T, M, EPI, 2>(s, out, in, w, K, N, nrm, rp);
-    case 4: return launch<T, M, EPI, 4>(s, out, in, w, K, N, nrm, rp);
-    case 8: return launch<T, M, EPI, 8>(s, out, in, w, K, N, nrm, rp);
+    case 1: return launch<T, M, EPI, 1>(s, out, in, w, K, N, nrm, rp, pro);
+    case 2: return launch<T, M, EPI, 2>(s, out, in, w, K, N, nrm, rp, pro);
+    case 4: return launch<T, M, EPI, 4>(s, out, in, w, K, N, nrm, rp, pro);
+    case 8: return launch<T, M, EPI, 8>(s, out, in, w, K, N, nrm, rp, pro);
     }
     return cudaErrorInvalidValue;
 }
@@ -375,24 +448,30 @@ launch_ks(cudaStream_t s, void *out, const void *in, const void *w, int K,
 template <typename T, int EPI>
 static cudaError_t
 launch_m(cudaStream_t s, void *out, const void *in, const void *w, int M,
-    int K, int N, int split, const gemv_epi_t &nrm, const gemv_rope_t &rp)
+    int K, int N, int split, const gemv_epi_t &nrm, const gemv_rope_t &rp,
+    const gemv_pro_t &pro)
 {
+#define LAUNCH_M(m) \
+    launch_ks<T, m, EPI>(s, out, in, w, K, N, split, nrm, rp, pro)
+
     switch (M) {
-    case 1: return launch_ks<T, 1, EPI>(s, out, in, w, K, N, split, nrm, rp);
-    case 2: return launch_ks<T, 2, EPI>(s, out, in, w, K, N, split, nrm, rp);
-    case 3: return launch_ks<T, 3, EPI>(s, out, in, w, K, N, split, nrm, rp);
-    case 4: return launch_ks<T, 4, EPI>(s, out, in, w, K, N, split, nrm, rp);
-    case 5: return launch_ks<T, 5, EPI>(s, out, in, w, K, N, split, nrm, rp);
-    case 6: return launch_ks<T, 6, EPI>(s, out, in, w, K, N, split, nrm, rp);
-    case 7: return launch_ks<T, 7, EPI>(s, out, in, w, K, N, split, nrm, rp);
-    case 8: return launch_ks<T, 8, EPI>(s, out, in, w, K, N, split, nrm, rp);
+    case 1: return LAUNCH_M(1);
+    case 2: return LAUNCH_M(2);
+    case 3: return LAUNCH_M(3);
+    case 4: return LAUNCH_M(4);
+    case 5: return LAUNCH_M(5);
+    case 6: return LAUNCH_M(6);
+    case 7: return LAUNCH_M(7);
+    case 8: return LAUNCH_M(8);
     }
     return cudaErrorInvalidValue;
+#undef LAUNCH_M
 }
 
 /* the operands of the epilogues a launch does not have */
 static const gemv_epi_t no_epi = { NULL, NULL, NULL, 0.0f, NULL };
 static const gemv_rope_t no_rope = {};
+static const gemv_pro_t no_pro = {};
 
 int
 gemv_supported(cudaDataType_t dt, int M, int K)
@@ -405,7 +484,7 @@ template <int EPI>
 static cudaError_t
 run_dt(cudaStream_t s, cudaDataType_t dt, void *out, const void *in,
     const void *w, int M, int K, int N, int split, const gemv_epi_t &nrm,
-    const gemv_rope_t &rp)
+    const gemv_rope_t &rp, const gemv_pro_t &pro)
 {
     if (!gemv_supported(dt, M, K)
         || ((EPI == GEMV_SWIGLU || EPI == GEMV_ROPE) && N % 2 != 0))
@@ -414,12 +493,14 @@ run_dt(cudaStream_t s, cudaDataType_t dt, void *out, const void *in,
     }
     switch (dt) {
     case CUDA_R_32F:
-        return launch_m<float, EPI>(s, out, in, w, M, K, N, split, nrm, rp);
+        return launch_m<float, EPI>(s, out, in, w, M, K, N, split, nrm, rp,
+                                    pro);
     case CUDA_R_16BF:
         return launch_m<__nv_bfloat16, EPI>(s, out, in, w, M, K, N, split,
-                                            nrm, rp);
+                                            nrm, rp, pro);
     case CUDA_R_16F:
-        return launch_m<__half, EPI>(s, out, in, w, M, K, N, split, nrm, rp);
+        return launch_m<__half, EPI>(s, out, in, w, M, K, N, split, nrm, rp,
+                                     pro);
     default:
         return cudaErrorInvalidValue;
     }
@@ -430,15 +511,16 @@ gemv_run(cudaStream_t s, cudaDataType_t dt, float *out, const void *in,
     const void *w, int M, int K, int N, int split)
 {
     return run_dt<GEMV_PLAIN>(s, dt, out, in, w, M, K, N, split, no_epi,
-                              no_rope);
+                              no_rope, no_pro);
 }
 
 cudaError_t
 gemv_swiglu_run(cudaStream_t s, cudaDataType_t dt, void *out,
-    const void *in, const void *w, int M, int K, int N, int split)
+    const void *in, const void *w, int M, int K, int N, int split,
+    const gemv_pro_t *pro)
 {
     return run_dt<GEMV_SWIGLU>(s, dt, out, in, w, M, K, N, split, no_epi,
-                               no_rope);
+                               no_rope, pro ? *pro : no_pro);
 }
 
 cudaError_t
@@ -448,12 +530,15 @@ gemv_norm_run(cudaStream_t s, cudaDataType_t dt, float *y, const void *in,
     if (N > KC_NORM_MAX_DIM) {
         return cudaErrorInvalidValue;
     }
-    return run_dt<GEMV_NORM>(s, dt, y, in, w, M, K, N, split, *nrm, no_rope);
+    return run_dt<GEMV_NORM>(s, dt, y, in, w, M, K, N, split, *nrm, no_rope,
+                             no_pro);
 }
 
 cudaError_t
 gemv_rope_run(cudaStream_t s, cudaDataType_t dt, float *y, const void *in,
-    const void *w, int M, int K, int N, int split, const gemv_rope_t *rp)
+    const void *w, int M, int K, int N, int split, const gemv_rope_t *rp,
+    const gemv_pro_t *pro)
 {
-    return run_dt<GEMV_ROPE>(s, dt, y, in, w, M, K, N, split, no_epi, *rp);
+    return run_dt<GEMV_ROPE>(s, dt, y, in, w, M, K, N, split, no_epi, *rp,
+                             pro ? *pro : no_pro);
 }

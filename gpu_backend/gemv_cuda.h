@@ -48,8 +48,26 @@ cudaError_t gemv_run(cudaStream_t s, cudaDataType_t dt, float *out,
  * (row 2j gate j, 2j + 1 up j), and out[M, N / 2] in the storage dtype
  * is silu(gate) * up.  N even.
  */
+/*
+ * The norm prologue of the SwiGLU and RoPE products: with x non-NULL the
+ * kernel ignores its input and makes it, each block for itself, from
+ * the residual stream: v = x + y (f32, [M][K]); in = v / rms(v) * w in
+ * the storage dtype; block 0 writes v to x_out (not x: the other blocks
+ * read x).  M * K * the dtype's size at most GEMV_PRO_MAX_BYTES.
+ */
+#define GEMV_PRO_MAX_BYTES  (48 * 1024)
+
+typedef struct {
+    const float  *x;
+    const float  *y;
+    const float  *w;
+    float         eps;
+    float        *x_out;
+} gemv_pro_t;
+
 cudaError_t gemv_swiglu_run(cudaStream_t s, cudaDataType_t dt, void *out,
-    const void *in, const void *w, int M, int K, int N, int split);
+    const void *in, const void *w, int M, int K, int N, int split,
+    const gemv_pro_t *pro);
 
 /*
  * An epilogue's operands: out for both (SwiGLU's [M][N / 2], the norm's
@@ -94,7 +112,7 @@ typedef struct {
  */
 cudaError_t gemv_rope_run(cudaStream_t s, cudaDataType_t dt, float *y,
     const void *in, const void *w, int M, int K, int N, int split,
-    const gemv_rope_t *rp);
+    const gemv_rope_t *rp, const gemv_pro_t *pro);
 
 #ifdef __cplusplus
 }

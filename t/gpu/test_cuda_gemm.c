@@ -225,7 +225,7 @@ test_swiglu_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N, int split)
         cudaMemset(d_hb, 0xff, nh * es);
         if (pass == 0) {
             r = gemv_swiglu_run(c->s, cuda_dt(dt), d_hb, d_in, d_w, M, K, N,
-                                split);
+                                split, NULL);
             if (!gemv_supported(cuda_dt(dt), M, K)) {
                 CHECK(r == cudaErrorInvalidValue, "gemv swiglu refuses "
                       "M=%d K=%d", M, K);
@@ -258,6 +258,81 @@ test_swiglu_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N, int split)
     free(w);
     free(got);
     free(ref);
+}
+
+/*
+ * The norm prologue (gemv_pro_t), through the SwiGLU product: the kernel
+ * makes its input from x + y itself.  Against kc_rmsnorm (x += y, xb =
+ * norm) and the same product of xb: to dt's rounding (the two sum the
+ * squares in another order); x + y into x_out exactly, and x untouched.
+ */
+static void
+test_pro_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N, int split)
+{
+    size_t es = kc_dtype_size(dt), n = (size_t) M * K, nh = (size_t) M * N / 2;
+    float *x = malloc(n * 4), *y = malloc(n * 4), *nw = malloc(K * 4);
+    float *w = malloc((size_t) N * K * 4), *got = malloc(nh * 4);
+    float *ref = malloc(nh * 4), *xs = malloc(n * 4), *xo = malloc(n * 4);
+    double *refd = malloc(nh * sizeof(double)), e;
+    float *d_x, *d_y, *d_nw, *d_xo, *d_xr;
+    void *d_w = drand_dt(dt, w, (size_t) N * K), *d_xb = dalloc(n * es);
+    void *d_hb = dalloc(nh * es);
+    gemv_pro_t pro;
+    cudaError_t r;
+    size_t i;
+    int ok_x = 1;
+
+    for (i = 0; i < n; i++) {
+        x[i] = frand();
+        y[i] = frand();
+    }
+    for (i = 0; i < (size_t) K; i++) {
+        nw[i] = 0.5f + 0.5f * frand();
+    }
+    d_x = dput(x, n * 4);
+    d_y = dput(y, n * 4);
+    d_nw = dput(nw, K * 4);
+    d_xr = dput(x, n * 4);
+    d_xo = dalloc(n * 4);
+    cudaMemset(d_xo, 0xff, n * 4);
+
+    /* the reference: kc_rmsnorm, then the product of xb */
+    kc_rmsnorm(c->s, dt, d_xb, d_xr, d_y, d_nw, NULL, M, K, 1e-5f, 1);
+    gemv_swiglu_run(c->s, cuda_dt(dt), d_hb, d_xb, d_w, M, K, N, split,
+                    NULL);
+    cudaStreamSynchronize(c->s);
+    dget_dt(dt, ref, d_hb, nh);
+
+    pro = (gemv_pro_t) { d_x, d_y, d_nw, 1e-5f, d_xo };
+    cudaMemset(d_hb, 0xff, nh * es);
+    r = gemv_swiglu_run(c->s, cuda_dt(dt), d_hb, NULL, d_w, M, K, N, split,
+                        &pro);
+    if (n * es > GEMV_PRO_MAX_BYTES) {
+        CHECK(r == cudaErrorInvalidValue, "norm prologue of %zu bytes "
+              "(over %d) refused", n * es, GEMV_PRO_MAX_BYTES);
+        goto done;
+    }
+    cudaStreamSynchronize(c->s);
+    dget_dt(dt, got, d_hb, nh);
+    cudaMemcpy(xo, d_xo, n * 4, cudaMemcpyDeviceToHost);
+    cudaMemcpy(xs, d_x, n * 4, cudaMemcpyDeviceToHost);
+    for (i = 0; i < n; i++) {
+        ok_x &= xo[i] == x[i] + y[i] && xs[i] == x[i];
+    }
+    for (i = 0; i < nh; i++) {
+        refd[i] = ref[i];
+    }
+    e = vec_err(got, refd, nh);
+    CHECK(r == cudaSuccess && e < epi_tol(dt) && ok_x, "gemv swiglu with "
+          "the norm prologue %s M=%d K=%d N=%d split %d: rel err %.2e, "
+          "x_out %s", kc_dtype_name(dt), M, K, N, split, e,
+          ok_x ? "= x + y" : "wrong");
+
+done:
+    cudaFree(d_x); cudaFree(d_y); cudaFree(d_nw); cudaFree(d_xo);
+    cudaFree(d_xr); cudaFree(d_w); cudaFree(d_xb); cudaFree(d_hb);
+    free(x); free(y); free(nw); free(w); free(got); free(ref); free(xs);
+    free(xo); free(refd);
 }
 
 /*
@@ -512,7 +587,7 @@ test_rope_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int H, int KV,
         cudaMemset(d_cache, 0, cache_n * es);
         if (pass == 0) {
             if (gemv_rope_run(c->s, cuda_dt(dt), d_y, d_in, d_w, M, K, N,
-                              split, &ep.r) != cudaSuccess)
+                              split, &ep.r, NULL) != cudaSuccess)
             {
                 st = CUBLAS_STATUS_EXECUTION_FAILED;
             }
@@ -588,6 +663,14 @@ main(void)
             }
         }
         test_swiglu_shape(&c, dt, 12, 128, 2 * 100, 1);
+        /* ... with the norm prologue: Qwen-0.5B's, the 1B's, odd */
+        for (M = 1; M <= GEMV_MAX_M; M += 3) {
+            for (ks = 1; ks <= GEMV_MAX_SPLIT; ks *= 2) {
+                test_pro_shape(&c, dt, M, 896, 2 * 486, ks);
+                test_pro_shape(&c, dt, M, 2048, 2 * 300, ks);
+                test_pro_shape(&c, dt, M, 72, 2 * 37, ks);
+            }
+        }
         /* o and down products with the norm after them */
         for (M = 1; M <= GEMV_MAX_M; M += 3) {
             for (ks = 1; ks <= GEMV_MAX_SPLIT; ks *= 2) {
