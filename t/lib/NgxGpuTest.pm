@@ -39,6 +39,19 @@ my %sup_pid;                        # backend name ('' by default) => pid
 my %log;
 my @fakes;                          # fake_peer() processes
 my @nginx;                          # start_gpu_nginx() processes
+my $main_pid = $$;
+
+# Stopped by a signal (t/run's timeout sends SIGTERM), the suite still
+# runs END below: its backends and nginx are in sessions of their own,
+# out of the timeout's reach, and perl's default for the signal skips
+# END.  A forked helper just exits.
+for my $sig (qw(TERM INT HUP)) {
+    $SIG{$sig} = sub {
+        POSIX::_exit(1) if $$ != $main_pid;
+        print STDERR "# stopped by SIG$sig: stopping backends and nginx\n";
+        exit 1;
+    };
+}
 
 
 # the model directory, or skip the whole file (visibly) without it
