@@ -388,13 +388,15 @@ sub cpu_only_backend {
 
 
 # valgrind's command line: every memcheck error and every definitely or
-# indirectly lost block counts as an error; one log per process
+# indirectly lost block counts as an error; one log per process; then
+# suppression files (t/valgrind/)
 sub valgrind_args {
-    my ($log_prefix) = @_;
+    my ($log_prefix, @supp) = @_;
     return ['valgrind', '--tool=memcheck', '--leak-check=full',
             '--errors-for-leak-kinds=definite,indirect',
             '--show-leak-kinds=definite,indirect', '--error-exitcode=99',
-            '--num-callers=30', "--log-file=$log_prefix.%p.log"];
+            '--num-callers=30', "--log-file=$log_prefix.%p.log",
+            map { "--suppressions=$_" } @supp];
 }
 
 

@@ -31,7 +31,7 @@ use Time::HiRes qw(sleep time);
 our @EXPORT = qw(start_backend stop_backend backend_log backend_server_pid
                  kill_backend_in wait_backend_restart http_request http_abort
                  http_concurrent model_dir_or_skip free_port fake_peer
-                 start_gpu_nginx gpu_block_defaults);
+                 start_gpu_nginx stop_gpu_nginx gpu_block_defaults);
 
 my $dir = "/tmp/ngx-gpu-t-$$";
 our $last_killed;                   # pid kill_backend_in() aimed at
@@ -375,10 +375,15 @@ sub fake_peer {
 # checks across several requests): one nginx, in its own directory under
 # this file's temporary one, on a free port, with `location /v1/ {
 # gpu_pass }` on the default backend's socket (name => 'b': on that
-# backend's).  Returns the port; the nginx is stopped at exit.
+# backend's).  Returns the port; the nginx is stopped at exit, or by
+# stop_gpu_nginx().  conf => more of the server block; wrap => [a
+# command it runs under] (valgrind ...); start_timeout => seconds (10).
+my %nginx_of;                       # port => pid
 sub start_gpu_nginx {
     my (%o) = @_;
     my $name = $o{name} // '';
+    my $more = $o{conf} // '';
+    my @wrap = @{ $o{wrap} // [] };
     my $sock = $ENV{'TEST_NGINX_GPU_SOCKET'
                     . ($name eq '' ? '' : '_' . uc $name)};
     my $port = free_port();
@@ -397,6 +402,7 @@ http {
     server {
         listen 127.0.0.1:$port;
         location /v1/ { gpu_pass unix:$sock; }
+        $more
     }
 }
 CONF
@@ -404,14 +410,16 @@ CONF
 
     my $pid = fork() // die "fork: $!";
     if ($pid == 0) {
-        exec $ENV{TEST_NGINX_BINARY} // 'nginx', '-p', $nd, '-c',
+        exec @wrap, $ENV{TEST_NGINX_BINARY} // 'nginx', '-p', $nd, '-c',
              "$nd/nginx.conf" or die "exec nginx: $!";
     }
     push @nginx, $pid;
+    $nginx_of{$port} = $pid;
     # ready once it listens and its worker has connected to the backend:
     # before that a request gets 503 backend_unavailable, which a suite's
     # first request must not see by chance
-    for (1 .. 200) {
+    my $deadline = time + ($o{start_timeout} // 10);
+    while (time < $deadline) {
         if (IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port")
             && open(my $log, '<', "$nd/logs/error.log"))
         {
@@ -422,6 +430,25 @@ CONF
     }
     die "nginx did not listen on $port or reach its backend: see "
         . "$nd/logs/error.log\n";
+}
+
+
+# stop the nginx of start_gpu_nginx() on $port with $sig ('QUIT': let
+# it finish its requests); its wait status, undef if it had to be killed
+# after $wait seconds (10)
+sub stop_gpu_nginx {
+    my ($port, $sig, $wait) = @_;
+    my $pid = delete $nginx_of{$port} or return;
+    @nginx = grep { $_ != $pid } @nginx;
+    kill $sig // 'QUIT', $pid;
+    my $deadline = time + ($wait // 10);
+    while (time < $deadline) {
+        return $? if waitpid($pid, POSIX::WNOHANG()) == $pid;
+        sleep 0.05;
+    }
+    kill 'KILL', $pid;
+    waitpid($pid, 0);
+    return undef;
 }
 
 
