@@ -39,14 +39,6 @@ location = /metrics {
 }
 CONF
 
-# the lines of a valgrind log worth showing: its errors and leaks
-sub vg_excerpt {
-    my ($text) = @_;
-    my @l = grep { !/^==\d+== (Memcheck|Copyright|Using|Command|Parent)/ }
-            split /\n/, $text;
-    return join("\n", @l[0 .. ($#l < 80 ? $#l : 80)]);
-}
-
 no_shuffle();
 run_tests();
 
@@ -92,7 +84,7 @@ Test::More::cmp_ok(scalar(keys %$s), '==', 1, 'one valgrind log: nginx');
 for my $pid (sort keys %$s) {
     my $v = $s->{$pid};
     Test::More::is($v->{errors}, 0, "nginx: memcheck errors")
-        or Test::More::diag(main::vg_excerpt($v->{text}));
+        or Test::More::diag(NgxGpuLeaks::valgrind_excerpt($v->{text}));
     Test::More::is($v->{definite}, 0, "nginx: bytes definitely lost");
     Test::More::is($v->{indirect}, 0, "nginx: bytes indirectly lost");
 }

@@ -25,7 +25,7 @@ use NgxGpuTest qw(http_request);
 our @EXPORT = qw(leak_mix bytelevel_mix mix_request run_clients test_port
                  metrics idle_metrics_ok proc_rss_anon proc_fds proc_ppid
                  nginx_pids valgrind_or_skip cpu_only_backend
-                 valgrind_args valgrind_summaries);
+                 valgrind_args valgrind_summaries valgrind_excerpt);
 
 my $chat_user = '{"role":"user","content":"Tell me a story."}';
 my $long_text = 'abc ' x 400;
@@ -397,6 +397,15 @@ sub valgrind_args {
             '--show-leak-kinds=definite,indirect', '--error-exitcode=99',
             '--num-callers=30', "--log-file=$log_prefix.%p.log",
             map { "--suppressions=$_" } @supp];
+}
+
+
+# the lines of a valgrind log worth showing: its errors and leaks
+sub valgrind_excerpt {
+    my ($text) = @_;
+    my @l = grep { !/^==\d+== (Memcheck|Copyright|Using|Command|Parent)/ }
+            split /\n/, $text;
+    return join("\n", @l[0 .. ($#l < 80 ? $#l : 80)]);
 }
 
 
