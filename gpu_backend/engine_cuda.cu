@@ -110,6 +110,9 @@ typedef struct {
     float            *x2;               /* the residual stream's other
                                          * buffer (norm prologues) */
     int               norm_pro;         /* NGX_GPU_NORM_PROLOGUE=0: not */
+    /* per step rows, set by pro_decide(): whether q|k|v and gate|up
+     * start with the norm */
+    uint8_t           pro_qkv[GEMV_MAX_M + 1], pro_gu[GEMV_MAX_M + 1];
     void             *xb, *att, *hb, *xl;
     float            *att_part;         /* split attention's partials */
     int              *gemv_count;       /* gemv_epi_t's count */
@@ -687,20 +690,38 @@ epi_norm(const cu_engine_t *e, float *x, const float *w)
  * read 2048 (the 1B's gate|up).
  */
 static int
-norm_pro(const cu_engine_t *e, int T, int N, int kind, int K_p)
+pro_faster(const cu_engine_t *e, int T, int N, int kind, int K_p)
 {
     int dim = e->cfg.dim;
     float c_pro, c_plain, p_norm, p_plain;
 
-    if (!e->norm_pro || e->cfg.post_norms || T > GEMV_MAX_M) {
-        return 0;
-    }
     c_pro = gemm_time_us(e->gemm, T, dim, N, kind, 1);
     c_plain = gemm_time_us(e->gemm, T, dim, N, kind, 0);
     p_norm = gemm_time_us(e->gemm, T, K_p, dim, GEMV_NORM, 0);
     p_plain = gemm_time_us(e->gemm, T, K_p, dim, GEMV_PLAIN, 0);
     return c_pro > 0.0f && c_plain > 0.0f && p_norm > 0.0f
            && p_plain > 0.0f && c_pro + p_plain < c_plain + p_norm;
+}
+
+/* ... for q|k|v (after down) and gate|up (after o), once the shapes of
+ * a T-row step are tuned */
+static void
+pro_decide(cu_engine_t *e, int T)
+{
+    e->pro_qkv[T] = pro_faster(e, T, e->qkv_dim, GEMV_ROPE,
+                               e->cfg.hidden_dim);
+    e->pro_gu[T] = pro_faster(e, T, 2 * e->cfg.hidden_dim, GEMV_SWIGLU,
+                              e->q_dim);
+}
+
+/* what forward() runs: kind GEMV_ROPE for q|k|v, GEMV_SWIGLU gate|up */
+static int
+norm_pro(const cu_engine_t *e, int T, int kind)
+{
+    if (!e->norm_pro || e->cfg.post_norms || T > GEMV_MAX_M) {
+        return 0;
+    }
+    return kind == GEMV_ROPE ? e->pro_qkv[T] : e->pro_gu[T];
 }
 
 /* ... and its operands: x + y into x_out, normed with w */
@@ -779,6 +800,9 @@ tune_layer_gemms(cu_engine_t *e, int T)
         gemm_tune(e->gemm, e->y, e->hb, L->w_down, T, h, dim, &na);
     }
     gemm_tune(e->gemm, e->y, e->hb, L->w_down, T, h, dim, NULL);
+    if (T <= GEMV_MAX_M) {
+        pro_decide(e, T);
+    }
 }
 
 /* ... and the LM head's too, for a B-row decode step */
@@ -794,10 +818,8 @@ tune_gemms(cu_engine_t *e, int B)
     if (getenv("NGX_GPU_GEMM_LOG") != NULL) {
         log_info("cuda engine: %d-row steps: norm prologue in q|k|v %s, "
                  "in gate|up %s", B,
-                 norm_pro(e, B, e->qkv_dim, GEMV_ROPE, c->hidden_dim)
-                 ? "yes" : "no",
-                 norm_pro(e, B, 2 * c->hidden_dim, GEMV_SWIGLU, e->q_dim)
-                 ? "yes" : "no");
+                 norm_pro(e, B, GEMV_ROPE) ? "yes" : "no",
+                 norm_pro(e, B, GEMV_SWIGLU) ? "yes" : "no");
     }
 }
 
@@ -839,8 +861,8 @@ forward(cu_engine_t *e, int T, int R, int tiled)
     /* the residual stream and its other buffer: a norm prologue writes
      * x + y to the other one, which is the stream from then on */
     float *xr = e->x, *xo = e->x2, *xt;
-    int pro_qkv = norm_pro(e, T, e->qkv_dim, GEMV_ROPE, h);
-    int pro_gu = norm_pro(e, T, 2 * h, GEMV_SWIGLU, e->q_dim);
+    int pro_qkv = norm_pro(e, T, GEMV_ROPE);
+    int pro_gu = norm_pro(e, T, GEMV_SWIGLU);
 
     /* programmatic dependent launch pays where kernels are short (the
      * products of few rows); at 128 rows it cost Qwen-0.5B's shapes 11%
