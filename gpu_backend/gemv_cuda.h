@@ -44,18 +44,15 @@ cudaError_t gemv_run(cudaStream_t s, cudaDataType_t dt, float *out,
     const void *in, const void *w, int M, int K, int N, int split);
 
 /*
- * The product and SwiGLU in one: w's N rows are gate and up interleaved
- * (row 2j gate j, 2j + 1 up j), and out[M, N / 2] in the storage dtype
- * is silu(gate) * up.  N even.
- */
-/*
  * The norm prologue of the SwiGLU and RoPE products: with x non-NULL the
  * kernel ignores its input and makes it, each block for itself, from
  * the residual stream: v = x + y (f32, [M][K]); in = v / rms(v) * w in
  * the storage dtype; block 0 writes v to x_out (not x: the other blocks
- * read x).  M * K * the dtype's size at most GEMV_PRO_MAX_BYTES.
+ * read x).  M * K * the dtype's size at most GEMV_PRO_MAX_BYTES: a block
+ * has 48 KB of shared memory without opting in, and the kernel's own
+ * arrays take up to 1.3 KB of it.
  */
-#define GEMV_PRO_MAX_BYTES  (48 * 1024)
+#define GEMV_PRO_MAX_BYTES  (46 * 1024)
 
 typedef struct {
     const float  *x;
@@ -65,6 +62,11 @@ typedef struct {
     float        *x_out;
 } gemv_pro_t;
 
+/*
+ * The product and SwiGLU in one: w's N rows are gate and up interleaved
+ * (row 2j gate j, 2j + 1 up j), and out[M, N / 2] in the storage dtype
+ * is silu(gate) * up.  N even.
+ */
 cudaError_t gemv_swiglu_run(cudaStream_t s, cudaDataType_t dt, void *out,
     const void *in, const void *w, int M, int K, int N, int split,
     const gemv_pro_t *pro);
