@@ -20,6 +20,8 @@
  * With few blocks (decode at small batch) the context is split across
  * n_split blocks, each writing its unnormalised partial result and its
  * max and sum to `part`; combine_kernel merges them (flash-decoding).
+ * A decode row reads its first sub-tile of earlier positions before its
+ * programmatic-launch wait (NGX_GPU_ATT_EARLY=0: after, to compare).
  *
  * Prefill rows (kc_att_multi) go to the tensor-core kernel in
  * attention_tc_cuda.cu when kc_attention() is asked to tile and the
@@ -34,23 +36,61 @@
 
 #define ATT_THREADS  128
 
+/*
+ * Rows p0 .. p0 + SUB - 1 of a KV head's cache into ks and vs, as f32
+ * (16-byte loads, all of a thread's in flight at once): those in
+ * [lo, hi) are read, those at or past `end` (and the dimensions past hd)
+ * are zeros, so that scoring and summing need no bounds; the others are
+ * left for another call.  Each element has one thread in every call.
+ */
+template <typename T, int HDM, int SUB>
+__device__ __forceinline__ void
+att_load_rows(float (*ks)[HDM + 1], float (*vs)[HDM], const T *kv,
+    const int32_t *table, size_t block_stride, int kv_dim, int kvh, int hd,
+    int bs, int p0, int lo, int hi, int end)
+{
+    constexpr int CPR = HDM / 8;                    /* 8-wide chunks a row */
+    size_t v_off = (size_t) bs * kv_dim;            /* V follows K */
+
+    for (int c = threadIdx.x; c < SUB * CPR; c += ATT_THREADS) {
+        int r = c / CPR, d0 = (c - r * CPR) * 8, p = p0 + r;
+        float kf[8], vf[8];
+
+        if (p >= end || d0 >= hd) {
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                kf[u] = vf[u] = 0.0f;
+            }
+        } else if (p >= lo && p < hi) {
+            const T *kr = kv + (size_t) table[p / bs] * block_stride
+                          + (size_t) (p % bs) * kv_dim
+                          + (size_t) kvh * hd + d0;
+            kc_load8(kr, kf);
+            kc_load8(kr + v_off, vf);
+        } else {
+            continue;
+        }
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            ks[r][d0 + u] = kf[u];
+            vs[r][d0 + u] = vf[u];
+        }
+    }
+}
+
 template <typename T, int HDM, int SUB>
 __global__ void __launch_bounds__(ATT_THREADS)
 attention_kernel(T *out, float *part, const float *qkv, const T *kv,
     size_t block_stride, kc_step_t st, int n_heads, int n_kv, int hd,
-    int bs, float scale, int n_split, int skip_multi)
+    int bs, float scale, int n_split, int skip_multi, int early)
 {
     constexpr int NSLOT = ATT_THREADS / SUB;        /* heads scored at once */
-    constexpr int CPR = HDM / 8;                    /* 8-wide chunks a row */
     constexpr int MAXO = KC_ATT_MAXG * HDM / ATT_THREADS;
     __shared__ float qs[KC_ATT_MAXG][HDM];
     __shared__ float ks[SUB][HDM + 1];              /* +1: no bank conflicts */
     __shared__ float vs[SUB][HDM];
     __shared__ float ps[KC_ATT_MAXG][SUB];
     __shared__ float m_s[KC_ATT_MAXG], l_s[KC_ATT_MAXG], c_s[KC_ATT_MAXG];
-
-    kc_pdl_wait();
-    kc_pdl_trigger();
 
     int tid = threadIdx.x;
     int group = n_heads / n_kv;
@@ -66,11 +106,30 @@ attention_kernel(T *out, float *part, const float *qkv, const T *kv,
     const int32_t *table = st.tables + st.item_table[tk.item];
     const float *q = qkv + (size_t) blockIdx.x * (q_dim + 2 * kv_dim)
                      + (size_t) h0 * hd;
-    size_t v_off = (size_t) bs * kv_dim;            /* V follows K */
     int j = tid % SUB, slot = tid / SUB;            /* scoring: position, heads */
+    int multi = kc_att_multi(st.tokens, blockIdx.x, gridDim.x);
+    int p_pre = p_begin;
     float acc[MAXO];
 
-    if (skip_multi && kc_att_multi(st.tokens, blockIdx.x, gridDim.x)) {
+    /* The step's inputs (tokens, block tables) were uploaded before the
+     * step, and a decode row's positions before its own were written by
+     * earlier steps: its first sub-tile of those is read before the wait,
+     * while the kernel before (which writes q and the row at pos) still
+     * runs, so the chain of dependent reads (token, table, cache) is off
+     * the step's path.  A prefill row's earlier positions may be this
+     * step's: it reads after the wait. */
+    if (early && !multi) {
+        p_pre = min(tk.pos, min(p_end, p_begin + SUB));
+        if (p_pre > p_begin) {
+            att_load_rows<T, HDM, SUB>(ks, vs, kv, table, block_stride,
+                                       kv_dim, kvh, hd, bs, p_begin, p_begin,
+                                       p_pre, p_end);
+        }
+    }
+    kc_pdl_wait();
+    kc_pdl_trigger();
+
+    if (skip_multi && multi) {
         return;                 /* a prefill row: the tensor-core kernel's */
     }
     for (int i = tid; i < gc * hd; i += ATT_THREADS) {
@@ -90,30 +149,11 @@ attention_kernel(T *out, float *part, const float *qkv, const T *kv,
     for (int p0 = p_begin; p0 < p_end; p0 += SUB) {
         int n_here = min(SUB, p_end - p0);
 
-        /* 1. the sub-tile's K and V rows into shared memory, as f32 */
-        for (int c = tid; c < SUB * CPR; c += ATT_THREADS) {
-            int r = c / CPR, d0 = (c - r * CPR) * 8;
-            float kf[8], vf[8];
-
-            if (r < n_here && d0 < hd) {
-                int p = p0 + r;
-                const T *kr = kv + (size_t) table[p / bs] * block_stride
-                              + (size_t) (p % bs) * kv_dim
-                              + (size_t) kvh * hd + d0;
-                kc_load8(kr, kf);
-                kc_load8(kr + v_off, vf);
-            } else {
-#pragma unroll
-                for (int u = 0; u < 8; u++) {
-                    kf[u] = vf[u] = 0.0f;
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < 8; u++) {
-                ks[r][d0 + u] = kf[u];
-                vs[r][d0 + u] = vf[u];
-            }
-        }
+        /* 1. the sub-tile's K and V rows into shared memory (the first
+         * sub-tile's rows before p_pre are there already) */
+        att_load_rows<T, HDM, SUB>(ks, vs, kv, table, block_stride, kv_dim,
+                                   kvh, hd, bs, p0,
+                                   p0 == p_begin ? p_pre : p0, p_end, p_end);
         __syncthreads();
 
         /* 2. scores of position j for heads slot, slot + NSLOT, ...; the
@@ -245,11 +285,11 @@ template <typename T, int HDM, int SUB>
 static void
 launch(cudaStream_t s, dim3 grid, T *out, float *part, const float *qkv,
     const T *kv, size_t block_stride, kc_step_t st, int n_heads, int n_kv,
-    int hd, int bs, float scale, int n_split, int skip_multi)
+    int hd, int bs, float scale, int n_split, int skip_multi, int early)
 {
     kc_launch(attention_kernel<T, HDM, SUB>, grid, ATT_THREADS, 0, s, out,
               part, qkv, kv, block_stride, st, n_heads, n_kv, hd, bs, scale,
-              n_split, skip_multi);
+              n_split, skip_multi, early);
 }
 
 void
@@ -263,11 +303,14 @@ kc_attention(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
               n_split);
     float scale = 1.0f / sqrtf((float) head_dim);
     static int tc_off = -1;         /* NGX_GPU_ATTENTION_TC=0: compare */
+    static int early = -1;          /* NGX_GPU_ATT_EARLY=0: compare */
     int tc, skip;
 
     if (tc_off < 0) {
         const char *v = getenv("NGX_GPU_ATTENTION_TC");
         tc_off = v != NULL && strcmp(v, "0") == 0;
+        v = getenv("NGX_GPU_ATT_EARLY");
+        early = v == NULL || strcmp(v, "0") != 0;
     }
     tc = tiled == 1 && !tc_off && att_tc_supported(dt, head_dim);
     skip = tc || tiled == 2;        /* prefill rows served elsewhere */
@@ -284,7 +327,7 @@ kc_attention(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
 #define ATT_LAUNCH(HDM, SUB)                                              \
     launch<T, HDM, SUB>(s, grid, (T *) out, part, qkv, (const T *) kv_layer, \
         block_stride, st, n_heads, n_kv_heads, head_dim, block_size, scale, \
-        n_split, skip)
+        n_split, skip, early)
     KC_DISPATCH(dt,
         if (head_dim <= 16) ATT_LAUNCH(16, 32);
         else if (head_dim <= 32) ATT_LAUNCH(32, 32);
