@@ -155,38 +155,52 @@ gemv_norm_tail(const float *y, int N, const gemv_epi_t &nrm)
  * gemv_norm_tail do; block 0 also writes v to pro.x_out (another buffer:
  * the other blocks still read x).  So the product before needs no tail
  * (an atomic count, then one block's reads and norm, in series).
+ *
+ * In bf16 and f32 it is one pass: xs = v * w, unscaled, and each warp's
+ * part of the row's sum of squares into ss_s; the product is scaled by
+ * 1 / rms(v) at the end (pro_scale), so the block sums the squares while
+ * its products run instead of in a pass of its own before them.  f16
+ * could not hold v * w unscaled (past 65504): it norms first, in two
+ * passes, and its scales are 1.
  */
+template <typename T> struct pro_late_t { static const bool on = true; };
+template <> struct pro_late_t<__half> { static const bool on = false; };
+
 template <typename T, int M>
 __device__ __forceinline__ void
-gemv_prologue(T *xs, int K, const gemv_pro_t &pro)
+gemv_prologue(T *xs, float (*ss_s)[WARPS], int K, const gemv_pro_t &pro)
 {
+    constexpr bool LATE = pro_late_t<T>::on;
     __shared__ float red[32];
     __shared__ float scale_s[M];
     const int nt = blockDim.x, k4 = K / 4;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
-    for (int m = 0; m < M; m++) {
-        const float4 *x = reinterpret_cast<const float4 *>(pro.x + m * K);
-        const float4 *y = reinterpret_cast<const float4 *>(pro.y + m * K);
-        float ss = 0.0f;
+    if constexpr (!LATE) {
+        for (int m = 0; m < M; m++) {
+            const float4 *x = reinterpret_cast<const float4 *>(pro.x + m * K);
+            const float4 *y = reinterpret_cast<const float4 *>(pro.y + m * K);
+            float ss = 0.0f;
 
-        for (int i = threadIdx.x; i < k4; i += nt) {
-            float4 a = x[i], b = __ldcg(y + i);
-            a.x += b.x; a.y += b.y; a.z += b.z; a.w += b.w;
-            ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+            for (int i = threadIdx.x; i < k4; i += nt) {
+                float4 a = x[i], b = __ldcg(y + i);
+                a.x += b.x; a.y += b.y; a.z += b.z; a.w += b.w;
+                ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+            }
+            ss = kc_block_sum(ss, red);
+            if (threadIdx.x == 0) {
+                scale_s[m] = 1.0f / sqrtf(ss / (float) K + pro.eps);
+            }
         }
-        ss = kc_block_sum(ss, red);
-        if (threadIdx.x == 0) {
-            scale_s[m] = 1.0f / sqrtf(ss / (float) K + pro.eps);
-        }
+        __syncthreads();
     }
-    __syncthreads();
     for (int m = 0; m < M; m++) {
         const float4 *x = reinterpret_cast<const float4 *>(pro.x + m * K);
         const float4 *y = reinterpret_cast<const float4 *>(pro.y + m * K);
         const float4 *nw = reinterpret_cast<const float4 *>(pro.w);
         float4 *xo = reinterpret_cast<float4 *>(pro.x_out + m * K);
         T *o = xs + m * K;
-        float sc = scale_s[m];
+        float sc = LATE ? 1.0f : scale_s[m], ss = 0.0f;
 
         for (int i = threadIdx.x; i < k4; i += nt) {
             float4 a = x[i], b = __ldcg(y + i), g = nw[i];
@@ -194,13 +208,38 @@ gemv_prologue(T *xs, int K, const gemv_pro_t &pro)
             if (blockIdx.x == 0) {
                 xo[i] = a;
             }
+            ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
             o[4 * i] = kc_store<T>(g.x * (a.x * sc));
             o[4 * i + 1] = kc_store<T>(g.y * (a.y * sc));
             o[4 * i + 2] = kc_store<T>(g.z * (a.z * sc));
             o[4 * i + 3] = kc_store<T>(g.w * (a.w * sc));
         }
+        if constexpr (LATE) {
+            ss = kc_warp_sum(ss);
+            if (lane == 0) {
+                ss_s[m][warp] = ss;
+            }
+        }
     }
     __syncthreads();
+}
+
+/* row m's 1 / rms(v) from the warps' parts (after the prologue's sync) */
+template <typename T>
+__device__ __forceinline__ float
+pro_scale(const float (*ss_s)[WARPS], int m, int K, float eps)
+{
+    if constexpr (!pro_late_t<T>::on) {
+        return 1.0f;
+    } else {
+        float ss = 0.0f;
+
+#pragma unroll
+        for (int w = 0; w < WARPS; w++) {
+            ss += ss_s[m][w];
+        }
+        return 1.0f / sqrtf(ss / (float) K + eps);
+    }
 }
 
 /*
@@ -216,6 +255,7 @@ gemv_kernel(void *out, const T *in, const T *w, int K, int N,
     gemv_epi_t nrm, gemv_rope_t rp, gemv_pro_t pro)
 {
     extern __shared__ __align__(16) unsigned char gemv_smem[];
+    __shared__ float ss_s[M][WARPS];    /* the prologue's sums of squares */
     /* 8 loads of 16 bytes in flight a thread (4 of 32 for f32), spread
      * over the warp's R rows */
     constexpr int UNROLL = (sizeof(T) == 4 ? 4 : 8) / R > 0
@@ -277,7 +317,7 @@ gemv_kernel(void *out, const T *in, const T *w, int K, int N,
     kc_pdl_wait();
     kc_pdl_trigger();
     if (pro.x != NULL) {
-        gemv_prologue<T, M>((T *) gemv_smem, K, pro);
+        gemv_prologue<T, M>((T *) gemv_smem, ss_s, K, pro);
         in = (const T *) gemv_smem;
     }
 
@@ -362,6 +402,17 @@ gemv_kernel(void *out, const T *in, const T *w, int K, int N,
 
     /* the epilogue, by the first warp of the unit's KS */
     if (n0 < N && part == 0) {
+
+        if (pro.x != NULL && pro_late_t<T>::on) {
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                float sc = pro_scale<T>(ss_s, m, K, pro.eps);
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    v[r][m] *= sc;
+                }
+            }
+        }
 
         if constexpr (EPI == GEMV_ROPE) {
             const int hd = rp.head_dim, q_dim = rp.n_heads * hd;

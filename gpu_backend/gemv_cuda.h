@@ -47,10 +47,11 @@ cudaError_t gemv_run(cudaStream_t s, cudaDataType_t dt, float *out,
  * The norm prologue of the SwiGLU and RoPE products: with x non-NULL the
  * kernel ignores its input and makes it, each block for itself, from
  * the residual stream: v = x + y (f32, [M][K]); in = v / rms(v) * w in
- * the storage dtype; block 0 writes v to x_out (not x: the other blocks
+ * the storage dtype (bf16 and f32: v * w, the product scaled by
+ * 1 / rms(v) after); block 0 writes v to x_out (not x: the other blocks
  * read x).  M * K * the dtype's size at most GEMV_PRO_MAX_BYTES: a block
  * has 48 KB of shared memory without opting in, and the kernel's own
- * arrays take up to 1.3 KB of it.
+ * arrays take up to 1.6 KB of it.
  */
 #define GEMV_PRO_MAX_BYTES  (46 * 1024)
 

@@ -264,7 +264,8 @@ test_swiglu_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N, int split)
  * The norm prologue (gemv_pro_t), through the SwiGLU product: the kernel
  * makes its input from x + y itself.  Against kc_rmsnorm (x += y, xb =
  * norm) and the same product of xb: to dt's rounding (the two sum the
- * squares in another order); x + y into x_out exactly, and x untouched.
+ * squares in another order, and in bf16 the kernel rounds (x + y) * w
+ * before it scales); x + y into x_out exactly, and x untouched.
  */
 static void
 test_pro_shape(ctx_t *c, kc_dtype_t dt, int M, int K, int N, int split)
