@@ -18,8 +18,11 @@
  * cache itself.
  *
  * With few blocks (decode at small batch) the context is split across
- * n_split blocks, each writing its unnormalised partial result and its
- * max and sum to `part`; combine_kernel merges them (flash-decoding).
+ * n_split blocks (flash-decoding), each with its unnormalised partial
+ * result and its max and sum.  The split blocks of a (token, heads) run
+ * as one thread-block cluster and merge the partials from each other's
+ * shared memory; without clusters they write them to `part` and
+ * combine_kernel merges them, one more kernel in the step.
  * A decode row reads its first sub-tile of earlier positions before its
  * programmatic-launch wait (NGX_GPU_ATT_EARLY=0: after, to compare).
  *
@@ -30,6 +33,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+
+#include <cooperative_groups.h>
 
 #include "kernels_cuda.cuh"
 #include "attention_cuda.cuh"
@@ -78,7 +83,7 @@ att_load_rows(float (*ks)[HDM + 1], float (*vs)[HDM], const T *kv,
     }
 }
 
-template <typename T, int HDM, int SUB>
+template <typename T, int HDM, int SUB, bool CL>
 __global__ void __launch_bounds__(ATT_THREADS)
 attention_kernel(T *out, float *part, const float *qkv, const T *kv,
     size_t block_stride, kc_step_t st, int n_heads, int n_kv, int hd,
@@ -210,22 +215,78 @@ attention_kernel(T *out, float *part, const float *qkv, const T *kv,
         __syncthreads();        /* ks, vs, ps, c_s are reused next */
     }
 
+    if constexpr (CL) {
+        /* the n_split blocks of this (token, heads) are one cluster:
+         * each leaves its partial in its own shared memory (ks is free
+         * now), and after the cluster's barrier block r merges outputs
+         * r * ATT_THREADS + tid, ... from every block's, as
+         * combine_kernel does from `part` (so no kernel follows); the
+         * second barrier keeps each block's memory until all have read */
+        cooperative_groups::cluster_group cl =
+            cooperative_groups::this_cluster();
+        float *po = &ks[0][0];
+        int rank = (int) cl.block_rank();
+
 #pragma unroll
-    for (int k = 0; k < MAXO; k++) {
-        int o = tid + k * ATT_THREADS;
-        if (o < gc * hd) {
-            int h = o / hd, d = o - h * hd;
-            if (n_split == 1) {
-                out[(size_t) blockIdx.x * q_dim + (size_t) (h0 + h) * hd + d]
-                    = kc_store<T>(acc[k] / l_s[h]);
-            } else {
-                /* [token][head][split][hd | max | sum] */
-                float *pp = part + (((size_t) blockIdx.x * n_heads + h0 + h)
-                                    * n_split + blockIdx.z) * (hd + 2);
-                pp[d] = acc[k];
-                if (d == 0) {
-                    pp[hd] = m_s[h];
-                    pp[hd + 1] = l_s[h];
+        for (int k = 0; k < MAXO; k++) {
+            int o = tid + k * ATT_THREADS;
+            if (o < gc * hd) {
+                po[o] = acc[k];
+            }
+        }
+        cl.sync();
+        for (int o = rank * ATT_THREADS + tid; o < gc * hd;
+             o += n_split * ATT_THREADS)
+        {
+            int h = o / hd;
+            float m[KC_ATT_MAX_SPLIT], l[KC_ATT_MAX_SPLIT];
+            float p[KC_ATT_MAX_SPLIT];
+            float mx = -INFINITY, sum = 0.0f, a = 0.0f;
+
+#pragma unroll
+            for (int r = 0; r < KC_ATT_MAX_SPLIT; r++) {
+                if (r < n_split) {
+                    m[r] = *cl.map_shared_rank(&m_s[h], r);
+                    l[r] = *cl.map_shared_rank(&l_s[h], r);
+                    p[r] = *cl.map_shared_rank(&po[o], r);
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < KC_ATT_MAX_SPLIT; r++) {
+                if (r < n_split && l[r] > 0.0f) {
+                    mx = fmaxf(mx, m[r]);
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < KC_ATT_MAX_SPLIT; r++) {
+                if (r < n_split && l[r] > 0.0f) {
+                    float wt = expf(m[r] - mx);
+                    sum += wt * l[r];
+                    a += wt * p[r];
+                }
+            }
+            out[(size_t) blockIdx.x * q_dim + (size_t) h0 * hd + o] =
+                kc_store<T>(a / sum);
+        }
+        cl.sync();
+    } else {
+#pragma unroll
+        for (int k = 0; k < MAXO; k++) {
+            int o = tid + k * ATT_THREADS;
+            if (o < gc * hd) {
+                int h = o / hd, d = o - h * hd;
+                size_t th = (size_t) blockIdx.x * n_heads + h0 + h;
+
+                if (n_split == 1) {
+                    out[th * hd + d] = kc_store<T>(acc[k] / l_s[h]);
+                } else {
+                    /* [token][head][split][hd | max | sum] */
+                    float *pp = part + (th * n_split + blockIdx.z) * (hd + 2);
+                    pp[d] = acc[k];
+                    if (d == 0) {
+                        pp[hd] = m_s[h];
+                        pp[hd + 1] = l_s[h];
+                    }
                 }
             }
         }
@@ -281,15 +342,80 @@ combine_kernel(T *out, const float *part, int n_heads, int hd, int n_split,
     }
 }
 
+/* the most blocks a cluster of splits (kc_att_cluster, or
+ * NGX_GPU_ATT_CLUSTER: 0 merges through `part` and combine_kernel);
+ * -1: not read yet */
+static int att_cluster = -1;
+
+void
+kc_att_cluster(int n)
+{
+    att_cluster = n < 2 ? 0 : n < KC_ATT_MAX_SPLIT ? n : KC_ATT_MAX_SPLIT;
+}
+
+int
+kc_att_max_split(void)
+{
+    if (att_cluster < 0) {
+        const char *v = getenv("NGX_GPU_ATT_CLUSTER");
+
+        kc_att_cluster(v != NULL ? atoi(v) : KC_ATT_CLUSTER);
+    }
+    return att_cluster > 1 ? att_cluster : KC_ATT_MAX_SPLIT;
+}
+
+/*
+ * The per-token kernel; with splits, as one cluster of n_split blocks
+ * that merge among themselves where n_split is within the cluster
+ * bound (more than 8 blocks is H100's non-portable size) and the device
+ * can place such a cluster, else followed by combine_kernel.
+ */
 template <typename T, int HDM, int SUB>
 static void
 launch(cudaStream_t s, dim3 grid, T *out, float *part, const float *qkv,
     const T *kv, size_t block_stride, kc_step_t st, int n_heads, int n_kv,
     int hd, int bs, float scale, int n_split, int skip_multi, int early)
 {
-    kc_launch(attention_kernel<T, HDM, SUB>, grid, ATT_THREADS, 0, s, out,
-              part, qkv, kv, block_stride, st, n_heads, n_kv, hd, bs, scale,
-              n_split, skip_multi, early);
+    static int cl_ok = -1;          /* this instance's clusters place */
+
+    if (cl_ok < 0) {
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute at[1];
+        int n = 0;
+
+        cl_ok = cudaFuncSetAttribute(attention_kernel<T, HDM, SUB, true>,
+                    cudaFuncAttributeNonPortableClusterSizeAllowed, 1)
+                == cudaSuccess;
+        cfg.gridDim = dim3(1, 1, KC_ATT_MAX_SPLIT);
+        cfg.blockDim = dim3(ATT_THREADS);
+        at[0].id = cudaLaunchAttributeClusterDimension;
+        at[0].val.clusterDim.x = 1;
+        at[0].val.clusterDim.y = 1;
+        at[0].val.clusterDim.z = KC_ATT_MAX_SPLIT;  /* the largest */
+        cfg.attrs = at;
+        cfg.numAttrs = 1;
+        cl_ok = cl_ok
+                && cudaOccupancyMaxActiveClusters(&n,
+                       attention_kernel<T, HDM, SUB, true>, &cfg)
+                   == cudaSuccess
+                && n > 0;
+        (void) cudaGetLastError();  /* a refusal is an answer, not an error */
+    }
+    if (n_split > 1 && n_split <= att_cluster && cl_ok) {
+        kc_launch_cluster(attention_kernel<T, HDM, SUB, true>, grid,
+                          dim3(1, 1, n_split), ATT_THREADS, 0, s, out, part,
+                          qkv, kv, block_stride, st, n_heads, n_kv, hd, bs,
+                          scale, n_split, skip_multi, early);
+        return;
+    }
+    kc_launch(attention_kernel<T, HDM, SUB, false>, grid, ATT_THREADS, 0, s,
+              out, part, qkv, kv, block_stride, st, n_heads, n_kv, hd, bs,
+              scale, n_split, skip_multi, early);
+    if (n_split > 1) {
+        kc_launch(combine_kernel<T>, dim3(grid.x, n_heads),
+                  dim3((hd + 31) / 32 * 32), 0, s, out, (const float *) part,
+                  n_heads, hd, n_split, st, skip_multi);
+    }
 }
 
 void
@@ -312,6 +438,7 @@ kc_attention(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
         v = getenv("NGX_GPU_ATT_EARLY");
         early = v == NULL || strcmp(v, "0") != 0;
     }
+    (void) kc_att_max_split();      /* reads NGX_GPU_ATT_CLUSTER once */
     tc = tiled == 1 && !tc_off && att_tc_supported(dt, head_dim);
     skip = tc || tiled == 2;        /* prefill rows served elsewhere */
 
@@ -333,12 +460,6 @@ kc_attention(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
         else if (head_dim <= 32) ATT_LAUNCH(32, 32);
         else if (head_dim <= 64) ATT_LAUNCH(64, 32);
         else if (head_dim <= 128) ATT_LAUNCH(128, 32);
-        else ATT_LAUNCH(256, 16);
-        if (n_split > 1) {
-            kc_launch(combine_kernel<T>, dim3(n_tok, n_heads),
-                      dim3((head_dim + 31) / 32 * 32), 0, s, (T *) out,
-                      (const float *) part, n_heads, head_dim, n_split, st,
-                      skip);
-        });
+        else ATT_LAUNCH(256, 16));
 #undef ATT_LAUNCH
 }

@@ -835,6 +835,13 @@ att_splits(const cu_engine_t *e, int T)
     long n = (2L * e->n_sm + blocks - 1) / blocks;
 
     n = n < KC_ATT_MAX_SPLIT ? n : KC_ATT_MAX_SPLIT;
+    /* splits that fit one cluster merge without a kernel after them
+     * (kc_att_cluster); with 1 or 2 tokens a step fewer splits, to fit,
+     * still paid (1B and Qwen-size, H100: +4-8%), with 8 not (Qwen-size
+     * 8 splits clustered: -6.5% against 16 and the merge kernel) */
+    if (T <= 2 && n > kc_att_max_split()) {
+        n = kc_att_max_split();
+    }
     while (n > 1 && kc_attention_part_floats(T, c->n_heads, c->head_dim,
                                              (int) n) > e->att_part_floats)
     {

@@ -279,4 +279,28 @@ kc_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem,
     return cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 
+/* kc_launch() with the grid in clusters of `cluster` blocks (sm_90) */
+template <typename... P, typename... A>
+static cudaError_t
+kc_launch_cluster(void (*kernel)(P...), dim3 grid, dim3 cluster, dim3 block,
+    size_t smem, cudaStream_t s, A... args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute at[2];
+
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    at[0].id = cudaLaunchAttributeClusterDimension;
+    at[0].val.clusterDim.x = cluster.x;
+    at[0].val.clusterDim.y = cluster.y;
+    at[0].val.clusterDim.z = cluster.z;
+    at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[1].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = 1 + kc_pdl_enabled();
+    return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
 #endif /* GPU_KERNELS_CUDA_CUH */

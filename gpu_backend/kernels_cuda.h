@@ -134,6 +134,18 @@ void kc_attention(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
     int head_dim, int block_size);
 
 /*
+ * Split decode rows merge within a thread-block cluster of their split
+ * blocks, of up to n blocks (2 .. KC_ATT_MAX_SPLIT; NGX_GPU_ATT_CLUSTER,
+ * default KC_ATT_CLUSTER), or with n = 0 through part and a merge
+ * kernel (one kernel more a step).  Both give the same result to within
+ * rounding.  kc_att_max_split(): the most splits a caller should ask
+ * for (the cluster bound where clusters merge).
+ */
+#define KC_ATT_CLUSTER       8
+void kc_att_cluster(int n);
+int kc_att_max_split(void);
+
+/*
  * cuDNN's fused attention for the prefill rows of a step
  * (attention_cudnn.cu), K/V read through the block tables; the decode
  * rows then go to kc_attention() with tiled == 2 (per-token kernel,

@@ -337,6 +337,9 @@ test_rope_kv(kc_dtype_t dt, int hd, int rot, int il, int use_bias)
 
 /* --- attention ------------------------------------------------------------ */
 
+/* how split rows are merged (kc_att_cluster), for the messages */
+static const char *att_merge = "cluster";
+
 static void
 test_attention(kc_dtype_t dt, int H, int KV, int hd, int bs, int n_split,
     int tiled)
@@ -414,11 +417,11 @@ test_attention(kc_dtype_t dt, int H, int KV, int hd, int bs, int n_split,
         err = rel_err(out, ref, (size_t) T * q_dim);
     }
     CHECK(err < tol_of(dt), "attention %s heads %d/%d hd %d bs %d split %d "
-          "tiled %d: rel err %.3g", kc_dtype_name(dt), H, KV, hd, bs, n_split,
-          tiled, err);
-    printf("attention %-8s heads %2d/%d hd %3d bs %2d split %2d tiled %d: "
-           "rel err %.2e\n", kc_dtype_name(dt), H, KV, hd, bs, n_split,
-           tiled, err);
+          "(merge: %s) tiled %d: rel err %.3g", kc_dtype_name(dt), H, KV, hd,
+          bs, n_split, att_merge, tiled, err);
+    printf("attention %-8s heads %2d/%d hd %3d bs %2d split %2d (%s) "
+           "tiled %d: rel err %.2e\n", kc_dtype_name(dt), H, KV, hd, bs,
+           n_split, att_merge, tiled, err);
     cudaFree(dcache); cudaFree(dqkv); cudaFree(dout); cudaFree(part);
     free_step(&s);
     free(cache); free(qkv); free(out); free(ref); free(sc);
@@ -781,6 +784,7 @@ main(void)
         CHECK(0, "this build's kernels do not run on device 0");
         return unit_report("test_cuda_kernels");
     }
+    kc_att_cluster(KC_ATT_MAX_SPLIT);   /* every split case clustered */
     for (d = KC_F32; d <= KC_F16; d++) {
         kc_dtype_t dt = (kc_dtype_t) d;
         size_t i;
@@ -796,6 +800,14 @@ main(void)
                            att[i][4], 0);
             test_attention(dt, att[i][0], att[i][1], att[i][2], att[i][3],
                            att[i][4], 1);
+            if (att[i][4] > 1) {        /* splits merged by a kernel */
+                kc_att_cluster(0);
+                att_merge = "kernel";
+                test_attention(dt, att[i][0], att[i][1], att[i][2],
+                               att[i][3], att[i][4], 0);
+                kc_att_cluster(KC_ATT_MAX_SPLIT);
+                att_merge = "cluster";
+            }
         }
         for (i = 0; i < sizeof(pre) / sizeof(pre[0]); i++) {
             test_attention_prefill(dt, pre[i][0], pre[i][1], pre[i][2],
