@@ -260,23 +260,34 @@ kc_pdl_trigger(void)
 #endif
 }
 
+/* launch with the n attributes in at[] (room for one more) and the
+ * programmatic-launch one where it is on */
 template <typename... P, typename... A>
 static cudaError_t
-kc_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem,
-    cudaStream_t s, A... args)
+kc_launch_with(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem,
+    cudaStream_t s, cudaLaunchAttribute *at, int n, A... args)
 {
     cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute at[1];
 
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = s;
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
+    at[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[n].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = at;
-    cfg.numAttrs = kc_pdl_enabled();
+    cfg.numAttrs = n + kc_pdl_enabled();
     return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
+template <typename... P, typename... A>
+static cudaError_t
+kc_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem,
+    cudaStream_t s, A... args)
+{
+    cudaLaunchAttribute at[1];
+
+    return kc_launch_with(kernel, grid, block, smem, s, at, 0, args...);
 }
 
 /* kc_launch() with the grid in clusters of `cluster` blocks (sm_90) */
@@ -285,22 +296,13 @@ static cudaError_t
 kc_launch_cluster(void (*kernel)(P...), dim3 grid, dim3 cluster, dim3 block,
     size_t smem, cudaStream_t s, A... args)
 {
-    cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute at[2];
 
-    cfg.gridDim = grid;
-    cfg.blockDim = block;
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = s;
     at[0].id = cudaLaunchAttributeClusterDimension;
     at[0].val.clusterDim.x = cluster.x;
     at[0].val.clusterDim.y = cluster.y;
     at[0].val.clusterDim.z = cluster.z;
-    at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[1].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = 1 + kc_pdl_enabled();
-    return cudaLaunchKernelEx(&cfg, kernel, args...);
+    return kc_launch_with(kernel, grid, block, smem, s, at, 1, args...);
 }
 
 #endif /* GPU_KERNELS_CUDA_CUH */
