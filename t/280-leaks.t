@@ -93,10 +93,7 @@ Test::More::cmp_ok(scalar(keys %$s), '==', 2,
 for my $pid (sort keys %$s) {
     my $v = $s->{$pid};
     my $who = $pid == ($server // 0) ? 'server' : 'supervisor';
-    Test::More::is($v->{errors}, 0, "$who: memcheck errors")
-        or Test::More::diag(NgxGpuLeaks::valgrind_excerpt($v->{text}));
-    Test::More::is($v->{definite}, 0, "$who: bytes definitely lost");
-    Test::More::is($v->{indirect}, 0, "$who: bytes indirectly lost");
+    NgxGpuLeaks::memcheck_clean_ok($v, $who);
 }
 Test::More::diag(sprintf "backend under valgrind: %.0f s",
                  Time::HiRes::time() - $main::t0);

@@ -83,10 +83,7 @@ my $s = NgxGpuLeaks::valgrind_summaries($main::vglog);
 Test::More::cmp_ok(scalar(keys %$s), '==', 1, 'one valgrind log: nginx');
 for my $pid (sort keys %$s) {
     my $v = $s->{$pid};
-    Test::More::is($v->{errors}, 0, "nginx: memcheck errors")
-        or Test::More::diag(NgxGpuLeaks::valgrind_excerpt($v->{text}));
-    Test::More::is($v->{definite}, 0, "nginx: bytes definitely lost");
-    Test::More::is($v->{indirect}, 0, "nginx: bytes indirectly lost");
+    NgxGpuLeaks::memcheck_clean_ok($v, 'nginx');
 }
 Test::More::diag(sprintf "nginx under valgrind: %.0f s",
                  Time::HiRes::time() - $main::t0);

@@ -409,6 +409,18 @@ sub valgrind_excerpt {
 }
 
 
+# one process's valgrind summary (valgrind_summaries) checked clean: no
+# memcheck error, no byte definitely or indirectly lost; the log's
+# excerpt on an error
+sub memcheck_clean_ok {
+    my ($v, $who) = @_;
+    Test::More::is($v->{errors}, 0, "$who: memcheck errors")
+        or Test::More::diag(valgrind_excerpt($v->{text}));
+    Test::More::is($v->{definite}, 0, "$who: bytes definitely lost");
+    Test::More::is($v->{indirect}, 0, "$who: bytes indirectly lost");
+}
+
+
 # { pid => { errors, definite, indirect, text } } of every valgrind log
 sub valgrind_summaries {
     my ($log_prefix) = @_;
