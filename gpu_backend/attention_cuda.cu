@@ -353,15 +353,22 @@ kc_att_cluster(int n)
     att_cluster = n < 2 ? 0 : n < KC_ATT_MAX_SPLIT ? n : KC_ATT_MAX_SPLIT;
 }
 
-int
-kc_att_max_split(void)
+/* the bound, from the environment on first use */
+static int
+att_cluster_max(void)
 {
     if (att_cluster < 0) {
         const char *v = getenv("NGX_GPU_ATT_CLUSTER");
 
         kc_att_cluster(v != NULL ? atoi(v) : KC_ATT_CLUSTER);
     }
-    return att_cluster > 1 ? att_cluster : KC_ATT_MAX_SPLIT;
+    return att_cluster;
+}
+
+int
+kc_att_max_split(void)
+{
+    return att_cluster_max() > 1 ? att_cluster : KC_ATT_MAX_SPLIT;
 }
 
 /*
@@ -401,7 +408,7 @@ launch(cudaStream_t s, dim3 grid, T *out, float *part, const float *qkv,
                 && n > 0;
         (void) cudaGetLastError();  /* a refusal is an answer, not an error */
     }
-    if (n_split > 1 && n_split <= att_cluster && cl_ok) {
+    if (n_split > 1 && n_split <= att_cluster_max() && cl_ok) {
         kc_launch_cluster(attention_kernel<T, HDM, SUB, true>, grid,
                           dim3(1, 1, n_split), ATT_THREADS, 0, s, out, part,
                           qkv, kv, block_stride, st, n_heads, n_kv, hd, bs,
@@ -438,7 +445,6 @@ kc_attention(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
         v = getenv("NGX_GPU_ATT_EARLY");
         early = v == NULL || strcmp(v, "0") != 0;
     }
-    (void) kc_att_max_split();      /* reads NGX_GPU_ATT_CLUSTER once */
     tc = tiled == 1 && !tc_off && att_tc_supported(dt, head_dim);
     skip = tc || tiled == 2;        /* prefill rows served elsewhere */
 

@@ -685,9 +685,8 @@ epi_norm(const cu_engine_t *e, float *x, const float *w)
  * residual stream and the product before it (K_p x dim), which then
  * runs plain instead of ending in the add and norm: where the two
  * timed that way at start (tune_layer_gemms) take less than the other
- * way.  The prologue is each block's: it pays where blocks are few and
- * the input short (Qwen-0.5B's 896), not where thousands of blocks each
- * read 2048 (the 1B's gate|up).
+ * way.  The prologue is each block's (every block reads the whole
+ * input row), so which wins depends on the shapes and the step size.
  */
 static int
 pro_faster(const cu_engine_t *e, int T, int N, int kind, int K_p)
