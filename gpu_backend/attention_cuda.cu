@@ -425,6 +425,25 @@ launch(cudaStream_t s, dim3 grid, T *out, float *part, const float *qkv,
     }
 }
 
+/* NGX_GPU_ATTENTION_TC=0 turns the tensor-core kernel off (to compare) */
+static int
+att_tc_off(void)
+{
+    static int off = -1;
+
+    if (off < 0) {
+        const char *v = getenv("NGX_GPU_ATTENTION_TC");
+        off = v != NULL && strcmp(v, "0") == 0;
+    }
+    return off;
+}
+
+int
+kc_att_tiles(kc_dtype_t dt, int head_dim)
+{
+    return !att_tc_off() && att_tc_supported(dt, head_dim);
+}
+
 void
 kc_attention(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
     int n_split, int tiled, const float *qkv, const void *kv_layer,
@@ -435,17 +454,14 @@ kc_attention(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
     dim3 grid(n_tok, n_kv_heads * ((group + KC_ATT_MAXG - 1) / KC_ATT_MAXG),
               n_split);
     float scale = 1.0f / sqrtf((float) head_dim);
-    static int tc_off = -1;         /* NGX_GPU_ATTENTION_TC=0: compare */
     static int early = -1;          /* NGX_GPU_ATT_EARLY=0: compare */
     int tc, skip;
 
-    if (tc_off < 0) {
-        const char *v = getenv("NGX_GPU_ATTENTION_TC");
-        tc_off = v != NULL && strcmp(v, "0") == 0;
-        v = getenv("NGX_GPU_ATT_EARLY");
+    if (early < 0) {
+        const char *v = getenv("NGX_GPU_ATT_EARLY");
         early = v == NULL || strcmp(v, "0") != 0;
     }
-    tc = tiled == 1 && !tc_off && att_tc_supported(dt, head_dim);
+    tc = tiled == 1 && kc_att_tiles(dt, head_dim);
     skip = tc || tiled == 2;        /* prefill rows served elsewhere */
 
     /* prefill rows first, on tensor cores; the per-token kernel below

@@ -440,6 +440,16 @@ engine_allocs_after_start(const engine_t *e)
     return e->ops->allocs_after_start(e->impl);
 }
 
+void
+engine_graph_steps(const engine_t *e, uint64_t *decode, uint64_t *mixed)
+{
+    *decode = 0;
+    *mixed = 0;
+    if (e->ops->graph_steps != NULL) {
+        e->ops->graph_steps(e->impl, decode, mixed);
+    }
+}
+
 int
 engine_register_host(engine_t *e, void *p, size_t len, char *err,
     size_t errlen)

@@ -129,6 +129,12 @@ const char *engine_last_error(const engine_t *e);
 /* device allocations made after engine_create() returned (must be 0) */
 uint64_t engine_allocs_after_start(const engine_t *e);
 
+/* steps run so far that replayed a CUDA graph: decode tokens only, and
+ * mixed (requests joining: prompt chunks beside decode tokens); the
+ * others ran their kernels one by one.  0 and 0 for the CPU engine. */
+void engine_graph_steps(const engine_t *e, uint64_t *decode,
+    uint64_t *mixed);
+
 /*
  * Page-lock [p, p + len) for the engine's device (the shared region
  * nginx workers write into), so copies from it are plain DMA.  A no-op

@@ -17,8 +17,10 @@
  * sampling runs on the device, and the sampled ids come back in one
  * async copy.  Steps of decode tokens only replay a CUDA graph captured
  * at start for the next bucket size (1, 2, 4, ... max_seqs), the batch
- * padded with dummy rows that write to a scratch KV block; other steps
- * (prefill chunks, mixed) launch the same kernels eagerly.
+ * padded with dummy rows that write to a scratch KV block.  Steps where
+ * requests join running ones (their prompt chunks beside decode tokens)
+ * replay a mixed graph when they fit one (a bucket's items, up to 128
+ * more token rows); longer prefill steps launch the kernels eagerly.
  */
 
 #include <stdarg.h>
@@ -39,12 +41,22 @@ extern "C" {
 #include "gemm_cuda.h"
 #include "kernels_cuda.h"
 #include "sample_cuda.h"
+#include "step_clock.h"
 
 #define ALIGN          256
 #define BLAS_WS_BYTES  ((size_t) 32 << 20)
 #define MAX_BUCKETS    16
 #define MIX_BUCKETS    3
 static const int mixp[MIX_BUCKETS] = { 16, 64, 128 };
+/*
+ * A mixed step whose prompt chunks all end within this many positions
+ * replays the graph whose attention is the per-token kernel's for every
+ * row; past it, the one where the tensor-core kernel takes the prompt
+ * rows.  For short chunks at short contexts that kernel costs more than
+ * it saves: Qwen-size at batch 32 with 16-token prompts, a 96-row mixed
+ * step took 1755 us with it, 1488 us without (H100, NGX_GPU_STEP_LOG).
+ */
+#define MIX_SHORT_CTX  256
 #define PDL_MAX_ROWS   8                   /* see forward() */
 #define CONV_CHUNK     ((size_t) 1 << 22)  /* elements converted at a time */
 #define HEADROOM       ((size_t) 256 << 20) /* left free for the runtime */
@@ -90,6 +102,7 @@ typedef struct {
     int               tune;
     int               started;
     uint64_t          allocs_after_start;
+    uint64_t          graph_steps[2];   /* decode, mixed */
 
     /* the three device allocations */
     char             *wbuf, *abuf, *kvbuf;
@@ -160,14 +173,17 @@ typedef struct {
      */
     cu_pending_t      pend[ENGINE_MAX_PENDING];
     int               p_head, p_n, p_last;  /* p_last: begun last, -1 */
+    step_clock_t      clock;            /* NGX_GPU_STEP_LOG */
 
     int               n_buckets;
     int               buckets[MAX_BUCKETS];
     cudaGraphExec_t   graphs[MAX_BUCKETS];
-    /* steps of decode tokens and one short prefill chunk (a request
-     * joining running ones): bucket b of items, and room for mixp[p]
-     * chunk tokens after the bucket's rows */
-    cudaGraphExec_t   mgraphs[MAX_BUCKETS][MIX_BUCKETS];
+    /* steps of decode tokens and short prompt chunks (requests joining
+     * running ones): bucket b of items, and room for mixp[p] more token
+     * rows after the bucket's; [0]: attention by the per-token kernel,
+     * [1]: prompt rows by the tensor-core one (when it serves the model:
+     * kc_att_tiles) */
+    cudaGraphExec_t   mgraphs[MAX_BUCKETS][MIX_BUCKETS][2];
 
     void             *host_registered;
     uint64_t          rng;              /* for items without their own */
@@ -618,28 +634,31 @@ stage_pad_mixed(cu_engine_t *e, int n, int t0, int T, int r0, int R,
 
 static int bucket_of(const cu_engine_t *e, int n);
 
-/* the mixed graph for a step of n items, the last a chunk of P tokens
- * and the others single tokens; -1 if none fits */
+/*
+ * The mixed graph for a step of n items, T token rows in all, some item
+ * a prefill chunk (requests joining: one or several, anywhere among the
+ * items; every kernel finds an item's rows from the staged tokens):
+ * bucket b >= n items, with room for T rows (*p), and its attention by
+ * the chunks' contexts (*v); -1 if none fits.
+ */
 static int
-mixed_of(const cu_engine_t *e, const engine_item_t *items, int n, int *p)
+mixed_of(const cu_engine_t *e, const engine_item_t *items, int n, int T,
+    int *p, int *v)
 {
-    int b, i, P = items[n - 1].n_tokens;
+    int b = bucket_of(e, n), i, ctx = 0;
 
-    if (P < 2) {
-        return -1;
-    }
-    for (i = 0; i < n - 1; i++) {
-        if (items[i].n_tokens != 1) {
-            return -1;
-        }
-    }
-    b = bucket_of(e, n);
     if (b < 0) {
         return -1;
     }
+    for (i = 0; i < n; i++) {
+        if (items[i].n_tokens > 1 && items[i].pos + items[i].n_tokens > ctx) {
+            ctx = items[i].pos + items[i].n_tokens;
+        }
+    }
     for (*p = 0; *p < MIX_BUCKETS; (*p)++) {
-        if (P <= mixp[*p]) {
-            return e->mgraphs[b][*p] != NULL ? b : -1;
+        if (T <= e->buckets[b] + mixp[*p]) {
+            *v = ctx > MIX_SHORT_CTX && e->mgraphs[b][*p][1] != NULL;
+            return e->mgraphs[b][*p][*v] != NULL ? b : -1;
         }
     }
     return -1;
@@ -1048,7 +1067,7 @@ cu_begin(cu_engine_t *e, const kv_pool_t *kv, const engine_item_t *items,
     cudaError_t r;
     size_t bytes;
     cu_pending_t *p, *last;
-    int mp = -1, mb = -1;
+    int mp = -1, mb = -1, mv = 0;
 
     e->err[0] = '\0';
     if (e->p_n == ENGINE_MAX_PENDING) {
@@ -1065,7 +1084,7 @@ cu_begin(cu_engine_t *e, const kv_pool_t *kv, const engine_item_t *items,
     if (decode && e->use_graphs) {
         b = bucket_of(e, n);
     } else if (e->use_graphs && logits == NULL) {
-        mb = mixed_of(e, items, n, &mp);
+        mb = mixed_of(e, items, n, T, &mp, &mv);
     }
     /* token rows computed */
     rows = b >= 0 ? e->buckets[b]
@@ -1130,6 +1149,8 @@ cu_begin(cu_engine_t *e, const kv_pool_t *kv, const engine_item_t *items,
     }
 
     /* 2. up in one copy, run, sampled ids down in one copy */
+    sc_step_start(&e->clock, e->stream,
+                  b >= 0 ? SC_DECODE : mb >= 0 ? SC_MIXED : SC_EAGER, T);
     bytes = e->var_off + (size_t) n_var * 4;
     r = cudaMemcpyAsync(e->d_stage, e->h_stage, bytes, cudaMemcpyHostToDevice,
                         e->stream);
@@ -1137,11 +1158,12 @@ cu_begin(cu_engine_t *e, const kv_pool_t *kv, const engine_item_t *items,
         return step_fail(e, "upload", cudaGetErrorString(r));
     }
     if (b >= 0 || mb >= 0) {
-        r = cudaGraphLaunch(b >= 0 ? e->graphs[b] : e->mgraphs[mb][mp],
-                            e->stream);
+        r = cudaGraphLaunch(b >= 0 ? e->graphs[b]
+                            : e->mgraphs[mb][mp][mv], e->stream);
         if (r != cudaSuccess) {
             return step_fail(e, "graph launch", cudaGetErrorString(r));
         }
+        e->graph_steps[b >= 0 ? 0 : 1]++;
     } else {
         if (dnn_stage(e, items, n) != 0) {
             return step_fail(e, "cuDNN attention inputs", "upload failed");
@@ -1184,6 +1206,7 @@ cu_begin(cu_engine_t *e, const kv_pool_t *kv, const engine_item_t *items,
             }
         }
     }
+    sc_step_stop(&e->clock, e->stream);
     r = cudaEventRecord(p->done, e->stream);
     if (r != cudaSuccess) {
         return step_fail(e, "step", cudaGetErrorString(r));
@@ -1211,6 +1234,7 @@ cu_end(cu_engine_t *e, int32_t *out_tokens)
     cu_pending_t *p = &e->pend[e->p_head];
     cudaError_t r;
     int i, j;
+    int64_t t0;
 
     if (e->p_n == 0) {
         return step_fail(e, "end", "no step begun");
@@ -1218,9 +1242,13 @@ cu_end(cu_engine_t *e, int32_t *out_tokens)
     e->p_head = (e->p_head + 1) % ENGINE_MAX_PENDING;
     e->p_n--;
 
+    t0 = e->clock.every ? sc_now_ns() : 0;
     r = cudaEventSynchronize(p->done);
     if (r == cudaSuccess) {
         r = cudaGetLastError();
+    }
+    if (r == cudaSuccess && e->clock.every) {
+        sc_step_ended(&e->clock, sc_now_ns() - t0);
     }
     if (r != cudaSuccess) {
         return step_fail(e, "step", cudaGetErrorString(r));
@@ -1320,18 +1348,44 @@ fail:
     return -1;
 }
 
+/* every graph made so far destroyed; how many there were */
+static int
+free_graphs(cu_engine_t *e)
+{
+    int b, p, v, n = 0;
+
+    for (b = 0; b < e->n_buckets; b++) {
+        if (e->graphs[b] != NULL) {
+            cudaGraphExecDestroy(e->graphs[b]);
+            e->graphs[b] = NULL;
+            n++;
+        }
+        for (p = 0; p < MIX_BUCKETS; p++) {
+            for (v = 0; v < 2; v++) {
+                if (e->mgraphs[b][p][v] != NULL) {
+                    cudaGraphExecDestroy(e->mgraphs[b][p][v]);
+                    e->mgraphs[b][p][v] = NULL;
+                    n++;
+                }
+            }
+        }
+    }
+    return n;
+}
+
 /*
  * Decode graphs for bucket sizes 1, 2, 4, ... min(max_seqs,
- * max_batch_tokens), and mixed ones: bucket b's rows, then room for a
- * chunk of mixp[p] tokens (NGX_GPU_MIXED_GRAPHS=0: none, such steps run
- * eagerly).
+ * max_batch_tokens), and mixed ones: bucket b's rows, then room for
+ * mixp[p] more token rows, in the two kinds of attention (mgraphs)
+ * (NGX_GPU_MIXED_GRAPHS=0: none, such steps run eagerly).
  */
 static int
 make_graphs(cu_engine_t *e, char *err, size_t errlen)
 {
     int cap = e->max_seqs < e->max_tokens ? e->max_seqs : e->max_tokens;
-    int b, p, B, T, n_var;
+    int b, p, v, B, T, n_var;
     const char *env = getenv("NGX_GPU_MIXED_GRAPHS");
+    int tiles = kc_att_tiles(e->dt, e->cfg.head_dim);
 
     for (B = 1; B < cap && e->n_buckets < MAX_BUCKETS - 1; B *= 2) {
         e->buckets[e->n_buckets++] = B;
@@ -1358,12 +1412,14 @@ make_graphs(cu_engine_t *e, char *err, size_t errlen)
             if (T > e->max_tokens) {
                 continue;
             }
-            n_var = 3 * T;
-            stage_pad_mixed(e, 0, 0, T, 0, B, &n_var);
-            if (make_graph(e, T, B, 1, n_var, 0, &e->mgraphs[b][p], err,
-                           errlen) != 0)
-            {
-                return -1;
+            for (v = 0; v < 1 + tiles; v++) {
+                n_var = 3 * T;
+                stage_pad_mixed(e, 0, 0, T, 0, B, &n_var);
+                if (make_graph(e, T, B, v, n_var, 0, &e->mgraphs[b][p][v],
+                               err, errlen) != 0)
+                {
+                    return -1;
+                }
             }
         }
     }
@@ -1600,25 +1656,17 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
         }
     }
     e->p_last = -1;
+    if (sc_init(&e->clock) != 0) {
+        cu_fail(err, errlen, "cuda engine: step clock events");
+        goto fail;
+    }
     e->dst.prev_out = e->d_out;
     stage_bind(e, 0);
 
     /* without graphs every step runs eagerly: slower, still right */
     if (e->use_graphs && make_graphs(e, err, errlen) != 0) {
-        int b;
         log_warn("%s; decode steps run without CUDA graphs", err);
-        for (b = 0; b < e->n_buckets; b++) {
-            if (e->graphs[b] != NULL) {
-                cudaGraphExecDestroy(e->graphs[b]);
-                e->graphs[b] = NULL;
-            }
-            for (int p = 0; p < MIX_BUCKETS; p++) {
-                if (e->mgraphs[b][p] != NULL) {
-                    cudaGraphExecDestroy(e->mgraphs[b][p]);
-                    e->mgraphs[b][p] = NULL;
-                }
-            }
-        }
+        free_graphs(e);
         e->n_buckets = 0;
         e->use_graphs = 0;
         err[0] = '\0';
@@ -1640,13 +1688,14 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
         int n_mixed = 0, bb, pp;
         for (bb = 0; bb < e->n_buckets; bb++) {
             for (pp = 0; pp < MIX_BUCKETS; pp++) {
-                n_mixed += e->mgraphs[bb][pp] != NULL;
+                n_mixed += (e->mgraphs[bb][pp][0] != NULL)
+                           + (e->mgraphs[bb][pp][1] != NULL);
             }
         }
         log_info("cuda engine on %s: %s (sm_%d%d, %zu MiB); weights %s %zu "
                  "MiB, activations %zu MiB, KV cache %d blocks of %d tokens "
                  "(%zu MiB); %d decode graphs up to batch %d, %d more with "
-                 "a prompt chunk of up to %d tokens%s", e->name, prop.name,
+                 "prompt chunks of up to %d tokens%s", e->name, prop.name,
                  prop.major, prop.minor, total_b >> 20, kc_dtype_name(e->dt),
                  e->wbytes >> 20, e->abytes >> 20, e->n_kv_blocks,
                  e->block_size, e->kvbytes >> 20, e->n_buckets,
@@ -1675,16 +1724,7 @@ cu_destroy(void *impl)
     if (e->stream != NULL) {
         cudaStreamSynchronize(e->stream);
     }
-    for (b = 0; b < e->n_buckets; b++) {
-        if (e->graphs[b] != NULL) {
-            cudaGraphExecDestroy(e->graphs[b]);
-        }
-        for (int p = 0; p < MIX_BUCKETS; p++) {
-            if (e->mgraphs[b][p] != NULL) {
-                cudaGraphExecDestroy(e->mgraphs[b][p]);
-            }
-        }
-    }
+    free_graphs(e);
     if (e->host_registered != NULL) {
         cudaHostUnregister(e->host_registered);
     }
@@ -1700,6 +1740,7 @@ cu_destroy(void *impl)
     cudaFree(e->kvbuf);
     cudaFree(e->abuf);
     cudaFree(e->wbuf);
+    sc_free(&e->clock);
     for (b = 0; b < ENGINE_MAX_PENDING; b++) {
         cu_pending_t *p = &e->pend[b];
         cudaFreeHost(p->h_stage);
@@ -1768,6 +1809,15 @@ cu_allocs_after_start(const void *impl)
     return ((const cu_engine_t *) impl)->allocs_after_start;
 }
 
+static void
+cu_graph_steps(const void *impl, uint64_t *decode, uint64_t *mixed)
+{
+    const cu_engine_t *e = (const cu_engine_t *) impl;
+
+    *decode = e->graph_steps[0];
+    *mixed = e->graph_steps[1];
+}
+
 static int
 cu_register_host(void *impl, void *p, size_t len, char *err, size_t errlen)
 {
@@ -1801,4 +1851,5 @@ extern "C" const engine_ops_t engine_cuda_ops = {
     cu_register_host,
     cu_step_begin,
     cu_step_end,
+    cu_graph_steps,
 };

@@ -48,6 +48,9 @@ typedef struct {
     int        (*step_begin)(void *impl, const kv_pool_t *kv,
                    const engine_item_t *items, int n);
     int        (*step_end)(void *impl, int32_t *out_tokens);
+    /* steps that replayed a graph: decode only, mixed (engine.h) */
+    void       (*graph_steps)(const void *impl, uint64_t *decode,
+                   uint64_t *mixed);
 } engine_ops_t;
 
 extern const engine_ops_t  engine_cpu_ops;

@@ -133,6 +133,10 @@ void kc_attention(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
     size_t block_stride, kc_step_t st, int T, int n_heads, int n_kv_heads,
     int head_dim, int block_size);
 
+/* whether tiled == 1 sends prefill rows to the tensor-core kernel (the
+ * dtype and head_dim allow it, and NGX_GPU_ATTENTION_TC is not 0) */
+int kc_att_tiles(kc_dtype_t dt, int head_dim);
+
 /*
  * Split decode rows merge within a thread-block cluster of their split
  * blocks, of up to n blocks (2 .. KC_ATT_MAX_SPLIT; NGX_GPU_ATT_CLUSTER,

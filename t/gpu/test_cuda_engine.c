@@ -127,10 +127,13 @@ test_greedy(void)
 /*
  * NS sequences with prompts of different lengths, 24 greedy tokens each:
  * alone, then all at once with prefills chunked to 16 tokens in a budget
- * of 48, so steps mix prefill chunks and decode tokens.
+ * of 48, so steps mix prefill chunks and decode tokens (the first step
+ * holds four chunks).
  */
 #define NS    5
 #define NGEN  24
+
+static int batch_steps;         /* steps run_batch() ran */
 
 static int
 run_batch(engine_t *e, int32_t (*prompts)[128], const int *plen,
@@ -178,6 +181,7 @@ run_batch(engine_t *e, int32_t (*prompts)[128], const int *plen,
             CHECK(0, "batch step: %s", engine_last_error(e));
             return -1;
         }
+        batch_steps++;
         for (k = 0; k < m; k++) {
             i = owner[k];
             done[i] += items[k].n_tokens;
@@ -233,6 +237,46 @@ test_batch(const char *dtype, int must)
     }
     printf("mixed batch vs alone (%s): %d/%d sequences identical\n",
            dtype ? dtype : "float32", same, NS);
+    CHECK(engine_allocs_after_start(e) == 0, "allocs after start");
+    engine_destroy(e);
+
+    /* With room for 160 tokens a step, the mixed graphs take 5 items
+     * and up to 5 + 64 token rows: every step of the batch (48 tokens
+     * at most, several chunks in some) replays a graph. */
+    e = make(&stories, "cuda", dtype, NS, 160, 0);
+    if (e == NULL) {
+        return;
+    }
+    {
+        uint64_t d0, m0, d1, m1;
+
+        engine_graph_steps(e, &d0, &m0);
+        batch_steps = 0;
+        if (run_batch(e, prompts, plen, together, -1, 16, 48) != 0) {
+            CHECK(0, "batch (mixed graphs) failed");
+            engine_destroy(e);
+            return;
+        }
+        engine_graph_steps(e, &d1, &m1);
+        CHECK(d1 - d0 + m1 - m0 == (uint64_t) batch_steps && m1 > m0,
+              "mixed batch (%s): %d steps, %llu decode and %llu mixed "
+              "graph replays", dtype ? dtype : "model dtype", batch_steps,
+              (unsigned long long) (d1 - d0),
+              (unsigned long long) (m1 - m0));
+        for (i = 0, same = 0; i < NS; i++) {
+            same += memcmp(alone[i], together[i], sizeof(alone[i])) == 0;
+        }
+        if (must) {
+            CHECK(same == NS, "mixed batch in graphs (%s): %d of %d "
+                  "sequences as alone", dtype ? dtype : "model dtype", same,
+                  NS);
+        }
+        printf("mixed batch in graphs vs alone (%s): %d/%d sequences "
+               "identical, %d steps: %llu decode, %llu mixed graphs\n",
+               dtype ? dtype : "float32", same, NS, batch_steps,
+               (unsigned long long) (d1 - d0),
+               (unsigned long long) (m1 - m0));
+    }
     CHECK(engine_allocs_after_start(e) == 0, "allocs after start");
     engine_destroy(e);
 }
