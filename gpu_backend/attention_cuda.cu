@@ -137,8 +137,10 @@ attention_kernel(T *out, float *part, const float *qkv, const T *kv,
     if (skip_multi && multi) {
         return;                 /* a prefill row: the tensor-core kernel's */
     }
-    for (int i = tid; i < gc * hd; i += ATT_THREADS) {
-        qs[i / hd][i % hd] = q[i] * scale;
+    /* q, and zeros past hd: the scores run over HDM dimensions */
+    for (int i = tid; i < gc * HDM; i += ATT_THREADS) {
+        int h = i / HDM, d = i - h * HDM;
+        qs[h][d] = d < hd ? q[h * hd + d] * scale : 0.0f;
     }
     if (tid < KC_ATT_MAXG) {
         m_s[tid] = -INFINITY;
@@ -171,10 +173,18 @@ attention_kernel(T *out, float *part, const float *qkv, const T *kv,
             float s = -INFINITY, mx, m_old, m_new, e, sum;
 
             if (live) {
-                s = 0.0f;
-                for (int d = 0; d < hd; d++) {
-                    s += qs[h][d] * ks[j][d];
+                /* over HDM (ks and qs are zeros past hd), four sums: a
+                 * quarter of the chain of dependent adds */
+                float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+
+#pragma unroll
+                for (int d = 0; d < HDM; d += 4) {
+                    s0 = fmaf(qs[h][d], ks[j][d], s0);
+                    s1 = fmaf(qs[h][d + 1], ks[j][d + 1], s1);
+                    s2 = fmaf(qs[h][d + 2], ks[j][d + 2], s2);
+                    s3 = fmaf(qs[h][d + 3], ks[j][d + 3], s3);
                 }
+                s = (s0 + s1) + (s2 + s3);
             }
             mx = s;
 #pragma unroll
@@ -205,11 +215,16 @@ attention_kernel(T *out, float *part, const float *qkv, const T *kv,
             int o = tid + k * ATT_THREADS;
             if (o < gc * hd) {
                 int h = o / hd, d = o - h * hd;
-                float a = acc[k] * c_s[h];
-                for (int r = 0; r < n_here; r++) {
-                    a += ps[h][r] * vs[r][d];
+                float a = acc[k] * c_s[h], b = 0.0f;
+
+                /* over the whole sub-tile: past n_here the weights and
+                 * the rows are zeros; two sums */
+#pragma unroll
+                for (int r = 0; r < SUB; r += 2) {
+                    a = fmaf(ps[h][r], vs[r][d], a);
+                    b = fmaf(ps[h][r + 1], vs[r + 1][d], b);
                 }
-                acc[k] = a;
+                acc[k] = a + b;
             }
         }
         __syncthreads();        /* ks, vs, ps, c_s are reused next */
