@@ -1348,29 +1348,26 @@ fail:
     return -1;
 }
 
-/* every graph made so far destroyed; how many there were */
-static int
+/* every graph made so far destroyed */
+static void
 free_graphs(cu_engine_t *e)
 {
-    int b, p, v, n = 0;
+    int b, p, v;
 
     for (b = 0; b < e->n_buckets; b++) {
         if (e->graphs[b] != NULL) {
             cudaGraphExecDestroy(e->graphs[b]);
             e->graphs[b] = NULL;
-            n++;
         }
         for (p = 0; p < MIX_BUCKETS; p++) {
             for (v = 0; v < 2; v++) {
                 if (e->mgraphs[b][p][v] != NULL) {
                     cudaGraphExecDestroy(e->mgraphs[b][p][v]);
                     e->mgraphs[b][p][v] = NULL;
-                    n++;
                 }
             }
         }
     }
-    return n;
 }
 
 /*
