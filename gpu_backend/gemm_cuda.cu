@@ -19,7 +19,7 @@ extern "C" {
 #define CANDIDATES  8
 #define TUNE_RUNS   20
 #define TUNE_REPLAYS  3
-#define SPLIT_MARGIN  0.95f
+#define SPLIT_MARGIN  0.90f
 
 /* how a shape runs: cuBLASLt's algo and the epilogue's kernel, or
  * gemv_cuda.cu's kernel with the epilogue in it, or without it and the
@@ -52,6 +52,7 @@ struct gemm_s {
     int                 use_gemv;       /* NGX_GPU_GEMV=0: cuBLAS only */
     int                 rope_fused;     /* NGX_GPU_ROPE_FUSED=0: not */
     int                 max_split;      /* NGX_GPU_GEMV_SPLIT: at most */
+    float               split_margin;   /* NGX_GPU_SPLIT_MARGIN */
     int                 log;            /* NGX_GPU_GEMM_LOG=1: each pick */
     shape_t             shapes[MAX_SHAPES];
 };
@@ -74,6 +75,9 @@ gemm_create(cudaStream_t s, cublasHandle_t blas, void *ws, size_t ws_bytes,
                   || strcmp(getenv("NGX_GPU_GEMV"), "0") != 0;
     g->rope_fused = getenv("NGX_GPU_ROPE_FUSED") == NULL
                     || strcmp(getenv("NGX_GPU_ROPE_FUSED"), "0") != 0;
+    g->split_margin = getenv("NGX_GPU_SPLIT_MARGIN")
+                      ? (float) atof(getenv("NGX_GPU_SPLIT_MARGIN"))
+                      : SPLIT_MARGIN;
     g->max_split = getenv("NGX_GPU_GEMV_SPLIT")
                    ? atoi(getenv("NGX_GPU_GEMV_SPLIT")) : GEMV_MAX_SPLIT;
     g->log = getenv("NGX_GPU_GEMM_LOG") != NULL;
@@ -346,8 +350,11 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
      * 4 or 8 warps a row (while each lane still has two chunks of 8 of
      * a row: with less, lanes idle): each kept only where it is faster
      * than what came before (a launch the kernel refuses times as -1);
-     * a split only by SPLIT_MARGIN: at 8 rows, splits that won by 3-4%
-     * alone cost Qwen-0.5B's shapes 3% in the step */
+     * a split only by SPLIT_MARGIN (NGX_GPU_SPLIT_MARGIN): at 8 rows,
+     * splits that won by 3-4% alone cost Qwen-0.5B's shapes 3% in the
+     * step; at 1 row Llama-3.2-1B's down product at split 8 won by
+     * 4-6% alone (the weights in the L2) now and then, and the step was
+     * 2% slower than at split 2 (H100: 918 against 938 tokens/s) */
     if (g->use_gemv && gemv_supported(g->in_type, M, K)) {
         int split, best_split = 1;
         float ms, margin;
@@ -357,7 +364,7 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
              split *= 2)
         {
             sh.split = split;
-            margin = split == 1 ? 1.0f : SPLIT_MARGIN;
+            margin = split == 1 ? 1.0f : g->split_margin;
             if (ep->kind != GEMV_ROPE || g->rope_fused) {
                 ms = timed(g, &sh, GEMV_WON_FUSED, NULL, out, in, w, ep);
                 if (ms > 0.0f && ms < best_ms * margin) {
