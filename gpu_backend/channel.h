@@ -39,7 +39,7 @@
 #include <stddef.h>
 
 #define GPU_CHANNEL_MAGIC    0x4e475055u   /* "NGPU" */
-#define GPU_CHANNEL_VERSION  5u
+#define GPU_CHANNEL_VERSION  6u
 
 #define GPU_MODEL_NAME_LEN   128
 #define GPU_ENGINE_NAME_LEN  32
@@ -122,6 +122,9 @@ typedef struct {
     uint32_t  kv_blocks_total;
     uint32_t  kv_blocks_used;
     uint64_t  device_allocs_after_start;    /* must stay 0 */
+    uint64_t  graph_steps;                  /* steps that replayed a CUDA
+                                               graph (the others ran their
+                                               kernels one by one) */
 } gpu_channel_stats_t;
 
 typedef struct {

@@ -358,6 +358,7 @@ scheduler_set_chat(scheduler_t *s, const chat_template_t *ct)
 static void
 stats_update(scheduler_t *s)
 {
+    uint64_t              decode, mixed;
     gpu_channel_stats_t  *st = &s->h->stats;
 
     __atomic_store_n(&st->running, (uint32_t) s->n_running,
@@ -368,6 +369,8 @@ stats_update(scheduler_t *s)
                      __ATOMIC_RELAXED);
     __atomic_store_n(&st->device_allocs_after_start,
                      engine_allocs_after_start(s->engine), __ATOMIC_RELAXED);
+    engine_graph_steps(s->engine, &decode, &mixed);
+    __atomic_store_n(&st->graph_steps, decode + mixed, __ATOMIC_RELAXED);
 }
 
 

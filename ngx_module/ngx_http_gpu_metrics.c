@@ -123,6 +123,11 @@ static ngx_http_gpu_backend_family_t  ngx_http_gpu_backend_families[] = {
       "Device memory allocations after the backend started (must stay 0).",
       NGX_HTTP_GPU_VALUE_U64, ngx_http_gpu_stat(device_allocs_after_start) },
 
+    { "ngx_gpu_graph_steps_total", "counter",
+      "Forward steps that replayed a captured CUDA graph; the others of "
+      "ngx_gpu_batch_size_count ran their kernels one by one.",
+      NGX_HTTP_GPU_VALUE_U64, ngx_http_gpu_stat(graph_steps) },
+
     { "ngx_gpu_channel_slots_in_use", "gauge",
       "Request slots of the shared channel not free (0 when idle).",
       NGX_HTTP_GPU_VALUE_SLOTS, 0 },
