@@ -4,8 +4,11 @@
 # truncation, bodies over nginx's and the module's limits, malformed and
 # chunked HTTP, clients that hang up), to both endpoints, streamed and
 # not, on stories260K (chat with ChatML) and, with ../shared, the
-# byte-level scripted model.  Every answer must be a well-formed 200 or an
-# OpenAI-style JSON error, in time; afterwards the server must be healthy,
+# byte-level scripted model; and after every 250 cases a burst of 48
+# valid requests at once to each target, three times the backends' 16
+# slots.  Every answer must be a well-formed 200 or an OpenAI-style JSON
+# error (a refused burst request: 429 with Retry-After), in time;
+# afterwards the server must be healthy,
 # with no slot or KV block left in use, no crash, alert or sanitizer
 # report in the error log, and the same backend processes serving.
 use lib 't/lib';
@@ -15,7 +18,8 @@ use NgxGpuTest;
 our $SEED = $ENV{TEST_NGINX_FUZZ_SEED} // 270;
 our $CASES = $ENV{TEST_NGINX_FUZZ_CASES} // 1000;
 
-start_backend(args => ['--device', 'cpu', '--chat-template', 'chatml']);
+start_backend(args => ['--device', 'cpu', '--chat-template', 'chatml',
+                        '--slots', 16]);
 
 # the byte-level model when its tokenizer and oracles are there
 our @targets = ('/v1/', '/c/v1/');
@@ -28,7 +32,7 @@ if (-f $qwen && -x 'build/venv/bin/python'
     require NgxGpuScripted;
     start_backend(name => 'b',
                   model => NgxGpuScripted::scripted_model_or_skip(),
-                  args => ['--device', 'cpu']);
+                  args => ['--device', 'cpu', '--slots', 16]);
     push @targets, '/b/v1/';
 } else {
     Test::More::diag("../shared absent: stories260K only");
@@ -44,6 +48,7 @@ sub run_fuzz {
     my $port = $ENV{TEST_NGINX_SERVER_PORT} // $ENV{TEST_NGINX_PORT} // 1984;
     my @cmd = ('scripts/fuzz-api', '--port', $port, '--seed', $SEED,
                '--cases', $CASES, '--jobs', 4, '--check-every', 250,
+               '--burst', 48,
                '--body-timeout', 2, '--timeout', 30,
                '--error-log', $Test::Nginx::Util::ErrLogFile,
                map { ('--target', $_) } @targets);
@@ -57,6 +62,8 @@ sub run_fuzz {
     Test::More::ok($rc == 0 && defined $n && $n == 0,
                    "fuzz-api: no violation (seed $SEED)")
         or Test::More::diag($out);
+    Test::More::like($out, qr/^fuzz-api: bursts of 48: \S/m,
+                     "fuzz-api sent its bursts");
     Test::More::note($out);
 
     for my $name (sort keys %pids) {
