@@ -7,9 +7,15 @@
 # reporting no error and no byte definitely or indirectly lost, but for
 # nginx's own copy of its environment (t/valgrind/nginx.supp).  The
 # backend runs at full speed (t/280-leaks.t checks it under valgrind).
+# The same nginx balances with gpu_adaptive too: location /lb/ proxies to
+# an upstream of a second nginx (a node at full speed, reporting its
+# X-GPU-Load) and a port nothing listens on (every try there fails, and
+# the next goes to the node), with keepalive; the mix and the clients run
+# through it as well, and its status is read in JSON and Prometheus text.
 use lib 't/lib';
 use Test::Nginx::Socket 'no_plan';
 use File::Temp ();
+use JSON::PP ();
 use NgxGpuTest;
 use NgxGpuLeaks;
 
@@ -23,10 +29,34 @@ our $t0 = Time::HiRes::time();
 
 start_backend(args => ['--chat-template', 'chatml', '--logprobs-tokens',
                        '64', '--max-logprobs', '10']);
+our $node = start_gpu_nginx(conf => 'location = /metrics { gpu_metrics; }');
+our $dead = NgxGpuTest::free_port();
 our $vport = start_gpu_nginx(wrap => valgrind_args($vglog,
                                                   't/valgrind/nginx.supp'),
                              start_timeout => 60,
-                             conf => 'location = /metrics { gpu_metrics; }');
+                             http_conf => <<"HTTP",
+upstream gpus {
+    gpu_adaptive zone=gpus:1m interval=200ms;
+    server 127.0.0.1:$node;
+    server 127.0.0.1:$dead;
+    keepalive 4;
+}
+HTTP
+                             conf => <<'CONF');
+location = /metrics { gpu_metrics; }
+location /lb/ {
+    proxy_pass http://gpus/;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_read_timeout 120s;
+}
+location = /lb-status { gpu_upstream_status; }
+CONF
+
+# the mix with its paths under /lb/: through the balancer
+our @lb_mix = map { +{ %$_, path => "/lb$_->{path}",
+                       name => "balanced: $_->{name}" } }
+              NgxGpuLeaks::leak_mix();
 
 log_level('warn');
 
@@ -75,7 +105,45 @@ GET /metrics
 
 
 
-=== TEST 3: SIGQUIT: nginx exits 0; memcheck found no error and nothing definitely or indirectly lost
+=== TEST 3: through gpu_adaptive under valgrind (a node and a dead port): the mix once, then 4 clients at once; its status in JSON and Prometheus text
+--- init
+for my $m (@main::lb_mix) {
+    Test::More::is(NgxGpuLeaks::mix_request($m, $main::vport), '',
+                   $m->{name});
+}
+my $r = NgxGpuLeaks::run_clients($main::vport, 4, 8, @main::lb_mix);
+Test::More::is($r->{ok}, $r->{sent}, "balanced: all $r->{sent} answered "
+               . "as expected")
+    or Test::More::diag(join "\n", @{ $r->{bad} });
+my ($st, undef, $body) = NgxGpuTest::http_request('GET', '/lb-status', '',
+                                                  port => $main::vport);
+my %peer = $st == 200
+           ? map { $_->{server} => $_ }
+                 @{ JSON::PP::decode_json($body)->{upstreams}{gpus}{peers} }
+           : ();
+my ($n, $d) = map { $peer{"127.0.0.1:$_"} } $main::node, $main::dead;
+Test::More::ok($n && $d && $d->{fails} > 0 && $n->{requests} > 0
+               && $n->{reported}{running} =~ /^\d+$/,
+               'status (JSON): the dead port failed, the node answered '
+               . 'and reported its load')
+    or Test::More::diag("$st $body");
+($st, undef, $body) = NgxGpuTest::http_request('GET',
+                          '/lb-status?format=prometheus', '',
+                          port => $main::vport);
+Test::More::like($st == 200 ? $body : "$st $body",
+    qr/^ngx_gpu_upstream_peer_fails_total\{upstream="gpus",peer="127\.0\.0\.1:$main::dead"\} [1-9]/m,
+    'status in Prometheus text: the dead port\'s failures');
+Test::More::is(NgxGpuLeaks::idle_metrics_ok($main::node, 'stories260K',
+                                            60),
+               '', 'the node idle afterwards');
+--- request
+GET /metrics
+--- response_body_like chomp
+\nngx_gpu_backend_up\{model="stories260K"\} 1\n
+
+
+
+=== TEST 4: SIGQUIT: nginx exits 0; memcheck found no error and nothing definitely or indirectly lost
 --- init
 my $status = NgxGpuTest::stop_gpu_nginx($main::vport, 'QUIT', 60);
 Test::More::is($status, 0, 'nginx exited 0 on SIGQUIT');

@@ -376,13 +376,15 @@ sub fake_peer {
 # this file's temporary one, on a free port, with `location /v1/ {
 # gpu_pass }` on the default backend's socket (name => 'b': on that
 # backend's).  Returns the port; the nginx is stopped at exit, or by
-# stop_gpu_nginx().  conf => more of the server block; wrap => [a
-# command it runs under] (valgrind ...); start_timeout => seconds (10).
+# stop_gpu_nginx().  conf => more of the server block; http_conf => more
+# of the http block (an upstream); wrap => [a command it runs under]
+# (valgrind ...); start_timeout => seconds (10).
 my %nginx_of;                       # port => pid
 sub start_gpu_nginx {
     my (%o) = @_;
     my $name = $o{name} // '';
     my $more = $o{conf} // '';
+    my $http_more = $o{http_conf} // '';
     my @wrap = @{ $o{wrap} // [] };
     my $sock = $ENV{'TEST_NGINX_GPU_SOCKET'
                     . ($name eq '' ? '' : '_' . uc $name)};
@@ -399,6 +401,7 @@ pid $nd/logs/nginx.pid;
 events { worker_connections 64; }
 http {
     access_log off;
+    $http_more
     server {
         listen 127.0.0.1:$port;
         location /v1/ { gpu_pass unix:$sock; }
