@@ -41,6 +41,7 @@ extern "C" {
 #include "gemm_cuda.h"
 #include "kernels_cuda.h"
 #include "sample_cuda.h"
+#include "mono_clock.h"
 #include "step_clock.h"
 
 #define ALIGN          256
@@ -1242,13 +1243,13 @@ cu_end(cu_engine_t *e, int32_t *out_tokens)
     e->p_head = (e->p_head + 1) % ENGINE_MAX_PENDING;
     e->p_n--;
 
-    t0 = e->clock.every ? sc_now_ns() : 0;
+    t0 = e->clock.every ? mono_ns() : 0;
     r = cudaEventSynchronize(p->done);
     if (r == cudaSuccess) {
         r = cudaGetLastError();
     }
     if (r == cudaSuccess && e->clock.every) {
-        sc_step_ended(&e->clock, sc_now_ns() - t0);
+        sc_step_ended(&e->clock, mono_ns() - t0);
     }
     if (r != cudaSuccess) {
         return step_fail(e, "step", cudaGetErrorString(r));

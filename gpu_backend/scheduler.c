@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "mono_clock.h"
 #include "scheduler.h"
 #include "stop.h"
 #include "utf8.h"
@@ -124,16 +125,6 @@ now_ns(void)
     struct timespec  ts;
 
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-
-static int64_t
-mono_ns(void)
-{
-    struct timespec  ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 

@@ -56,8 +56,6 @@ void sc_step_stop(step_clock_t *sc, cudaStream_t s);
 /* in cu_end, after the wait (wait_ns long) for the oldest step */
 void sc_step_ended(step_clock_t *sc, int64_t wait_ns);
 
-int64_t sc_now_ns(void);
-
 #ifdef __cplusplus
 }
 #endif

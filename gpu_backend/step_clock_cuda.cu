@@ -5,23 +5,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 extern "C" {
 #include "log.h"
 }
+#include "mono_clock.h"
 #include "step_clock.h"
 
 static const char *sc_kind_name[SC_KINDS] = { "decode", "mixed", "eager" };
-
-int64_t
-sc_now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 int
 sc_init(step_clock_t *sc)
@@ -72,7 +63,7 @@ sc_step_start(step_clock_t *sc, cudaStream_t s, int kind, int rows)
     if (sc->every == 0) {
         return;
     }
-    now = sc_now_ns();
+    now = mono_ns();
     if (sc->begun > 0) {
         sc->period_ms += (now - sc->last_begin_ns) * 1e-6;
         sc->n_period++;
