@@ -198,6 +198,18 @@ run_batch(engine_t *e, int32_t (*prompts)[128], const int *plen,
     return 0;
 }
 
+/* how many of the NS sequences generated as they did alone */
+static int
+same_as_alone(int32_t (*alone)[NGEN], int32_t (*together)[NGEN])
+{
+    int i, same = 0;
+
+    for (i = 0; i < NS; i++) {
+        same += memcmp(alone[i], together[i], sizeof(alone[i])) == 0;
+    }
+    return same;
+}
+
 static void
 test_batch(const char *dtype, int must)
 {
@@ -205,7 +217,7 @@ test_batch(const char *dtype, int must)
     int32_t prompts[NS][128], alone[NS][NGEN], together[NS][NGEN];
     engine_t *e = make(&stories, "cuda", dtype, NS, 48, 0);
     uint64_t s = 7;
-    int i, j, same = 0;
+    int i, j, same;
 
     if (e == NULL) {
         return;
@@ -228,9 +240,7 @@ test_batch(const char *dtype, int must)
         engine_destroy(e);
         return;
     }
-    for (i = 0; i < NS; i++) {
-        same += memcmp(alone[i], together[i], sizeof(alone[i])) == 0;
-    }
+    same = same_as_alone(alone, together);
     if (must) {
         CHECK(same == NS, "mixed batch (%s): %d of %d sequences as alone",
               dtype ? dtype : "model dtype", same, NS);
@@ -263,9 +273,7 @@ test_batch(const char *dtype, int must)
               "graph replays", dtype ? dtype : "model dtype", batch_steps,
               (unsigned long long) (d1 - d0),
               (unsigned long long) (m1 - m0));
-        for (i = 0, same = 0; i < NS; i++) {
-            same += memcmp(alone[i], together[i], sizeof(alone[i])) == 0;
-        }
+        same = same_as_alone(alone, together);
         if (must) {
             CHECK(same == NS, "mixed batch in graphs (%s): %d of %d "
                   "sequences as alone", dtype ? dtype : "model dtype", same,
