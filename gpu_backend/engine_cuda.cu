@@ -127,6 +127,7 @@ typedef struct {
     /* per step rows, set by pro_decide(): whether q|k|v and gate|up
      * start with the norm */
     uint8_t           pro_qkv[GEMV_MAX_M + 1], pro_gu[GEMV_MAX_M + 1];
+    uint8_t           settled[GEMV_MAX_M + 1];  /* pro_* set by settle() */
     void             *xb, *att, *hb, *xl;
     float            *att_part;         /* split attention's partials */
     int              *gemv_count;       /* gemv_epi_t's count */
@@ -819,7 +820,7 @@ tune_layer_gemms(cu_engine_t *e, int T)
         gemm_tune(e->gemm, e->y, e->hb, L->w_down, T, h, dim, &na);
     }
     gemm_tune(e->gemm, e->y, e->hb, L->w_down, T, h, dim, NULL);
-    if (T <= GEMV_MAX_M) {
+    if (T <= GEMV_MAX_M && !e->settled[T]) {
         pro_decide(e, T);
     }
 }
@@ -1349,6 +1350,174 @@ fail:
     return -1;
 }
 
+/*
+ * Two decode graphs timed in turn, SETTLE_ROUNDS rounds of SETTLE_REPLAYS
+ * replays each, the best round of each in ms a replay into ta and tb;
+ * 0, or -1 on an error.  In turn: timed one after the other, the second
+ * graph came out 20-30 us a step slower than the first whatever it held
+ * (H100, Llama-3.2-1B at batch 1: every swap and its reverse lost).
+ */
+#define SETTLE_REPLAYS  10
+#define SETTLE_ROUNDS   4
+
+static float
+replays_ms(cu_engine_t *e, cudaGraphExec_t exec, cudaEvent_t a,
+    cudaEvent_t b)
+{
+    float t;
+    int i, ok;
+
+    ok = cudaEventRecord(a, e->stream) == cudaSuccess;
+    for (i = 0; i < SETTLE_REPLAYS && ok; i++) {
+        ok = cudaGraphLaunch(exec, e->stream) == cudaSuccess;
+    }
+    ok = ok && cudaEventRecord(b, e->stream) == cudaSuccess
+         && cudaEventSynchronize(b) == cudaSuccess
+         && cudaEventElapsedTime(&t, a, b) == cudaSuccess;
+    return ok ? t / SETTLE_REPLAYS : -1.0f;
+}
+
+static int
+graphs_ms(cu_engine_t *e, cudaGraphExec_t ga, cudaGraphExec_t gb,
+    float *ta, float *tb)
+{
+    cudaEvent_t a = NULL, b = NULL;
+    float t;
+    int k, ok;
+
+    *ta = *tb = 1e30f;
+    ok = cudaEventCreate(&a) == cudaSuccess
+         && cudaEventCreate(&b) == cudaSuccess
+         && cudaGraphLaunch(ga, e->stream) == cudaSuccess     /* warm-up */
+         && cudaGraphLaunch(gb, e->stream) == cudaSuccess;
+    for (k = 0; k < SETTLE_ROUNDS && ok; k++) {
+        t = replays_ms(e, ga, a, b);
+        ok = t > 0.0f;
+        *ta = ok && t < *ta ? t : *ta;
+        t = ok ? replays_ms(e, gb, a, b) : -1.0f;
+        ok = t > 0.0f;
+        *tb = ok && t < *tb ? t : *tb;
+    }
+    if (a) cudaEventDestroy(a);
+    if (b) cudaEventDestroy(b);
+    return ok ? 0 : -1;
+}
+
+/*
+ * The picks of a B-row decode step settled in the step itself: each
+ * product whose runner-up timed alone within SETTLE_RATIO of its pick,
+ * and each norm prologue decision, is tried the other way in a decode
+ * graph, and kept that way where the graph replays faster by
+ * SETTLE_GAIN.  Timed alone, a product misses what the step gives it
+ * (the next kernel's loads issued in its tail, the weights not in the
+ * L2), and the prologue decision adds up such times: at 2 and 4 rows it
+ * was often the slower way (H100: Llama-3.2-1B at batch 4 and Qwen
+ * size at batch 2 decode 2.5-4% faster settled; Qwen size at 8 rows:
+ * q|k|v's prologue off, 1193 -> 1135 us a replay).  About 1 s more at
+ * start.  NGX_GPU_SETTLE=0: not done.
+ */
+#define SETTLE_RATIO  1.15f
+#define SETTLE_GAIN   0.995f
+#define SETTLE_MAX    16
+
+static int
+settle(cu_engine_t *e, int b, int n_var, char *err, size_t errlen)
+{
+    int B = e->buckets[b], idx[SETTLE_MAX], n, i, gain = 0;
+    int dim = e->cfg.dim;
+    cudaGraphExec_t g2;
+    float t0, t1;
+    char what[200];
+
+    t0 = t1 = 0.0f;
+    if (getenv("NGX_GPU_GEMM_LOG") != NULL) {
+        /* the same picks in a new graph: the noise a swap must beat */
+        if (make_graph(e, B, B, 0, n_var, 1, &g2, err, errlen) != 0) {
+            return -1;
+        }
+        if (graphs_ms(e, e->graphs[b], g2, &t0, &t1) == 0) {
+            log_info("cuda engine: %d-row settle control (the same picks "
+                     "in a new graph): %.1f -> %.1f us", B, t0 * 1000.0f,
+                     t1 * 1000.0f);
+        }
+        cudaGraphExecDestroy(g2);
+    }
+    n = gemm_close(e->gemm, B, SETTLE_RATIO, idx, SETTLE_MAX);
+    e->settled[B] = 1;
+    /* i < n: a product's runner-up; n, n + 1: the prologues flipped */
+    for (i = 0; i < n + 2; i++) {
+        if (i < n) {
+            gemm_swap(e->gemm, idx[i]);
+        } else if (!e->norm_pro || e->cfg.post_norms) {
+            break;
+        } else if (i == n) {
+            if (gemm_time_us(e->gemm, B, dim, e->qkv_dim, GEMV_ROPE, 1)
+                <= 0)
+            {
+                continue;               /* no prologue to flip to */
+            }
+            e->pro_qkv[B] ^= 1;
+        } else {
+            if (gemm_time_us(e->gemm, B, dim, 2 * e->cfg.hidden_dim,
+                             GEMV_SWIGLU, 1) <= 0)
+            {
+                continue;
+            }
+            e->pro_gu[B] ^= 1;
+        }
+        if (make_graph(e, B, B, 0, n_var, 1, &g2, err, errlen) != 0) {
+            return -1;
+        }
+        if (graphs_ms(e, e->graphs[b], g2, &t0, &t1) != 0) {
+            cudaGraphExecDestroy(g2);
+            return cu_fail(err, errlen, "cuda engine: timing decode graphs");
+        }
+        if (getenv("NGX_GPU_GEMM_LOG") != NULL) {
+            if (i < n) {
+                gemm_describe(e->gemm, idx[i], what, sizeof(what));
+            } else {
+                snprintf(what, sizeof(what), "prologue flip %d", i - n);
+            }
+            log_info("cuda engine: %d-row settle try: %s: %.1f -> %.1f us",
+                     B, what, t0 * 1000.0f, t1 * 1000.0f);
+        }
+        if (t1 < t0 * SETTLE_GAIN) {
+            cudaGraphExecDestroy(e->graphs[b]);
+            e->graphs[b] = g2;
+            if (i < n) {
+                gemm_describe(e->gemm, idx[i], what, sizeof(what));
+            } else {
+                snprintf(what, sizeof(what), "norm prologue in %s %s",
+                         i == n ? "q|k|v" : "gate|up",
+                         (i == n ? e->pro_qkv[B] : e->pro_gu[B])
+                         ? "on" : "off");
+            }
+            log_info("cuda engine: %d-row steps settled: %s: %.1f -> "
+                     "%.1f us a step", B, what, t0 * 1000.0f,
+                     t1 * 1000.0f);
+            t0 = t1;
+            gain++;
+            continue;
+        }
+        cudaGraphExecDestroy(g2);
+        if (i < n) {
+            gemm_swap(e->gemm, idx[i]);             /* back */
+        } else if (i == n) {
+            e->pro_qkv[B] ^= 1;
+        } else {
+            e->pro_gu[B] ^= 1;
+        }
+    }
+    /* each flip that did not pay was undone: the picks are those of the
+     * graph kept */
+    if (getenv("NGX_GPU_GEMM_LOG") != NULL) {
+        log_info("cuda engine: %d-row steps: %d close picks and 2 prologue "
+                 "decisions tried in the step, %d changed, %.1f us a step",
+                 B, n, gain, t0 * 1000.0f);
+    }
+    return 0;
+}
+
 /* every graph made so far destroyed */
 static void
 free_graphs(cu_engine_t *e)
@@ -1383,6 +1552,7 @@ make_graphs(cu_engine_t *e, char *err, size_t errlen)
     int cap = e->max_seqs < e->max_tokens ? e->max_seqs : e->max_tokens;
     int b, p, v, B, T, n_var;
     const char *env = getenv("NGX_GPU_MIXED_GRAPHS");
+    const char *settle_env = getenv("NGX_GPU_SETTLE");
     int tiles = kc_att_tiles(e->dt, e->cfg.head_dim);
 
     for (B = 1; B < cap && e->n_buckets < MAX_BUCKETS - 1; B *= 2) {
@@ -1396,6 +1566,12 @@ make_graphs(cu_engine_t *e, char *err, size_t errlen)
         stage_pad(e, 0, B, &n_var);
         if (make_graph(e, B, B, 0, n_var, 1, &e->graphs[b], err, errlen)
             != 0)
+        {
+            return -1;
+        }
+        if (e->tune && B <= GEMV_MAX_M
+            && (settle_env == NULL || strcmp(settle_env, "0") != 0)
+            && settle(e, b, n_var, err, errlen) != 0)
         {
             return -1;
         }

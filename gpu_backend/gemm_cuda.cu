@@ -3,6 +3,7 @@
  * decode shapes tuned at start (see gemm_cuda.h).
  */
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,6 +39,9 @@ typedef struct {
     int                      epi;       /* GEMV_PLAIN, _SWIGLU, _NORM, _ROPE */
     int                      pro;       /* with the norm prologue */
     float                    ms;        /* the pick's time */
+    int                      alt_gemv;  /* the runner-up: gemv, split */
+    int                      alt_split;
+    float                    alt_ms;    /* ... its time, 0: none */
 } shape_t;
 
 struct gemm_s {
@@ -121,6 +125,14 @@ gemm_destroy(gemm_t *g)
 static const gemm_epi_t gemm_no_epi = { GEMV_PLAIN, 0,
                                         { NULL, NULL, NULL, 0.0f, NULL },
                                         {}, {} };
+
+/* a timed candidate: its kernel (GEMV_WON_*), split and time */
+typedef struct {
+    int    gemv, split;
+    float  ms;
+} tried_t;
+
+#define MAX_TRIED  (2 * 4 + 1)          /* two kernels, four splits, cuBLAS */
 
 /* epi < 0: any */
 static shape_t *
@@ -279,7 +291,8 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
     cublasLtMatmulPreference_t pref = NULL;
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     shape_t sh;
-    int n = 0, i, best = -1, pro;
+    tried_t tried[MAX_TRIED];
+    int n = 0, i, best = -1, pro, n_tried = 0;
     float best_ms = 0.0f;
 
     if (ep == NULL) {
@@ -325,6 +338,7 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
 
     /* candidate 0 is cuBLAS's own pick: keep another only if faster;
      * with the norm prologue only our kernel (fused) runs */
+    n_tried = 0;
     for (i = 0; i < n && !pro; i++) {
         float ms;
         if (res[i].state != CUBLAS_STATUS_SUCCESS) {
@@ -343,6 +357,7 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
     } else {
         g->improved += best != 0;
         sh.algo = res[best].algo;
+        tried[n_tried++] = (tried_t) { GEMV_WON_NONE, 1, best_ms };
     }
 
     /* our own kernel for few rows, with the epilogue in it, then
@@ -367,6 +382,9 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
             margin = split == 1 ? 1.0f : g->split_margin;
             if (ep->kind != GEMV_ROPE || g->rope_fused) {
                 ms = timed(g, &sh, GEMV_WON_FUSED, NULL, out, in, w, ep);
+                if (ms > 0.0f && n_tried < MAX_TRIED) {
+                    tried[n_tried++] = (tried_t) { GEMV_WON_FUSED, split, ms };
+                }
                 if (ms > 0.0f && ms < best_ms * margin) {
                     sh.gemv = GEMV_WON_FUSED;
                     best_split = split;
@@ -375,6 +393,9 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
             }
             if (ep->kind != GEMV_PLAIN) {
                 ms = timed(g, &sh, GEMV_WON_THEN, NULL, out, in, w, ep);
+                if (ms > 0.0f && n_tried < MAX_TRIED) {
+                    tried[n_tried++] = (tried_t) { GEMV_WON_THEN, split, ms };
+                }
                 if (ms > 0.0f && ms < best_ms * margin) {
                     sh.gemv = GEMV_WON_THEN;
                     best_split = split;
@@ -389,6 +410,19 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
         goto fail;
     }
     sh.ms = best_ms;
+    /* the runner-up, for gemm_swap: the fastest other candidate, margins
+     * aside (cuBLAS's counts as split 1) */
+    for (i = 0; i < n_tried; i++) {
+        const tried_t *t = &tried[i];
+        if ((t->gemv != sh.gemv || (t->gemv != GEMV_WON_NONE
+                                    && t->split != sh.split))
+            && (sh.alt_ms == 0.0f || t->ms < sh.alt_ms))
+        {
+            sh.alt_gemv = t->gemv;
+            sh.alt_split = t->split;
+            sh.alt_ms = t->ms;
+        }
+    }
     if (g->log) {
         log_info("gemm M=%d K=%d N=%d epilogue %d%s: %s, split %d, "
                  "%.2f us", M, K, N, ep->kind, pro ? " (norm prologue)" : "",
@@ -453,6 +487,48 @@ gemm_time_us(const gemm_t *g, int M, int K, int N, int kind, int pro)
     const shape_t *sh = find(g, M, K, N, kind, pro);
 
     return sh != NULL ? sh->ms * 1000.0f : -1.0f;
+}
+
+int
+gemm_close(const gemm_t *g, int M, float ratio, int *idx, int max)
+{
+    int i, n = 0;
+
+    for (i = 0; i < g->n_shapes && n < max; i++) {
+        const shape_t *sh = &g->shapes[i];
+        if (sh->M == M && sh->alt_ms > 0.0f && sh->alt_ms <= sh->ms * ratio) {
+            idx[n++] = i;
+        }
+    }
+    return n;
+}
+
+void
+gemm_swap(gemm_t *g, int idx)
+{
+    shape_t *sh = &g->shapes[idx];
+    int gv = sh->gemv, sp = sh->split;
+    float ms = sh->ms;
+
+    sh->gemv = sh->alt_gemv;
+    sh->split = sh->alt_split;
+    sh->ms = sh->alt_ms;
+    sh->alt_gemv = gv;
+    sh->alt_split = sp;
+    sh->alt_ms = ms;
+}
+
+void
+gemm_describe(const gemm_t *g, int idx, char *buf, size_t len)
+{
+    const shape_t *sh = &g->shapes[idx];
+    const char *k[] = { "cuBLAS", "gemv + epilogue", "gemv, epilogue after" };
+
+    snprintf(buf, len, "M=%d K=%d N=%d epilogue %d%s: %s split %d "
+             "(%.2f us alone) over %s split %d (%.2f us)", sh->M, sh->K,
+             sh->N, sh->epi, sh->pro ? " (norm prologue)" : "",
+             k[sh->gemv], sh->split, sh->ms * 1000.0f, k[sh->alt_gemv],
+             sh->alt_split, sh->alt_ms * 1000.0f);
 }
 
 int

@@ -69,6 +69,18 @@ int gemm_fused(const gemm_t *g, int M, int K, int N, int kind);
  * kernel cannot run it) */
 float gemm_time_us(const gemm_t *g, int M, int K, int N, int kind, int pro);
 
+/*
+ * Settling picks in the step (the engine times whole decode graphs): the
+ * tuned shapes of M rows whose runner-up (the fastest other candidate,
+ * margins aside) timed within ratio of the pick, alone: up to max of
+ * their indices into idx, and how many; gemm_swap makes the runner-up
+ * the pick and the pick the runner-up (twice: as before);
+ * gemm_describe says both.
+ */
+int gemm_close(const gemm_t *g, int M, float ratio, int *idx, int max);
+void gemm_swap(gemm_t *g, int idx);
+void gemm_describe(const gemm_t *g, int idx, char *buf, size_t len);
+
 /* tuned shapes so far, how many of them beat cuBLAS's first pick, and
  * how many run gemv_cuda.cu's kernel */
 int gemm_tuned(const gemm_t *g, int *improved, int *gemv);
