@@ -4,12 +4,19 @@
  *
  *   ngx-gpu-generate MODEL_DIR [--tokens 1,403,...] [--prefill N] [-n N]
  *       [--batch B] [--threads T] [--device cpu] [--dtype T] [--repeat R]
+ *       [--sync]
  *
  * B identical sequences are prefilled with the prompt (BOS by default)
  * in one engine step and decoded greedily for N steps, all B in every
  * step.  Prints the token ids of sequence 0, the prefill rate and the
  * decode rate in tokens/s over all B; with --repeat the whole run is done
  * R times and the best time of each phase counts.
+ *
+ * Decode steps overlap as the server runs them (the CUDA engine): step
+ * s + 1 is queued with the tokens step s samples (ENGINE_TOKEN_OF, read
+ * on the device) before the host waits for step s, so the device does
+ * not idle through the host's round trip.  --sync: each step waits for
+ * the one before (engine_step), as before 2026-11-25 (seventh session).
  *
  * --prefill N makes the prompt N synthetic token ids (a fixed
  * pseudo-random sequence below the vocabulary size, after BOS), for
@@ -35,12 +42,71 @@ now(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* decode steps 1 .. steps - 1, each waited for before the next is
+ * queued; gen[s] gets sequence 0's token of step s, out the last step's
+ * tokens */
+static int
+decode_sync(engine_t *e, engine_item_t *items, int batch, int32_t *cur,
+    int32_t *out, int32_t *gen, int n_prompt, int steps)
+{
+    int i, s;
+
+    for (s = 1; s < steps; s++) {
+        for (i = 0; i < batch; i++) {
+            cur[i] = out[i];
+            items[i].pos = n_prompt + s - 1;
+            items[i].n_tokens = 1;
+            items[i].tokens = &cur[i];
+        }
+        if (engine_step(e, items, batch, out, NULL) != 0) {
+            return -1;
+        }
+        gen[s] = out[0];
+    }
+    return 0;
+}
+
+/* the same with two steps in flight: step s is queued with step s - 1's
+ * sampled tokens still on the device, then step s - 1 is waited for */
+static int
+decode_overlapped(engine_t *e, engine_item_t *items, int batch, int32_t *cur,
+    int32_t *out, int32_t *gen, int n_prompt, int steps)
+{
+    int i, s;
+
+    if (steps < 2) {
+        return 0;
+    }
+    for (s = 1; s < steps; s++) {
+        for (i = 0; i < batch; i++) {
+            cur[i] = s == 1 ? out[i] : ENGINE_TOKEN_OF(i);
+            items[i].pos = n_prompt + s - 1;
+            items[i].n_tokens = 1;
+            items[i].tokens = &cur[i];
+        }
+        if (engine_step_begin(e, items, batch) != 0) {
+            return -1;
+        }
+        if (s > 1) {
+            if (engine_step_end(e, out) != 0) {
+                return -1;
+            }
+            gen[s - 1] = out[0];
+        }
+    }
+    if (engine_step_end(e, out) != 0) {
+        return -1;
+    }
+    gen[steps - 1] = out[0];
+    return 0;
+}
+
 static void
 usage(void)
 {
     fprintf(stderr, "usage: ngx-gpu-generate MODEL_DIR [--tokens 1,403,...] "
             "[--prefill N] [-n N] [--batch B] [--threads T] "
-            "[--device cpu] [--dtype T] [--repeat R]\n");
+            "[--device cpu] [--dtype T] [--repeat R] [--sync]\n");
     exit(2);
 }
 
@@ -50,7 +116,7 @@ main(int argc, char **argv)
     const char *dir = NULL, *device = "cpu", *dtype = NULL;
     static int32_t prompt[MAX_PROMPT];
     int n_prompt = 0, steps = 256, batch = 1, threads = 1, bs = 16, i, s;
-    int repeat = 1, rep, n_synth = 0;
+    int repeat = 1, rep, n_synth = 0, sync = 0;
     int32_t *out, *cur, *gen;
     engine_item_t *items;
     engine_opts_t o;
@@ -87,6 +153,8 @@ main(int argc, char **argv)
             device = argv[++i];
         } else if (i + 1 < argc && strcmp(a, "--dtype") == 0) {
             dtype = argv[++i];
+        } else if (strcmp(a, "--sync") == 0) {
+            sync = 1;
         } else if (a[0] != '-' && dir == NULL) {
             dir = a;
         } else {
@@ -178,19 +246,14 @@ main(int argc, char **argv)
 
         /* decode: every sequence feeds back its last token */
         t0 = now();
-        for (s = 1; s < steps; s++) {
-            for (i = 0; i < batch; i++) {
-                cur[i] = out[i];
-                items[i].pos = n_prompt + s - 1;
-                items[i].n_tokens = 1;
-                items[i].tokens = &cur[i];
-            }
-            if (engine_step(e, items, batch, out, NULL) != 0) {
-                fprintf(stderr, "ngx-gpu-generate: %s\n",
-                        engine_last_error(e));
-                return 1;
-            }
-            gen[s] = out[0];
+        if ((!sync && engine_runs_async(e)
+             ? decode_overlapped(e, items, batch, cur, out, gen, n_prompt,
+                                 steps)
+             : decode_sync(e, items, batch, cur, out, gen, n_prompt, steps))
+            != 0)
+        {
+            fprintf(stderr, "ngx-gpu-generate: %s\n", engine_last_error(e));
+            return 1;
         }
         td = now() - t0;
         t_prefill = tp < t_prefill ? tp : t_prefill;
