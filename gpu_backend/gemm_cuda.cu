@@ -57,6 +57,7 @@ struct gemm_s {
     int                 rope_fused;     /* NGX_GPU_ROPE_FUSED=0: not */
     int                 max_split;      /* NGX_GPU_GEMV_SPLIT: at most */
     float               split_margin;   /* NGX_GPU_SPLIT_MARGIN */
+    int                 split_chain;    /* NGX_GPU_SPLIT_RULE=chain */
     int                 log;            /* NGX_GPU_GEMM_LOG=1: each pick */
     shape_t             shapes[MAX_SHAPES];
 };
@@ -82,6 +83,8 @@ gemm_create(cudaStream_t s, cublasHandle_t blas, void *ws, size_t ws_bytes,
     g->split_margin = getenv("NGX_GPU_SPLIT_MARGIN")
                       ? (float) atof(getenv("NGX_GPU_SPLIT_MARGIN"))
                       : SPLIT_MARGIN;
+    g->split_chain = getenv("NGX_GPU_SPLIT_RULE") != NULL
+                     && strcmp(getenv("NGX_GPU_SPLIT_RULE"), "chain") == 0;
     g->max_split = getenv("NGX_GPU_GEMV_SPLIT")
                    ? atoi(getenv("NGX_GPU_GEMV_SPLIT")) : GEMV_MAX_SPLIT;
     g->log = getenv("NGX_GPU_GEMM_LOG") != NULL;
@@ -133,6 +136,47 @@ typedef struct {
 } tried_t;
 
 #define MAX_TRIED  (2 * 4 + 1)          /* two kernels, four splits, cuBLAS */
+
+/*
+ * The pick among n timed candidates (cuBLAS's best counts as split 1):
+ * the fewest warps a row (split) whose fastest candidate times within
+ * split_margin of the fastest of all, that candidate.  Alone, more split
+ * warps win by a few % where the step loses: at 8 rows, splits that won
+ * by 3-4% alone cost Qwen-0.5B's shapes 3% in the step; Llama-3.2-1B's
+ * down product at 1 row, split 8 5% faster than split 2 alone, the step
+ * 2% slower (H100: 908-918 against 926-938 tokens/s).  The rule before
+ * kept each split only if 10% faster than the pick so far, so a split 2
+ * that missed that against split 1 by a hair let split 8 in
+ * (NGX_GPU_SPLIT_RULE=chain: that rule).  -1 if n is 0.
+ */
+static int
+pick(const gemm_t *g, const tried_t *t, int n)
+{
+    int i, best = -1, level, lb;
+
+    for (i = 0; i < n; i++) {
+        float margin = t[i].split == 1 || !g->split_chain
+                       ? 1.0f : g->split_margin;
+        if (best < 0 || t[i].ms < t[best].ms * margin) {
+            best = i;
+        }
+    }
+    if (best < 0 || g->split_chain) {
+        return best;
+    }
+    for (level = 1; level < t[best].split; level *= 2) {
+        lb = -1;
+        for (i = 0; i < n; i++) {
+            if (t[i].split == level && (lb < 0 || t[i].ms < t[lb].ms)) {
+                lb = i;
+            }
+        }
+        if (lb >= 0 && t[lb].ms * g->split_margin <= t[best].ms) {
+            return lb;
+        }
+    }
+    return best;
+}
 
 /* epi < 0: any */
 static shape_t *
@@ -350,11 +394,10 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
             best_ms = ms;
         }
     }
-    if (pro) {
-        best_ms = 1e30f;
-    } else if (best < 0) {
+    if (!pro && best < 0) {
         goto fail;
-    } else {
+    }
+    if (!pro) {
         g->improved += best != 0;
         sh.algo = res[best].algo;
         tried[n_tried++] = (tried_t) { GEMV_WON_NONE, 1, best_ms };
@@ -363,32 +406,21 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
     /* our own kernel for few rows, with the epilogue in it, then
      * without it and the epilogue's own kernel after it, each with 1, 2,
      * 4 or 8 warps a row (while each lane still has two chunks of 8 of
-     * a row: with less, lanes idle): each kept only where it is faster
-     * than what came before (a launch the kernel refuses times as -1);
-     * a split only by SPLIT_MARGIN (NGX_GPU_SPLIT_MARGIN): at 8 rows,
-     * splits that won by 3-4% alone cost Qwen-0.5B's shapes 3% in the
-     * step; at 1 row Llama-3.2-1B's down product at split 8 won by
-     * 4-6% alone (the weights in the L2) now and then, and the step was
-     * 2% slower than at split 2 (H100: 918 against 938 tokens/s) */
+     * a row: with less, lanes idle); a launch the kernel refuses times
+     * as -1 and is left out; pick() chooses */
     if (g->use_gemv && gemv_supported(g->in_type, M, K)) {
-        int split, best_split = 1;
-        float ms, margin;
+        int split;
+        float ms;
 
         for (split = 1;
              split <= g->max_split && (split == 1 || K >= split * 512);
              split *= 2)
         {
             sh.split = split;
-            margin = split == 1 ? 1.0f : g->split_margin;
             if (ep->kind != GEMV_ROPE || g->rope_fused) {
                 ms = timed(g, &sh, GEMV_WON_FUSED, NULL, out, in, w, ep);
                 if (ms > 0.0f && n_tried < MAX_TRIED) {
                     tried[n_tried++] = (tried_t) { GEMV_WON_FUSED, split, ms };
-                }
-                if (ms > 0.0f && ms < best_ms * margin) {
-                    sh.gemv = GEMV_WON_FUSED;
-                    best_split = split;
-                    best_ms = ms;
                 }
             }
             if (ep->kind != GEMV_PLAIN) {
@@ -396,16 +428,17 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
                 if (ms > 0.0f && n_tried < MAX_TRIED) {
                     tried[n_tried++] = (tried_t) { GEMV_WON_THEN, split, ms };
                 }
-                if (ms > 0.0f && ms < best_ms * margin) {
-                    sh.gemv = GEMV_WON_THEN;
-                    best_split = split;
-                    best_ms = ms;
-                }
             }
         }
-        sh.split = best_split;
-        g->n_gemv += sh.gemv != GEMV_WON_NONE;
     }
+    i = pick(g, tried, n_tried);
+    if (i < 0) {
+        goto fail;
+    }
+    sh.gemv = tried[i].gemv;
+    sh.split = tried[i].split;
+    best_ms = tried[i].ms;
+    g->n_gemv += sh.gemv != GEMV_WON_NONE;
     if (pro && sh.gemv != GEMV_WON_FUSED) {
         goto fail;
     }
