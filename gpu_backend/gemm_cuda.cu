@@ -14,6 +14,7 @@
 #include "kernels_cuda.h"
 extern "C" {
 #include "log.h"
+#include "split_pick.h"
 }
 
 #define MAX_SHAPES  128
@@ -129,54 +130,8 @@ static const gemm_epi_t gemm_no_epi = { GEMV_PLAIN, 0,
                                         { NULL, NULL, NULL, 0.0f, NULL },
                                         {}, {} };
 
-/* a timed candidate: its kernel (GEMV_WON_*), split and time */
-typedef struct {
-    int    gemv, split;
-    float  ms;
-} tried_t;
 
 #define MAX_TRIED  (2 * 4 + 1)          /* two kernels, four splits, cuBLAS */
-
-/*
- * The pick among n timed candidates (cuBLAS's best counts as split 1):
- * the fewest warps a row (split) whose fastest candidate times within
- * split_margin of the fastest of all, that candidate.  Alone, more split
- * warps win by a few % where the step loses: at 8 rows, splits that won
- * by 3-4% alone cost Qwen-0.5B's shapes 3% in the step; Llama-3.2-1B's
- * down product at 1 row, split 8 5% faster than split 2 alone, the step
- * 2% slower (H100: 908-918 against 926-938 tokens/s).  The rule before
- * kept each split only if 10% faster than the pick so far, so a split 2
- * that missed that against split 1 by a hair let split 8 in
- * (NGX_GPU_SPLIT_RULE=chain: that rule).  -1 if n is 0.
- */
-static int
-pick(const gemm_t *g, const tried_t *t, int n)
-{
-    int i, best = -1, level, lb;
-
-    for (i = 0; i < n; i++) {
-        float margin = t[i].split == 1 || !g->split_chain
-                       ? 1.0f : g->split_margin;
-        if (best < 0 || t[i].ms < t[best].ms * margin) {
-            best = i;
-        }
-    }
-    if (best < 0 || g->split_chain) {
-        return best;
-    }
-    for (level = 1; level < t[best].split; level *= 2) {
-        lb = -1;
-        for (i = 0; i < n; i++) {
-            if (t[i].split == level && (lb < 0 || t[i].ms < t[lb].ms)) {
-                lb = i;
-            }
-        }
-        if (lb >= 0 && t[lb].ms * g->split_margin <= t[best].ms) {
-            return lb;
-        }
-    }
-    return best;
-}
 
 /* epi < 0: any */
 static shape_t *
@@ -335,7 +290,7 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
     cublasLtMatmulPreference_t pref = NULL;
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     shape_t sh;
-    tried_t tried[MAX_TRIED];
+    split_cand_t tried[MAX_TRIED];
     int n = 0, i, best = -1, pro, n_tried = 0;
     float best_ms = 0.0f;
 
@@ -400,14 +355,14 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
     if (!pro) {
         g->improved += best != 0;
         sh.algo = res[best].algo;
-        tried[n_tried++] = (tried_t) { GEMV_WON_NONE, 1, best_ms };
+        tried[n_tried++] = (split_cand_t) { GEMV_WON_NONE, 1, best_ms };
     }
 
     /* our own kernel for few rows, with the epilogue in it, then
      * without it and the epilogue's own kernel after it, each with 1, 2,
      * 4 or 8 warps a row (while each lane still has two chunks of 8 of
      * a row: with less, lanes idle); a launch the kernel refuses times
-     * as -1 and is left out; pick() chooses */
+     * as -1 and is left out; split_pick() chooses */
     if (g->use_gemv && gemv_supported(g->in_type, M, K)) {
         int split;
         float ms;
@@ -420,22 +375,22 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
             if (ep->kind != GEMV_ROPE || g->rope_fused) {
                 ms = timed(g, &sh, GEMV_WON_FUSED, NULL, out, in, w, ep);
                 if (ms > 0.0f && n_tried < MAX_TRIED) {
-                    tried[n_tried++] = (tried_t) { GEMV_WON_FUSED, split, ms };
+                    tried[n_tried++] = (split_cand_t) { GEMV_WON_FUSED, split, ms };
                 }
             }
             if (ep->kind != GEMV_PLAIN) {
                 ms = timed(g, &sh, GEMV_WON_THEN, NULL, out, in, w, ep);
                 if (ms > 0.0f && n_tried < MAX_TRIED) {
-                    tried[n_tried++] = (tried_t) { GEMV_WON_THEN, split, ms };
+                    tried[n_tried++] = (split_cand_t) { GEMV_WON_THEN, split, ms };
                 }
             }
         }
     }
-    i = pick(g, tried, n_tried);
+    i = split_pick(tried, n_tried, g->split_margin, g->split_chain);
     if (i < 0) {
         goto fail;
     }
-    sh.gemv = tried[i].gemv;
+    sh.gemv = tried[i].kern;
     sh.split = tried[i].split;
     best_ms = tried[i].ms;
     g->n_gemv += sh.gemv != GEMV_WON_NONE;
@@ -446,12 +401,12 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
     /* the runner-up, for gemm_swap: the fastest other candidate, margins
      * aside (cuBLAS's counts as split 1) */
     for (i = 0; i < n_tried; i++) {
-        const tried_t *t = &tried[i];
-        if ((t->gemv != sh.gemv || (t->gemv != GEMV_WON_NONE
+        const split_cand_t *t = &tried[i];
+        if ((t->kern != sh.gemv || (t->kern != GEMV_WON_NONE
                                     && t->split != sh.split))
             && (sh.alt_ms == 0.0f || t->ms < sh.alt_ms))
         {
-            sh.alt_gemv = t->gemv;
+            sh.alt_gemv = t->kern;
             sh.alt_split = t->split;
             sh.alt_ms = t->ms;
         }
