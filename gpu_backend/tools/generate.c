@@ -26,20 +26,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "engine.h"
 #include "model.h"
+#include "mono_clock.h"
 
 #define MAX_PROMPT  65536
 
+/* seconds on the monotonic clock */
 static double
 now(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
+    return mono_ns() * 1e-9;
 }
 
 /* decode steps 1 .. steps - 1, each waited for before the next is
