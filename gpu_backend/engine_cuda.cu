@@ -101,6 +101,7 @@ typedef struct {
     cublasHandle_t    blas;
     gemm_t           *gemm;
     int               tune;
+    int               tune_log;         /* NGX_GPU_GEMM_LOG: the picks */
     int               started;
     uint64_t          allocs_after_start;
     uint64_t          graph_steps[2];   /* decode, mixed */
@@ -835,7 +836,7 @@ tune_gemms(cu_engine_t *e, int B)
     tune_layer_gemms(e, B);
     gemm_tune(e->gemm, e->logits, e->xl, e->lm_head, B, c->dim,
               c->vocab_size, NULL);
-    if (getenv("NGX_GPU_GEMM_LOG") != NULL) {
+    if (e->tune_log) {
         log_info("cuda engine: %d-row steps: norm prologue in q|k|v %s, "
                  "in gate|up %s", B,
                  norm_pro(e, B, GEMV_ROPE) ? "yes" : "no",
@@ -1430,7 +1431,7 @@ settle(cu_engine_t *e, int b, int n_var, char *err, size_t errlen)
     char what[200];
 
     t0 = t1 = 0.0f;
-    if (getenv("NGX_GPU_GEMM_LOG") != NULL) {
+    if (e->tune_log) {
         /* the same picks in a new graph: the noise a swap must beat */
         if (make_graph(e, B, B, 0, n_var, 1, &g2, err, errlen) != 0) {
             return -1;
@@ -1472,7 +1473,7 @@ settle(cu_engine_t *e, int b, int n_var, char *err, size_t errlen)
             cudaGraphExecDestroy(g2);
             return cu_fail(err, errlen, "cuda engine: timing decode graphs");
         }
-        if (getenv("NGX_GPU_GEMM_LOG") != NULL) {
+        if (e->tune_log) {
             if (i < n) {
                 gemm_describe(e->gemm, idx[i], what, sizeof(what));
             } else {
@@ -1510,7 +1511,7 @@ settle(cu_engine_t *e, int b, int n_var, char *err, size_t errlen)
     }
     /* each flip that did not pay was undone: the picks are those of the
      * graph kept */
-    if (getenv("NGX_GPU_GEMM_LOG") != NULL) {
+    if (e->tune_log) {
         log_info("cuda engine: %d-row steps: %d close picks and 2 prologue "
                  "decisions tried in the step, %d changed, %.1f us a step",
                  B, n, gain, t0 * 1000.0f);
@@ -1637,6 +1638,7 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
     e->use_graphs = env == NULL || strcmp(env, "0") != 0;
     env = getenv("NGX_GPU_GEMM_TUNE");
     e->tune = env == NULL || strcmp(env, "0") != 0;
+    e->tune_log = getenv("NGX_GPU_GEMM_LOG") != NULL;
     env = getenv("NGX_GPU_CUDNN_ATTENTION");
     e->dnn_want = env == NULL || strcmp(env, "0") != 0;
     env = getenv("NGX_GPU_NORM_PROLOGUE");
