@@ -328,9 +328,11 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
         || cublasLtMatmulPreferenceSetAttribute(pref,
                CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &g->ws_bytes,
                sizeof(g->ws_bytes)) != CUBLAS_STATUS_SUCCESS
-        || cublasLtMatmulAlgoGetHeuristic(g->lt, sh.op, sh.a, sh.b, sh.c,
-               sh.c, pref, CANDIDATES, res, &n) != CUBLAS_STATUS_SUCCESS
-        || n == 0)
+        || (!pro                /* with the prologue cuBLAS cannot run */
+            && (cublasLtMatmulAlgoGetHeuristic(g->lt, sh.op, sh.a, sh.b,
+                    sh.c, sh.c, pref, CANDIDATES, res, &n)
+                != CUBLAS_STATUS_SUCCESS
+                || n == 0)))
     {
         goto fail;
     }
