@@ -67,36 +67,33 @@ main(void)
     };
     split_cand_t one[] = { { FUSED, 2, 3.0f } };
 
-    CHECK(strcmp(picked(down, N_OF(down), 0), "2/1") == 0,
-          "1B down, 1 row: split 2 (within 10%% of split 8): %s",
-          picked(down, N_OF(down), 0));
-    CHECK(strcmp(picked(down, N_OF(down), 1), "2/1") == 0,
-          "chain: split 2 (10%% under split 1's 9.5), no further: %s",
-          picked(down, N_OF(down), 1));
+#define CASE(t, chain, want, what)  { t, N_OF(t), chain, want, what }
+    const struct {
+        const split_cand_t  *t;
+        int                  n, chain;
+        const char          *want, *what;
+    } cases[] = {
+        CASE(down, 0, "2/1", "1B down, 1 row: split 2, within 10% of 8"),
+        CASE(down, 1, "2/1", "chain: split 2, 10% under split 1's 9.5"),
+        CASE(near_a, 0, "2/1", "split 2 at 8.54 us"),
+        CASE(near_b, 0, "2/1", "split 2 at 8.56 us: the same pick"),
+        CASE(near_a, 1, "2/1", "chain, split 2 at 8.54 us"),
+        CASE(near_b, 1, "8/1", "chain, split 2 at 8.56 us: split 8"),
+        CASE(blas, 0, "1/0", "the fastest at split 1 (cuBLAS)"),
+        CASE(two, 0, "2/2", "split 2 within 10% of 9.3: its faster kernel"),
+        CASE(far, 0, "8/1", "split 8 a third faster than split 2"),
+        CASE(gaps, 0, "4/1", "split 1 20% slower, 2 not timed: split 4"),
+        CASE(one, 0, "2/1", "one candidate"),
+        CASE(one, 1, "2/1", "one candidate, chain"),
+    };
+    const char *got;
+    int i;
 
-    CHECK(strcmp(picked(near_a, N_OF(near_a), 0), "2/1") == 0
-          && strcmp(picked(near_b, N_OF(near_b), 0), "2/1") == 0,
-          "split 2 8.54 or 8.56 us: split 2 both times");
-    CHECK(strcmp(picked(near_a, N_OF(near_a), 1), "2/1") == 0
-          && strcmp(picked(near_b, N_OF(near_b), 1), "8/1") == 0,
-          "chain flips between split 2 and split 8 on 0.02 us: %s, %s",
-          picked(near_a, N_OF(near_a), 1), picked(near_b, N_OF(near_b), 1));
-
-    CHECK(strcmp(picked(blas, N_OF(blas), 0), "1/0") == 0,
-          "the fastest at split 1 is the pick (cuBLAS): %s",
-          picked(blas, N_OF(blas), 0));
-    CHECK(strcmp(picked(two, N_OF(two), 0), "2/2") == 0,
-          "split 2 within 10%% of 9.3: its faster kernel (then): %s",
-          picked(two, N_OF(two), 0));
-    CHECK(strcmp(picked(far, N_OF(far), 0), "8/1") == 0,
-          "split 8 a third faster than split 2: split 8: %s",
-          picked(far, N_OF(far), 0));
-    CHECK(strcmp(picked(gaps, N_OF(gaps), 0), "4/1") == 0,
-          "split 1 20%% slower, 2 not timed: split 4: %s",
-          picked(gaps, N_OF(gaps), 0));
-    CHECK(strcmp(picked(one, 1, 0), "2/1") == 0
-          && strcmp(picked(one, 1, 1), "2/1") == 0,
-          "one candidate: it, either rule");
+    for (i = 0; i < N_OF(cases); i++) {
+        got = picked(cases[i].t, cases[i].n, cases[i].chain);
+        CHECK(strcmp(got, cases[i].want) == 0, "%s: %s, want %s",
+              cases[i].what, got, cases[i].want);
+    }
     CHECK(split_pick(down, 0, 0.90f, 0) == -1
           && split_pick(down, 0, 0.90f, 1) == -1,
           "nothing timed: -1");
