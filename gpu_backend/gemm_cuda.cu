@@ -130,7 +130,6 @@ static const gemm_epi_t gemm_no_epi = { GEMV_PLAIN, 0,
                                         { NULL, NULL, NULL, 0.0f, NULL },
                                         {}, {} };
 
-
 #define MAX_TRIED  (2 * 4 + 1)          /* two kernels, four splits, cuBLAS */
 
 /* epi < 0: any */
@@ -339,7 +338,6 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
 
     /* candidate 0 is cuBLAS's own pick: keep another only if faster;
      * with the norm prologue only our kernel (fused) runs */
-    n_tried = 0;
     for (i = 0; i < n && !pro; i++) {
         float ms;
         if (res[i].state != CUBLAS_STATUS_SUCCESS) {
@@ -351,10 +349,10 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
             best_ms = ms;
         }
     }
-    if (!pro && best < 0) {
-        goto fail;
-    }
     if (!pro) {
+        if (best < 0) {
+            goto fail;
+        }
         g->improved += best != 0;
         sh.algo = res[best].algo;
         tried[n_tried++] = (split_cand_t) { GEMV_WON_NONE, 1, best_ms };
@@ -377,13 +375,15 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
             if (ep->kind != GEMV_ROPE || g->rope_fused) {
                 ms = timed(g, &sh, GEMV_WON_FUSED, NULL, out, in, w, ep);
                 if (ms > 0.0f && n_tried < MAX_TRIED) {
-                    tried[n_tried++] = (split_cand_t) { GEMV_WON_FUSED, split, ms };
+                    tried[n_tried++] = (split_cand_t) { GEMV_WON_FUSED,
+                                                        split, ms };
                 }
             }
             if (ep->kind != GEMV_PLAIN) {
                 ms = timed(g, &sh, GEMV_WON_THEN, NULL, out, in, w, ep);
                 if (ms > 0.0f && n_tried < MAX_TRIED) {
-                    tried[n_tried++] = (split_cand_t) { GEMV_WON_THEN, split, ms };
+                    tried[n_tried++] = (split_cand_t) { GEMV_WON_THEN,
+                                                        split, ms };
                 }
             }
         }
