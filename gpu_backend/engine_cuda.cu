@@ -1473,26 +1473,21 @@ settle(cu_engine_t *e, int b, int n_var, char *err, size_t errlen)
             cudaGraphExecDestroy(g2);
             return cu_fail(err, errlen, "cuda engine: timing decode graphs");
         }
+        /* what the try changed to, for both log lines */
+        if (i < n) {
+            gemm_describe(e->gemm, idx[i], what, sizeof(what));
+        } else {
+            snprintf(what, sizeof(what), "norm prologue in %s %s",
+                     i == n ? "q|k|v" : "gate|up",
+                     (i == n ? e->pro_qkv[B] : e->pro_gu[B]) ? "on" : "off");
+        }
         if (e->tune_log) {
-            if (i < n) {
-                gemm_describe(e->gemm, idx[i], what, sizeof(what));
-            } else {
-                snprintf(what, sizeof(what), "prologue flip %d", i - n);
-            }
             log_info("cuda engine: %d-row settle try: %s: %.1f -> %.1f us",
                      B, what, t0 * 1000.0f, t1 * 1000.0f);
         }
         if (t1 < t0 * SETTLE_GAIN) {
             cudaGraphExecDestroy(e->graphs[b]);
             e->graphs[b] = g2;
-            if (i < n) {
-                gemm_describe(e->gemm, idx[i], what, sizeof(what));
-            } else {
-                snprintf(what, sizeof(what), "norm prologue in %s %s",
-                         i == n ? "q|k|v" : "gate|up",
-                         (i == n ? e->pro_qkv[B] : e->pro_gu[B])
-                         ? "on" : "off");
-            }
             log_info("cuda engine: %d-row steps settled: %s: %.1f -> "
                      "%.1f us a step", B, what, t0 * 1000.0f,
                      t1 * 1000.0f);
