@@ -40,6 +40,19 @@ now(void)
     return mono_ns() * 1e-9;
 }
 
+/* every sequence's one decode token at pos: cur[i] */
+static void
+decode_items(engine_item_t *items, int batch, int32_t *cur, int pos)
+{
+    int i;
+
+    for (i = 0; i < batch; i++) {
+        items[i].pos = pos;
+        items[i].n_tokens = 1;
+        items[i].tokens = &cur[i];
+    }
+}
+
 /* decode steps 1 .. steps - 1, each waited for before the next is
  * queued; gen[s] gets sequence 0's token of step s, out the last step's
  * tokens */
@@ -52,10 +65,8 @@ decode_sync(engine_t *e, engine_item_t *items, int batch, int32_t *cur,
     for (s = 1; s < steps; s++) {
         for (i = 0; i < batch; i++) {
             cur[i] = out[i];
-            items[i].pos = n_prompt + s - 1;
-            items[i].n_tokens = 1;
-            items[i].tokens = &cur[i];
         }
+        decode_items(items, batch, cur, n_prompt + s - 1);
         if (engine_step(e, items, batch, out, NULL) != 0) {
             return -1;
         }
@@ -78,10 +89,8 @@ decode_overlapped(engine_t *e, engine_item_t *items, int batch, int32_t *cur,
     for (s = 1; s < steps; s++) {
         for (i = 0; i < batch; i++) {
             cur[i] = s == 1 ? out[i] : ENGINE_TOKEN_OF(i);
-            items[i].pos = n_prompt + s - 1;
-            items[i].n_tokens = 1;
-            items[i].tokens = &cur[i];
         }
+        decode_items(items, batch, cur, n_prompt + s - 1);
         if (engine_step_begin(e, items, batch) != 0) {
             return -1;
         }
