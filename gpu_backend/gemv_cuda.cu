@@ -252,7 +252,7 @@ pro_scale(const float (*ss_s)[WARPS], int m, int K, float eps)
 template <typename T, int M, int R, int EPI, int KS>
 __global__ void __launch_bounds__(WARPS * 32)
 gemv_kernel(void *out, const T *in, const T *w, int K, int N,
-    gemv_epi_t nrm, gemv_rope_t rp, gemv_pro_t pro)
+    gemv_epi_t nrm, gemv_rope_t rp, gemv_pro_t pro, int trig)
 {
     extern __shared__ __align__(16) unsigned char gemv_smem[];
     __shared__ float ss_s[M][WARPS];    /* the prologue's sums of squares */
@@ -313,6 +313,9 @@ gemv_kernel(void *out, const T *in, const T *w, int K, int N,
      * and only the inputs (and the prologue) wait for it */
     if (n0 < N) {
         w8_issue<T, UNROLL, R, STEP>(c, wr, k0, K);
+    }
+    if (trig) {
+        kc_pdl_trigger();       /* gemv_trigger_first() */
     }
     kc_pdl_wait();
     kc_pdl_trigger();
@@ -457,6 +460,16 @@ gemv_kernel(void *out, const T *in, const T *w, int K, int N,
     }
 }
 
+/* whether the kernels launched next let the kernel after them start
+ * before their own launch wait (gemv_trigger_first) */
+static int gemv_trig;
+
+void
+gemv_trigger_first(int on)
+{
+    gemv_trig = on;
+}
+
 /* rows a warp: one input row needs no sharing of its loads; more rows
  * share each load of the inputs among more weight rows; a SwiGLU pair
  * needs two */
@@ -478,7 +491,8 @@ launch(cudaStream_t s, void *out, const void *in, const void *w, int K,
     }
     return kc_launch(gemv_kernel<T, M, R, EPI, KS>,
                      dim3((N + ROWS - 1) / ROWS), dim3(WARPS * 32), smem, s,
-                     out, (const T *) in, (const T *) w, K, N, nrm, rp, pro);
+                     out, (const T *) in, (const T *) w, K, N, nrm, rp, pro,
+                     gemv_trig);
 }
 
 template <typename T, int M, int EPI>

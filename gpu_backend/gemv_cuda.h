@@ -117,6 +117,16 @@ cudaError_t gemv_rope_run(cudaStream_t s, cudaDataType_t dt, float *y,
     const void *in, const void *w, int M, int K, int N, int split,
     const gemv_rope_t *rp, const gemv_pro_t *pro);
 
+/*
+ * Whether the products launched from now on let the kernel after them
+ * (programmatic dependent launch) start as soon as all their blocks
+ * have started, before their own launch wait, instead of after it: so
+ * that kernel's blocks, where they fit beside the running ones, issue
+ * their first weight loads while the kernel before this product still
+ * runs.  0 at start.
+ */
+void gemv_trigger_first(int on);
+
 #ifdef __cplusplus
 }
 #endif
