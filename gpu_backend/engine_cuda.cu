@@ -68,10 +68,13 @@ static const int mixp[MIX_BUCKETS] = { 16, 64, 128 };
  * these bits, to compare).  o's, so that gate|up's blocks, where they
  * fit, issue their first weight loads while attention runs, which reads
  * next to nothing from memory; gate|up's and down's, for the same along
- * the chain.  H100, decode tokens/s against none (best of 2 starts):
- * Qwen2.5-0.5B shapes batch 1 +8.7%, batch 2 +4.6%; Llama-3.2-1B batch 2
- * +2.9%; the 1B at batch 1, and both at 4 and 8, within 0.1%.  With
- * q|k|v's and the LM head's too, Qwen's batch 1 gained 3% less.
+ * the chain.  H100, decode tokens/s against none (scripts/gpu/ab-decode
+ * --env-a NGX_GPU_TRIGGER=0, best of 2 starts): Qwen2.5-0.5B shapes
+ * batch 1 +8.0%, batch 2 +4.2%; Llama-3.2-1B batch 2 +2.2%; the 1B at
+ * batch 1, and both at 4 and 8, within 1%.  With q|k|v's and the LM
+ * head's too, Qwen's batch 1 gained 3% less.  Where the product before
+ * fills every multiprocessor (the 1B's o at batch 1) nothing starts
+ * early, and nothing changes.
  */
 #define TRIG_QKV       1
 #define TRIG_O         2
