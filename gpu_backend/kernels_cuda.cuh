@@ -242,7 +242,11 @@ kc_block_sum(float v, float *red)
  * before, and a product's first weight loads (they depend on nothing)
  * can be issued before its wait.  Both are no-ops for a kernel launched
  * the ordinary way.  NGX_GPU_PDL=0 launches the ordinary way (for
- * comparison).
+ * comparison).  Some products trigger before their own wait
+ * (gemv_trigger_first), so a kernel may start while the one two before
+ * it still runs: what any kernel reads before its wait must be written
+ * by no kernel of the step (weights, the step's uploaded inputs, the
+ * cache rows of earlier steps).
  */
 __device__ __forceinline__ void
 kc_pdl_wait(void)
