@@ -124,6 +124,8 @@ typedef struct {
     int               tune;
     int               tune_log;         /* NGX_GPU_GEMM_LOG: the picks */
     int               trig;             /* TRIG_ bits */
+    int               settle_lean;      /* NGX_GPU_SETTLE_LEAN: settle()
+                                         * tries gemm_lean's */
     int               started;
     uint64_t          allocs_after_start;
     uint64_t          graph_steps[2];   /* decode, mixed */
@@ -1444,19 +1446,95 @@ graphs_ms(cu_engine_t *e, cudaGraphExec_t ga, cudaGraphExec_t gb,
  * size at batch 2 decode 2.5-4% faster settled; Qwen size at 8 rows:
  * q|k|v's prologue off, 1193 -> 1135 us a replay).  About 1 s more at
  * start.  NGX_GPU_SETTLE=0: not done.
+ * Also tried: each product whose pick is our kernel at 2 or more warps
+ * a row, at one (gemm_lean): its fewer blocks leave room for the next
+ * kernel's, which start early (TRIG_DEFAULT); the 1B's o at batch 1 was
+ * +0.9% so (H100, forced; alone it times over 15% slower than its
+ * pick, so it is no close runner-up).  NGX_GPU_SETTLE_LEAN=0: not
+ * tried.
  */
 #define SETTLE_RATIO  1.15f
 #define SETTLE_GAIN   0.995f
 #define SETTLE_MAX    16
 
+/* what settle() tries the other way */
+#define TRY_CLOSE     0             /* a product's close runner-up */
+#define TRY_LEAN      1             /* a product at one warp a row */
+#define TRY_PRO_QKV   2             /* the norm prologue in q|k|v */
+#define TRY_PRO_GU    3             /* ... in gate|up */
+
+/* the change, or (again) its undoing */
+static void
+settle_flip(cu_engine_t *e, int B, int kind, int idx)
+{
+    switch (kind) {
+    case TRY_CLOSE:
+        gemm_swap(e->gemm, idx);
+        break;
+    case TRY_LEAN:
+        gemm_lean_swap(e->gemm, idx);
+        break;
+    case TRY_PRO_QKV:
+        e->pro_qkv[B] ^= 1;
+        break;
+    default:
+        e->pro_gu[B] ^= 1;
+    }
+}
+
+/* one try: the graph with the change against the bucket's, kept where
+ * faster (*t0: the kept graph's µs, *gain counts what was kept) */
+static int
+settle_try(cu_engine_t *e, int b, int n_var, int kind, int idx, float *t0,
+    int *gain, char *err, size_t errlen)
+{
+    int B = e->buckets[b];
+    cudaGraphExec_t g2;
+    float t1;
+    char what[200];
+
+    settle_flip(e, B, kind, idx);
+    if (make_graph(e, B, B, 0, n_var, 1, &g2, err, errlen) != 0) {
+        return -1;
+    }
+    if (graphs_ms(e, e->graphs[b], g2, t0, &t1) != 0) {
+        cudaGraphExecDestroy(g2);
+        return cu_fail(err, errlen, "cuda engine: timing decode graphs");
+    }
+    /* what the try changed to, for both log lines */
+    if (kind == TRY_CLOSE || kind == TRY_LEAN) {
+        gemm_describe(e->gemm, idx, kind == TRY_LEAN, what, sizeof(what));
+    } else {
+        snprintf(what, sizeof(what), "norm prologue in %s %s",
+                 kind == TRY_PRO_QKV ? "q|k|v" : "gate|up",
+                 (kind == TRY_PRO_QKV ? e->pro_qkv[B] : e->pro_gu[B])
+                 ? "on" : "off");
+    }
+    if (e->tune_log) {
+        log_info("cuda engine: %d-row settle try: %s: %.1f -> %.1f us",
+                 B, what, *t0 * 1000.0f, t1 * 1000.0f);
+    }
+    if (t1 < *t0 * SETTLE_GAIN) {
+        cudaGraphExecDestroy(e->graphs[b]);
+        e->graphs[b] = g2;
+        log_info("cuda engine: %d-row steps settled: %s: %.1f -> %.1f us "
+                 "a step", B, what, *t0 * 1000.0f, t1 * 1000.0f);
+        *t0 = t1;
+        (*gain)++;
+        return 0;
+    }
+    cudaGraphExecDestroy(g2);
+    settle_flip(e, B, kind, idx);               /* back */
+    return 0;
+}
+
 static int
 settle(cu_engine_t *e, int b, int n_var, char *err, size_t errlen)
 {
-    int B = e->buckets[b], idx[SETTLE_MAX], n, i, gain = 0;
+    int B = e->buckets[b], idx[SETTLE_MAX], n, nl = 0, i, gain = 0;
     int dim = e->cfg.dim;
     cudaGraphExec_t g2;
     float t0, t1;
-    char what[200];
 
     t0 = t1 = 0.0f;
     if (e->tune_log) {
@@ -1471,73 +1549,49 @@ settle(cu_engine_t *e, int b, int n_var, char *err, size_t errlen)
         }
         cudaGraphExecDestroy(g2);
     }
-    n = gemm_close(e->gemm, B, SETTLE_RATIO, idx, SETTLE_MAX);
     e->settled[B] = 1;
-    /* i < n: a product's runner-up; n, n + 1: the prologues flipped */
-    for (i = 0; i < n + 2; i++) {
-        if (i < n) {
-            gemm_swap(e->gemm, idx[i]);
-        } else if (!e->norm_pro || e->cfg.post_norms) {
-            break;
-        } else if (i == n) {
-            if (gemm_time_us(e->gemm, B, dim, e->qkv_dim, GEMV_ROPE, 1)
-                <= 0)
-            {
-                continue;               /* no prologue to flip to */
-            }
-            e->pro_qkv[B] ^= 1;
-        } else {
-            if (gemm_time_us(e->gemm, B, dim, 2 * e->cfg.hidden_dim,
-                             GEMV_SWIGLU, 1) <= 0)
-            {
-                continue;
-            }
-            e->pro_gu[B] ^= 1;
-        }
-        if (make_graph(e, B, B, 0, n_var, 1, &g2, err, errlen) != 0) {
+    n = gemm_close(e->gemm, B, SETTLE_RATIO, idx, SETTLE_MAX);
+    for (i = 0; i < n; i++) {
+        if (settle_try(e, b, n_var, TRY_CLOSE, idx[i], &t0, &gain, err,
+                       errlen) != 0)
+        {
             return -1;
         }
-        if (graphs_ms(e, e->graphs[b], g2, &t0, &t1) != 0) {
-            cudaGraphExecDestroy(g2);
-            return cu_fail(err, errlen, "cuda engine: timing decode graphs");
+    }
+    /* after the runner-ups, which may have changed a product's kernel */
+    if (e->settle_lean) {
+        nl = gemm_lean(e->gemm, B, SETTLE_RATIO, idx, SETTLE_MAX);
+    }
+    for (i = 0; i < nl; i++) {
+        if (settle_try(e, b, n_var, TRY_LEAN, idx[i], &t0, &gain, err,
+                       errlen) != 0)
+        {
+            return -1;
         }
-        /* what the try changed to, for both log lines */
-        if (i < n) {
-            gemm_describe(e->gemm, idx[i], what, sizeof(what));
-        } else {
-            snprintf(what, sizeof(what), "norm prologue in %s %s",
-                     i == n ? "q|k|v" : "gate|up",
-                     (i == n ? e->pro_qkv[B] : e->pro_gu[B]) ? "on" : "off");
+    }
+    if (e->norm_pro && !e->cfg.post_norms) {
+        /* only where the other way was tuned */
+        if (gemm_time_us(e->gemm, B, dim, e->qkv_dim, GEMV_ROPE, 1) > 0
+            && settle_try(e, b, n_var, TRY_PRO_QKV, 0, &t0, &gain, err,
+                          errlen) != 0)
+        {
+            return -1;
         }
-        if (e->tune_log) {
-            log_info("cuda engine: %d-row settle try: %s: %.1f -> %.1f us",
-                     B, what, t0 * 1000.0f, t1 * 1000.0f);
-        }
-        if (t1 < t0 * SETTLE_GAIN) {
-            cudaGraphExecDestroy(e->graphs[b]);
-            e->graphs[b] = g2;
-            log_info("cuda engine: %d-row steps settled: %s: %.1f -> "
-                     "%.1f us a step", B, what, t0 * 1000.0f,
-                     t1 * 1000.0f);
-            t0 = t1;
-            gain++;
-            continue;
-        }
-        cudaGraphExecDestroy(g2);
-        if (i < n) {
-            gemm_swap(e->gemm, idx[i]);             /* back */
-        } else if (i == n) {
-            e->pro_qkv[B] ^= 1;
-        } else {
-            e->pro_gu[B] ^= 1;
+        if (gemm_time_us(e->gemm, B, dim, 2 * e->cfg.hidden_dim,
+                         GEMV_SWIGLU, 1) > 0
+            && settle_try(e, b, n_var, TRY_PRO_GU, 0, &t0, &gain, err,
+                          errlen) != 0)
+        {
+            return -1;
         }
     }
     /* each flip that did not pay was undone: the picks are those of the
      * graph kept */
     if (e->tune_log) {
-        log_info("cuda engine: %d-row steps: %d close picks and 2 prologue "
-                 "decisions tried in the step, %d changed, %.1f us a step",
-                 B, n, gain, t0 * 1000.0f);
+        log_info("cuda engine: %d-row steps: %d close picks, %d at one "
+                 "warp a row and 2 prologue decisions tried in the step, "
+                 "%d changed, %.1f us a step", B, n, nl, gain,
+                 t0 * 1000.0f);
     }
     return 0;
 }
@@ -1664,6 +1718,8 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
     e->tune_log = getenv("NGX_GPU_GEMM_LOG") != NULL;
     env = getenv("NGX_GPU_TRIGGER");
     e->trig = env != NULL ? atoi(env) : TRIG_DEFAULT;
+    env = getenv("NGX_GPU_SETTLE_LEAN");
+    e->settle_lean = env == NULL || strcmp(env, "0") != 0;
     env = getenv("NGX_GPU_CUDNN_ATTENTION");
     e->dnn_want = env == NULL || strcmp(env, "0") != 0;
     env = getenv("NGX_GPU_NORM_PROLOGUE");

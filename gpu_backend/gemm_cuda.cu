@@ -43,6 +43,9 @@ typedef struct {
     int                      alt_gemv;  /* the runner-up: gemv, split */
     int                      alt_split;
     float                    alt_ms;    /* ... its time, 0: none */
+    int                      lean_gemv; /* the pick's kernel at another */
+    int                      lean_split; /* split: at first 1, the fewest */
+    float                    lean_ms;   /* blocks; its time, 0: none */
 } shape_t;
 
 struct gemm_s {
@@ -413,6 +416,17 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
             sh.alt_ms = t->ms;
         }
     }
+    /* the pick's kernel at one warp a row, for gemm_lean */
+    for (i = 0; i < n_tried; i++) {
+        const split_cand_t *t = &tried[i];
+        if (sh.gemv != GEMV_WON_NONE && sh.split > 1
+            && t->kern == sh.gemv && t->split == 1)
+        {
+            sh.lean_gemv = t->kern;
+            sh.lean_split = 1;
+            sh.lean_ms = t->ms;
+        }
+    }
     if (g->log) {
         log_info("gemm M=%d K=%d N=%d epilogue %d%s: %s, split %d, "
                  "%.2f us", M, K, N, ep->kind, pro ? " (norm prologue)" : "",
@@ -508,8 +522,43 @@ gemm_swap(gemm_t *g, int idx)
     sh->alt_ms = ms;
 }
 
+int
+gemm_lean(const gemm_t *g, int M, float ratio, int *idx, int max)
+{
+    int i, n = 0;
+
+    for (i = 0; i < g->n_shapes && n < max; i++) {
+        const shape_t *sh = &g->shapes[i];
+        int close = sh->alt_ms > 0.0f && sh->alt_ms <= sh->ms * ratio;
+
+        /* the same kernel (a swap with the runner-up kept may have
+         * changed it) */
+        if (sh->M == M && sh->lean_ms > 0.0f && sh->gemv == sh->lean_gemv
+            && sh->lean_split != sh->split
+            && !(close && sh->alt_gemv == sh->gemv
+                 && sh->alt_split == sh->lean_split))
+        {
+            idx[n++] = i;
+        }
+    }
+    return n;
+}
+
 void
-gemm_describe(const gemm_t *g, int idx, char *buf, size_t len)
+gemm_lean_swap(gemm_t *g, int idx)
+{
+    shape_t *sh = &g->shapes[idx];
+    int sp = sh->split;
+    float ms = sh->ms;
+
+    sh->split = sh->lean_split;
+    sh->ms = sh->lean_ms;
+    sh->lean_split = sp;
+    sh->lean_ms = ms;
+}
+
+void
+gemm_describe(const gemm_t *g, int idx, int lean, char *buf, size_t len)
 {
     const shape_t *sh = &g->shapes[idx];
     const char *k[] = { "cuBLAS", "gemv + epilogue", "gemv, epilogue after" };
@@ -517,8 +566,10 @@ gemm_describe(const gemm_t *g, int idx, char *buf, size_t len)
     snprintf(buf, len, "M=%d K=%d N=%d epilogue %d%s: %s split %d "
              "(%.2f us alone) over %s split %d (%.2f us)", sh->M, sh->K,
              sh->N, sh->epi, sh->pro ? " (norm prologue)" : "",
-             k[sh->gemv], sh->split, sh->ms * 1000.0f, k[sh->alt_gemv],
-             sh->alt_split, sh->alt_ms * 1000.0f);
+             k[sh->gemv], sh->split, sh->ms * 1000.0f,
+             k[lean ? sh->gemv : sh->alt_gemv],
+             lean ? sh->lean_split : sh->alt_split,
+             (lean ? sh->lean_ms : sh->alt_ms) * 1000.0f);
 }
 
 int

@@ -79,7 +79,23 @@ float gemm_time_us(const gemm_t *g, int M, int K, int N, int kind, int pro);
  */
 int gemm_close(const gemm_t *g, int M, float ratio, int *idx, int max);
 void gemm_swap(gemm_t *g, int idx);
-void gemm_describe(const gemm_t *g, int idx, char *buf, size_t len);
+
+/*
+ * And the tuned shapes of M rows whose pick is our kernel at 2 or more
+ * warps a row, at one warp a row (the fewest blocks), except where that
+ * is the close runner-up gemm_close gives already: alone it times
+ * slower, but in the step its fewer blocks leave room on every
+ * multiprocessor for the next kernel's, which then issue their first
+ * weight loads early (gemv_trigger_first).  gemm_lean_swap switches
+ * between the two splits.
+ */
+int gemm_lean(const gemm_t *g, int M, float ratio, int *idx, int max);
+void gemm_lean_swap(gemm_t *g, int idx);
+
+/* the pick and the other way settling tries (lean: gemm_lean's, else
+ * gemm_close's), in words */
+void gemm_describe(const gemm_t *g, int idx, int lean, char *buf,
+    size_t len);
 
 /* tuned shapes so far, how many of them beat cuBLAS's first pick, and
  * how many run gemv_cuda.cu's kernel */
