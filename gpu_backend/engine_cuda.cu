@@ -59,6 +59,7 @@ static const int mixp[MIX_BUCKETS] = { 16, 64, 128 };
  */
 #define MIX_SHORT_CTX  256
 #define PDL_MAX_ROWS   8                   /* see forward() */
+#define SM_COPY_MAX    ((size_t) 64 << 10) /* see stage_copy() */
 #define CONV_CHUNK     ((size_t) 1 << 22)  /* elements converted at a time */
 #define HEADROOM       ((size_t) 256 << 20) /* left free for the runtime */
 
@@ -98,6 +99,9 @@ typedef struct {
     char               *h_stage;        /* pinned */
     int32_t            *h_out;          /* pinned, [max_seqs] */
     engine_logprobs_t  *h_lp;           /* pinned, [max_seqs] */
+    char               *m_stage;        /* the same three, as the device */
+    int32_t            *m_out;          /* addresses them (mapped) */
+    engine_logprobs_t  *m_lp;
     int32_t            *row_item;       /* [max_seqs] row -> item, -1 */
     int32_t            *item_row;       /* [max_seqs] item -> its row */
     engine_logprobs_t **row_lp;         /* [max_seqs] where a row's goes */
@@ -190,6 +194,10 @@ typedef struct {
     engine_logprobs_t *h_lp;            /* pinned, [max_seqs] */
     kc_step_t         dst;              /* device pointers */
     int32_t          *h_out;            /* pinned, [max_seqs] */
+    char             *m_stage;          /* h_stage, h_out, h_lp as the */
+    int32_t          *m_out;            /* device addresses them */
+    engine_logprobs_t *m_lp;
+    int               sm_copy;          /* NGX_GPU_SM_COPY: kc_copy */
     int32_t          *row_item;         /* [max_seqs] row -> item, -1 pad */
 
     /*
@@ -1057,6 +1065,24 @@ dnn_stage(cu_engine_t *e, const engine_item_t *items, int n)
     return r < 0 ? -1 : 0;
 }
 
+/*
+ * A step's upload or download: dst and src as cudaMemcpyAsync takes
+ * them, dst_d and src_d the same memory as the device addresses it (the
+ * pinned buffers are mapped).  Small ones by kc_copy: a copy engine's
+ * transfer costs each step several microseconds more than a kernel
+ * (NGX_GPU_SM_COPY=0: the copy engine, to compare).
+ */
+static cudaError_t
+stage_copy(cu_engine_t *e, void *dst, void *dst_d, const void *src,
+    const void *src_d, size_t n, cudaMemcpyKind kind)
+{
+    if (e->sm_copy && n <= SM_COPY_MAX) {
+        kc_copy(e->stream, dst_d, src_d, n);
+        return cudaGetLastError();
+    }
+    return cudaMemcpyAsync(dst, src, n, kind, e->stream);
+}
+
 /* pend[k]'s host buffers become the ones a step is packed into */
 static void
 stage_bind(cu_engine_t *e, int k)
@@ -1068,6 +1094,9 @@ stage_bind(cu_engine_t *e, int k)
     e->h_stage = p->h_stage;
     e->h_out = p->h_out;
     e->h_lp = p->h_lp;
+    e->m_stage = p->m_stage;
+    e->m_out = p->m_out;
+    e->m_lp = p->m_lp;
     e->row_item = p->row_item;
     e->h_item_table = (int32_t *) h.item_table;
     e->h_row_tok = (int32_t *) h.row_tok;
@@ -1185,8 +1214,8 @@ cu_begin(cu_engine_t *e, const kv_pool_t *kv, const engine_item_t *items,
     sc_step_start(&e->clock, e->stream,
                   b >= 0 ? SC_DECODE : mb >= 0 ? SC_MIXED : SC_EAGER, T);
     bytes = e->var_off + (size_t) n_var * 4;
-    r = cudaMemcpyAsync(e->d_stage, e->h_stage, bytes, cudaMemcpyHostToDevice,
-                        e->stream);
+    r = stage_copy(e, e->d_stage, e->d_stage, e->h_stage, e->m_stage, bytes,
+                   cudaMemcpyHostToDevice);
     if (r != cudaSuccess) {
         return step_fail(e, "upload", cudaGetErrorString(r));
     }
@@ -1214,12 +1243,12 @@ cu_begin(cu_engine_t *e, const kv_pool_t *kv, const engine_item_t *items,
         }
     }
     if (R > 0) {
-        r = cudaMemcpyAsync(e->h_out, e->d_out, (size_t) R * 4,
-                            cudaMemcpyDeviceToHost, e->stream);
+        r = stage_copy(e, e->h_out, e->m_out, e->d_out, e->d_out,
+                       (size_t) R * 4, cudaMemcpyDeviceToHost);
         if (r == cudaSuccess && any_lp) {
-            r = cudaMemcpyAsync(e->h_lp, e->d_lp,
-                                (size_t) R * sizeof(engine_logprobs_t),
-                                cudaMemcpyDeviceToHost, e->stream);
+            r = stage_copy(e, e->h_lp, e->m_lp, e->d_lp, e->d_lp,
+                           (size_t) R * sizeof(engine_logprobs_t),
+                           cudaMemcpyDeviceToHost);
         }
         if (r != cudaSuccess) {
             return step_fail(e, "download", cudaGetErrorString(r));
@@ -1718,6 +1747,8 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
     e->tune_log = getenv("NGX_GPU_GEMM_LOG") != NULL;
     env = getenv("NGX_GPU_TRIGGER");
     e->trig = env != NULL ? atoi(env) : TRIG_DEFAULT;
+    env = getenv("NGX_GPU_SM_COPY");
+    e->sm_copy = env == NULL || strcmp(env, "0") != 0;
     env = getenv("NGX_GPU_SETTLE_LEAN");
     e->settle_lean = env == NULL || strcmp(env, "0") != 0;
     env = getenv("NGX_GPU_CUDNN_ATTENTION");
@@ -1891,12 +1922,18 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
         cu_pending_t *p = &e->pend[i];
 
         CU_TRY(cudaHostAlloc((void **) &p->h_stage, e->stage_bytes,
-                             cudaHostAllocDefault), "pinned staging");
+                             cudaHostAllocMapped), "pinned staging");
         CU_TRY(cudaHostAlloc((void **) &p->h_out, (size_t) e->max_seqs * 4,
-                             cudaHostAllocDefault), "pinned staging");
+                             cudaHostAllocMapped), "pinned staging");
         CU_TRY(cudaHostAlloc((void **) &p->h_lp, (size_t) e->max_seqs
                              * sizeof(engine_logprobs_t),
-                             cudaHostAllocDefault), "pinned staging");
+                             cudaHostAllocMapped), "pinned staging");
+        CU_TRY(cudaHostGetDevicePointer((void **) &p->m_stage, p->h_stage, 0),
+               "mapped staging");
+        CU_TRY(cudaHostGetDevicePointer((void **) &p->m_out, p->h_out, 0),
+               "mapped staging");
+        CU_TRY(cudaHostGetDevicePointer((void **) &p->m_lp, p->h_lp, 0),
+               "mapped staging");
         CU_TRY(cudaEventCreateWithFlags(&p->done, cudaEventDisableTiming),
                "step events");
         memset(p->h_stage, 0, e->stage_bytes);

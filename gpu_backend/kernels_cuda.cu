@@ -113,9 +113,33 @@ kc_embed(cudaStream_t s, kc_dtype_t dt, float *x, const void *emb,
     kc_step_t st, int n_tok, int dim)
 {
     /* launched the ordinary way: what comes before it is the upload of
-     * the step's inputs, not a kernel */
+     * the step's inputs (a copy, or kc_copy), which it waits for whole */
     KC_DISPATCH(dt, embed_kernel<T><<<n_tok, ROW_THREADS, 0, s>>>(
         x, (const T *) emb, st, dim));
+}
+
+__global__ void
+copy_kernel(uint32_t *dst, const uint32_t *src, size_t words)
+{
+    size_t i = (size_t) blockIdx.x * blockDim.x + threadIdx.x;
+
+    for (; i < words; i += (size_t) gridDim.x * blockDim.x) {
+        dst[i] = src[i];
+    }
+}
+
+void
+kc_copy(cudaStream_t s, void *dst, const void *src, size_t n)
+{
+    size_t words = n / 4;
+    unsigned blocks = (unsigned) ((words + 255) / 256);
+
+    if (words == 0) {
+        return;
+    }
+    /* launched the ordinary way: it waits for all before it */
+    copy_kernel<<<blocks < 64 ? blocks : 64, 256, 0, s>>>(
+        (uint32_t *) dst, (const uint32_t *) src, words);
 }
 
 /* --- residual add + RMSNorm ----------------------------------------- */

@@ -72,6 +72,15 @@ typedef struct {
  * GPU a thread reads one position's whole head with 16-byte loads.)
  */
 
+/*
+ * n bytes (a multiple of 4, both ends 4-byte aligned) from src to dst by
+ * a kernel, for a step's few hundred bytes between the device and
+ * mapped pinned host memory: a kernel starts sooner after the kernel
+ * before it than a copy engine's transfer does.  A launch error shows
+ * in the caller's cudaGetLastError().
+ */
+void kc_copy(cudaStream_t s, void *dst, const void *src, size_t n);
+
 /* x[t] = f32(emb[tokens[t].tok]), t < T (tok < 0: see prev_out) */
 void kc_embed(cudaStream_t s, kc_dtype_t dt, float *x, const void *emb,
     kc_step_t st, int T, int dim);
