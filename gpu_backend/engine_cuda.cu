@@ -1068,15 +1068,16 @@ dnn_stage(cu_engine_t *e, const engine_item_t *items, int n)
 /*
  * A step's upload or download: dst and src as cudaMemcpyAsync takes
  * them, dst_d and src_d the same memory as the device addresses it (the
- * pinned buffers are mapped).  Small ones by kc_copy: a copy engine's
- * transfer costs each step several microseconds more than a kernel
- * (NGX_GPU_SM_COPY=0: the copy engine, to compare).
+ * pinned buffers are mapped).  Small ones of whole 4-byte words (what
+ * kc_copy moves) by kc_copy: a copy engine's transfer costs each step
+ * several microseconds more than a kernel (NGX_GPU_SM_COPY=0: the copy
+ * engine, to compare).
  */
 static cudaError_t
 stage_copy(cu_engine_t *e, void *dst, void *dst_d, const void *src,
     const void *src_d, size_t n, cudaMemcpyKind kind)
 {
-    if (e->sm_copy && n <= SM_COPY_MAX) {
+    if (e->sm_copy && n <= SM_COPY_MAX && n % 4 == 0) {
         kc_copy(e->stream, dst_d, src_d, n);
         return cudaGetLastError();
     }

@@ -417,14 +417,13 @@ gemm_tune(gemm_t *g, float *out, const void *in, const void *w, int M,
         }
     }
     /* the pick's kernel at one warp a row, for gemm_lean */
-    for (i = 0; i < n_tried; i++) {
-        const split_cand_t *t = &tried[i];
-        if (sh.gemv != GEMV_WON_NONE && sh.split > 1
-            && t->kern == sh.gemv && t->split == 1)
-        {
-            sh.lean_gemv = t->kern;
+    for (i = 0; sh.gemv != GEMV_WON_NONE && sh.split > 1 && i < n_tried;
+         i++)
+    {
+        if (tried[i].kern == sh.gemv && tried[i].split == 1) {
+            sh.lean_gemv = sh.gemv;
             sh.lean_split = 1;
-            sh.lean_ms = t->ms;
+            sh.lean_ms = tried[i].ms;
         }
     }
     if (g->log) {
@@ -493,6 +492,13 @@ gemm_time_us(const gemm_t *g, int M, int K, int N, int kind, int pro)
     return sh != NULL ? sh->ms * 1000.0f : -1.0f;
 }
 
+/* whether sh's runner-up timed within ratio of its pick, alone */
+static int
+alt_close(const shape_t *sh, float ratio)
+{
+    return sh->alt_ms > 0.0f && sh->alt_ms <= sh->ms * ratio;
+}
+
 int
 gemm_close(const gemm_t *g, int M, float ratio, int *idx, int max)
 {
@@ -500,7 +506,7 @@ gemm_close(const gemm_t *g, int M, float ratio, int *idx, int max)
 
     for (i = 0; i < g->n_shapes && n < max; i++) {
         const shape_t *sh = &g->shapes[i];
-        if (sh->M == M && sh->alt_ms > 0.0f && sh->alt_ms <= sh->ms * ratio) {
+        if (sh->M == M && alt_close(sh, ratio)) {
             idx[n++] = i;
         }
     }
@@ -529,13 +535,12 @@ gemm_lean(const gemm_t *g, int M, float ratio, int *idx, int max)
 
     for (i = 0; i < g->n_shapes && n < max; i++) {
         const shape_t *sh = &g->shapes[i];
-        int close = sh->alt_ms > 0.0f && sh->alt_ms <= sh->ms * ratio;
 
         /* the same kernel (a swap with the runner-up kept may have
          * changed it) */
         if (sh->M == M && sh->lean_ms > 0.0f && sh->gemv == sh->lean_gemv
             && sh->lean_split != sh->split
-            && !(close && sh->alt_gemv == sh->gemv
+            && !(alt_close(sh, ratio) && sh->alt_gemv == sh->gemv
                  && sh->alt_split == sh->lean_split))
         {
             idx[n++] = i;
