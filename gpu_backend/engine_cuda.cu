@@ -58,7 +58,7 @@ static const int mixp[MIX_BUCKETS] = { 16, 64, 128 };
  * step took 1755 us with it, 1488 us without (H100, NGX_GPU_STEP_LOG).
  */
 #define MIX_SHORT_CTX  256
-#define PDL_MAX_ROWS   8                   /* see forward() */
+#define PDL_MAX_ROWS   32                  /* see forward() */
 #define SM_COPY_MAX    ((size_t) 64 << 10) /* see stage_copy() */
 #define CONV_CHUNK     ((size_t) 1 << 22)  /* elements converted at a time */
 #define HEADROOM       ((size_t) 256 << 20) /* left free for the runtime */
@@ -128,6 +128,7 @@ typedef struct {
     int               tune;
     int               tune_log;         /* NGX_GPU_GEMM_LOG: the picks */
     int               trig;             /* TRIG_ bits */
+    int               pdl_rows;         /* PDL in steps of up to this */
     int               settle_lean;      /* NGX_GPU_SETTLE_LEAN: settle()
                                          * tries gemm_lean's */
     int               started;
@@ -864,7 +865,7 @@ tune_gemms(cu_engine_t *e, int B)
 {
     const model_config_t *c = &e->cfg;
 
-    kc_pdl_step(B <= PDL_MAX_ROWS);     /* as forward() will run them */
+    kc_pdl_step(B <= e->pdl_rows);      /* as forward() will run them */
     tune_layer_gemms(e, B);
     gemm_tune(e->gemm, e->logits, e->xl, e->lm_head, B, c->dim,
               c->vocab_size, NULL);
@@ -925,9 +926,10 @@ forward(cu_engine_t *e, int T, int R, int tiled)
     int pro_gu = norm_pro(e, T, GEMV_SWIGLU);
 
     /* programmatic dependent launch pays where kernels are short (the
-     * products of few rows); at 128 rows it cost Qwen-0.5B's shapes 11%
-     * (scripts/gpu/ab-decode, NGX_GPU_PDL=0 against on) */
-    kc_pdl_step(T <= PDL_MAX_ROWS);
+     * products of few rows): at 16 rows +2.6% (1B) and +4.0% (Qwen-0.5B
+     * shapes), at 32 0% and +1.6%; at 128 it cost 2.5% and 5.6%
+     * (ab-decode with NGX_GPU_PDL_ROWS, which sets this bound) */
+    kc_pdl_step(T <= e->pdl_rows);
     kc_embed(s, e->dt, e->x, e->tok_emb, st, T, dim);
     for (l = 0; l < c->n_layers; l++) {
         const cu_layer_t *L = &e->layers[l];
@@ -1748,6 +1750,8 @@ cu_create(const model_t *m, const engine_opts_t *o, int device,
     e->tune_log = getenv("NGX_GPU_GEMM_LOG") != NULL;
     env = getenv("NGX_GPU_TRIGGER");
     e->trig = env != NULL ? atoi(env) : TRIG_DEFAULT;
+    env = getenv("NGX_GPU_PDL_ROWS");
+    e->pdl_rows = env != NULL ? atoi(env) : PDL_MAX_ROWS;
     env = getenv("NGX_GPU_SM_COPY");
     e->sm_copy = env == NULL || strcmp(env, "0") != 0;
     env = getenv("NGX_GPU_SETTLE_LEAN");
