@@ -386,6 +386,54 @@ kc_att_max_split(void)
     return att_cluster_max() > 1 ? att_cluster : KC_ATT_MAX_SPLIT;
 }
 
+/* the fewest rows a step sends to the decode kernel on tensor cores
+ * (kc_att_dec); -1: not read yet */
+static int att_dec_rows = -1;
+
+void
+kc_att_dec(int n)
+{
+    att_dec_rows = n < 0 ? 0 : n;
+}
+
+int
+kc_att_dec_used(kc_dtype_t dt, int head_dim, int n_tok)
+{
+    if (att_dec_rows < 0) {
+        const char *v = getenv("NGX_GPU_ATT_DEC");
+
+        kc_att_dec(v != NULL ? atoi(v) : KC_ATT_DEC_ROWS);
+    }
+    return att_dec_rows > 0 && n_tok >= att_dec_rows
+           && att_tc_supported(dt, head_dim);
+}
+
+/* warps a multiprocessor the decode kernel's splits aim at: one warp's
+ * double buffer keeps 16 KB of the cache in flight */
+#define ATT_DEC_WARPS_SM  4
+
+int
+kc_att_dec_splits(int n_tok, int n_heads, int n_kv_heads, int n_sm)
+{
+    int group = n_heads / n_kv_heads;
+    long units = (long) n_tok * n_kv_heads
+                 * ((group + ATT_DEC_HEADS - 1) / ATT_DEC_HEADS);
+    long n = ((long) ATT_DEC_WARPS_SM * n_sm + units - 1) / units;
+
+    return n < 1 ? 1 : n > KC_ATT_MAX_SPLIT ? KC_ATT_MAX_SPLIT : (int) n;
+}
+
+/* merge n_split partials of each (token, head) from part */
+template <typename T>
+static void
+launch_combine(cudaStream_t s, T *out, const float *part, kc_step_t st,
+    int n_tok, int n_heads, int hd, int n_split, int skip_multi)
+{
+    kc_launch(combine_kernel<T>, dim3(n_tok, n_heads),
+              dim3((hd + 31) / 32 * 32), 0, s, out, part, n_heads, hd,
+              n_split, st, skip_multi);
+}
+
 /*
  * The per-token kernel; with splits, as one cluster of n_split blocks
  * that merge among themselves where n_split is within the cluster
@@ -434,9 +482,8 @@ launch(cudaStream_t s, dim3 grid, T *out, float *part, const float *qkv,
               out, part, qkv, kv, block_stride, st, n_heads, n_kv, hd, bs,
               scale, n_split, skip_multi, early);
     if (n_split > 1) {
-        kc_launch(combine_kernel<T>, dim3(grid.x, n_heads),
-                  dim3((hd + 31) / 32 * 32), 0, s, out, (const float *) part,
-                  n_heads, hd, n_split, st, skip_multi);
+        launch_combine<T>(s, out, part, st, grid.x, n_heads, hd, n_split,
+                          skip_multi);
     }
 }
 
@@ -485,6 +532,19 @@ kc_attention(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
     if (tc) {
         att_tc_launch(s, dt, out, qkv, kv_layer, block_stride, st, n_tok,
                       n_heads, n_kv_heads, head_dim, block_size);
+    }
+
+    /* the other rows: on tensor cores in steps of many rows */
+    if (kc_att_dec_used(dt, head_dim, n_tok)) {
+        att_dec_launch(s, dt, out, part, qkv, kv_layer, block_stride, st,
+                       n_tok, n_heads, n_kv_heads, head_dim, block_size,
+                       n_split, skip);
+        if (n_split > 1) {
+            KC_DISPATCH(dt, launch_combine<T>(s, (T *) out, part, st, n_tok,
+                                              n_heads, head_dim, n_split,
+                                              skip));
+        }
+        return;
     }
 
     /* shared memory sized for the smallest power of two >= head_dim */

@@ -1,7 +1,8 @@
 /*
- * attention_cuda.cuh - what the two attention kernels share: which rows
- * of a step are prefill rows, and the tensor-core kernel's entry points
- * (attention_tc_cuda.cu) for kc_attention() in attention_cuda.cu.
+ * attention_cuda.cuh - what the attention kernels share: which rows of a
+ * step are prefill rows, and the tensor-core kernels' entry points
+ * (attention_tc_cuda.cu, attention_dec_cuda.cu) for kc_attention() in
+ * attention_cuda.cu.
  */
 
 #ifndef GPU_ATTENTION_CUDA_CUH
@@ -33,5 +34,17 @@ cudaError_t att_tc_launch(cudaStream_t s, kc_dtype_t dt, void *out,
     const float *qkv, const void *kv_layer, size_t block_stride,
     kc_step_t st, int n_tok, int n_heads, int n_kv_heads, int head_dim,
     int block_size);
+
+/* query heads a warp of the decode kernel serves: an m16n8k16's rows */
+#define ATT_DEC_HEADS  16
+
+/* the decode kernel on tensor cores (attention_dec_cuda.cu): the rows
+ * the per-token kernel would serve (skip_multi as there), with splits
+ * left in part for combine_kernel */
+cudaError_t att_dec_launch(cudaStream_t s, kc_dtype_t dt, void *out,
+    float *part, const float *qkv, const void *kv_layer,
+    size_t block_stride, kc_step_t st, int n_tok, int n_heads,
+    int n_kv_heads, int head_dim, int block_size, int n_split,
+    int skip_multi);
 
 #endif /* GPU_ATTENTION_CUDA_CUH */

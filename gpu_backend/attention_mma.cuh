@@ -1,8 +1,8 @@
 /*
- * attention_mma.cuh - the tensor-core attention kernel's helpers
- * (attention_tc_cuda.cu), for other kernels to share: cp.async copies,
- * ldmatrix loads, the m16n8k16 product in bf16 and f16, and the packing
- * of f32 pairs into either.
+ * attention_mma.cuh - what the two tensor-core attention kernels share
+ * (attention_tc_cuda.cu for prefill rows, attention_dec_cuda.cu for
+ * decode rows): cp.async copies, ldmatrix loads, the m16n8k16 product
+ * in bf16 and f16, and the packing of f32 pairs into either.
  */
 
 #ifndef GPU_ATTENTION_MMA_CUH
@@ -116,6 +116,24 @@ fa_pack_rest(float lo, float hi, uint32_t packed)
     __nv_bfloat162 r = *reinterpret_cast<__nv_bfloat162 *>(&packed);
     float2 f = __bfloat1622float2(r);
     __nv_bfloat162 v = __floats2bfloat162_rn(lo - f.x, hi - f.y);
+
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+/* what rounding (lo, hi) to T left out (packed: their rounded pair), in
+ * T: with it, hi + lo is the pair to ~2^-16 */
+__device__ __forceinline__ uint32_t
+fa_rest(float lo, float hi, uint32_t packed, __nv_bfloat16)
+{
+    return fa_pack_rest(lo, hi, packed);
+}
+
+__device__ __forceinline__ uint32_t
+fa_rest(float lo, float hi, uint32_t packed, __half)
+{
+    __half2 r = *reinterpret_cast<__half2 *>(&packed);
+    float2 f = __half22float2(r);
+    __half2 v = __floats2half2_rn(lo - f.x, hi - f.y);
 
     return *reinterpret_cast<uint32_t *>(&v);
 }

@@ -878,7 +878,8 @@ tune_gemms(cu_engine_t *e, int B)
 }
 
 /* blocks per context for attention over T tokens: enough blocks for two
- * per multiprocessor, within the scratch */
+ * per multiprocessor (the decode kernel on tensor cores: its own rule),
+ * within the scratch */
 static int
 att_splits(const cu_engine_t *e, int T)
 {
@@ -888,6 +889,9 @@ att_splits(const cu_engine_t *e, int T)
                   * ((group + KC_ATT_MAXG - 1) / KC_ATT_MAXG);
     long n = (2L * e->n_sm + blocks - 1) / blocks;
 
+    if (kc_att_dec_used(e->dt, c->head_dim, T)) {
+        n = kc_att_dec_splits(T, c->n_heads, c->n_kv_heads, e->n_sm);
+    }
     n = n < KC_ATT_MAX_SPLIT ? n : KC_ATT_MAX_SPLIT;
     /* splits that fit one cluster merge without a kernel after them
      * (kc_att_cluster); with 1 or 2 tokens a step fewer splits, to fit,

@@ -159,6 +159,20 @@ void kc_att_cluster(int n);
 int kc_att_max_split(void);
 
 /*
+ * Steps of at least n rows (KC_ATT_DEC_ROWS, or NGX_GPU_ATT_DEC; 0:
+ * never) send the per-token kernel's rows to the decode kernel on tensor
+ * cores (attention_dec_cuda.cu) where the dtype and head_dim allow (as
+ * for the prefill kernel): one warp a (row, KV head), splits merged by
+ * the merge kernel.  kc_att_dec_used(): whether a step of n_tok rows
+ * goes there; kc_att_dec_splits(): the splits it wants for such a step
+ * on n_sm multiprocessors.
+ */
+#define KC_ATT_DEC_ROWS      16
+void kc_att_dec(int n);
+int kc_att_dec_used(kc_dtype_t dt, int head_dim, int n_tok);
+int kc_att_dec_splits(int n_tok, int n_heads, int n_kv_heads, int n_sm);
+
+/*
  * cuDNN's fused attention for the prefill rows of a step
  * (attention_cudnn.cu), K/V read through the block tables; the decode
  * rows then go to kc_attention() with tiled == 2 (per-token kernel,

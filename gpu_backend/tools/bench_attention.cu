@@ -1,6 +1,6 @@
 /*
  * bench_attention.cu - our attention kernels (kc_attention: the tensor-core
- * prefill kernel and the per-token kernel) against cuDNN's fused attention,
+ * prefill and decode kernels and the per-token kernel) against cuDNN's fused attention,
  * built here through cuDNN's backend graph API in plain C calls (no
  * cudnn_frontend): Q K^T -> scale -> causal mask -> softmax -> P V, the
  * pattern cuDNN's runtime fusion engines serve as one flash-attention
@@ -9,9 +9,11 @@
  *   bench_attention [iterations]
  *
  * Prefill: one prompt of 512 and 2048 tokens, causal.  Decode: batch 1,
- * 32, 128 at contexts 100 and 1000, one query token each.  Shapes of
- * Llama-3.2-1B (32 heads on 8 KV heads) and Qwen2.5-0.5B (14 on 2),
- * head_dim 64, bf16.  Ours reads K/V through block tables from a paged
+ * 32, 128, 256 at contexts 100 and 1000, one query token each, through
+ * the per-token kernel and the decode kernel on tensor cores (each with
+ * its own split rule; dec/pt: the relative difference of their outputs).
+ * Shapes of Llama-3.2-1B (32 heads on 8 KV heads) and Qwen2.5-0.5B (14
+ * on 2), head_dim 64, bf16.  Ours reads K/V through block tables from a paged
  * cache (block 16); cuDNN reads them from contiguous [seq][kv head][dim]
  * arrays with the same values (its paged form, a PAGED_CACHE_LOAD op,
  * was not built here).  Each cuDNN graph is tried with every engine
@@ -440,6 +442,7 @@ main(int argc, char **argv)
     }
     CK(cudaGetDeviceProperties(&prop, 0));
     n_sm = prop.multiProcessorCount;
+    kc_att_dec(0);              /* the per-token kernel where not said */
     if (cudnnCreate(&h) != CUDNN_STATUS_SUCCESS) {
         fprintf(stderr, "cudnnCreate failed\n");
         return 1;
@@ -481,24 +484,34 @@ main(int argc, char **argv)
 
     printf("decode (one token a sequence, uniform context): microseconds a "
            "layer, GB/s of K/V read\n");
-    printf("%-10s %5s %5s | %9s %7s %5s | %9s %7s %6s | %8s\n", "shape",
-           "batch", "ctx", "ours", "GB/s", "split", "cuDNN", "GB/s", "plans",
-           "dnn/ours");
+    printf("%-10s %5s %5s | %9s %7s %5s | %9s %7s %5s %8s | %9s %7s %6s "
+           "| %8s\n", "shape", "batch", "ctx", "per-tok", "GB/s", "split",
+           "dec tc", "GB/s", "split", "dec/pt", "cuDNN", "GB/s", "plans",
+           "dnn/pt");
     for (int si = 0; si < 2; si++) {
-        for (int B : { 1, 32, 128 }) {
+        for (int B : { 1, 32, 128, 256 }) {
             for (int ctx : { 100, 1000 }) {
                 problem P;
-                double bytes, t_pt, t_dn, d_dn;
-                int n_plans, stats = 0, ns;
+                double bytes, t_pt, t_dc, t_dn, d_dc, d_dn;
+                int n_plans, stats = 0, ns, nd;
 
                 make_problem(P, B, ctx, 1, shapes[si].Hq, shapes[si].Hk, 64);
                 ns = splits(P.T, P.Hq, P.Hk);
+                nd = kc_att_dec_splits(P.T, P.Hq, P.Hk, n_sm);
                 bytes = 2.0 * B * ctx * shapes[si].Hk * 64 * 2;
+                kc_att_dec(0);
                 t_pt = time_us([&] { ours(P, 0, ns, P.d_out_pt); });
+                kc_att_dec(1);
+                t_dc = time_us([&] { ours(P, 0, nd, P.d_out_tc); });
+                kc_att_dec(0);
+                d_dc = rel_diff(P.d_out_tc, P.d_out_pt,
+                                (size_t) P.T * P.Hq * 64);
                 t_dn = cudnn_time(h, P, 0, P.d_out_pt, &d_dn, &n_plans,
                                   &stats);
-                printf("%-10s %5d %5d | %9.1f %7.0f %5d | ", shapes[si].name,
-                       B, ctx, t_pt, bytes / t_pt * 1e-3, ns);
+                printf("%-10s %5d %5d | %9.1f %7.0f %5d | %9.1f %7.0f %5d "
+                       "%8.2e | ", shapes[si].name, B, ctx, t_pt,
+                       bytes / t_pt * 1e-3, ns, t_dc, bytes / t_dc * 1e-3, nd,
+                       d_dc);
                 if (t_dn > 0) {
                     printf("%9.1f %7.0f %6d |", t_dn, bytes / t_dn * 1e-3,
                            n_plans);

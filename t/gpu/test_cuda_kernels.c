@@ -453,6 +453,8 @@ test_attention_prefill(kc_dtype_t dt, int H, int KV, int hd, int bs,
     int q_dim = H * hd, kv_dim = KV * hd, qkv_dim = q_dim + 2 * kv_dim;
     int last[NI], first[NI], n_of[NI] = { 1, n_q, 1, 3, 1 };
     int ctx_max = start + n_q + 80;
+    const char *dec = kc_att_dec_used(dt, hd, T) ? "tensor cores"
+                                                 : "per-token";
     size_t bstride = (size_t) 2 * bs * kv_dim, cache_n, es = kc_dtype_size(dt);
     kc_token_t *tok = malloc((size_t) T * sizeof(*tok));
     int32_t item_table[NI], *tables, *perm;
@@ -554,12 +556,12 @@ test_attention_prefill(kc_dtype_t dt, int H, int KV, int hd, int bs,
         err = rel_err(got, ref, (size_t) n_rows * hd);
     }
     CHECK(written && err < tol_of(dt), "attention prefill %s heads %d/%d "
-          "hd %d bs %d chunk %d at %d split %d: %s, rel err %.3g",
-          kc_dtype_name(dt), H, KV, hd, bs, n_q, start, n_split,
-          written ? "all written" : "NaN in the output", err);
+          "hd %d bs %d chunk %d at %d split %d (decode rows: %s): %s, "
+          "rel err %.3g", kc_dtype_name(dt), H, KV, hd, bs, n_q, start,
+          n_split, dec, written ? "all written" : "NaN in the output", err);
     printf("attention prefill %-8s heads %2d/%d hd %3d bs %2d chunk %4d at "
-           "%4d split %d: rel err %.2e\n", kc_dtype_name(dt), H, KV, hd, bs,
-           n_q, start, n_split, err);
+           "%4d split %d (decode rows: %s): rel err %.2e\n",
+           kc_dtype_name(dt), H, KV, hd, bs, n_q, start, n_split, dec, err);
     cudaFree(dcache); cudaFree(dqkv); cudaFree(dout); cudaFree(part);
     free_step(&s);
     free(tok); free(tables); free(perm); free(cache); free(qkv); free(out);
@@ -757,7 +759,7 @@ main(void)
         { 2, 1, 256, 16, 1 }, { 8, 4, 8, 16, 1 }, { 32, 8, 128, 16, 1 },
         { 12, 2, 16, 16, 3 }, { 10, 1, 64, 16, 16 }, { 4, 4, 128, 32, 7 },
         { 2, 1, 256, 16, 16 }, { 8, 4, 8, 16, 2 }, { 14, 2, 64, 16, 5 },
-        { 2, 1, 40, 16, 4 },
+        { 2, 1, 40, 16, 4 }, { 40, 2, 64, 16, 1 }, { 40, 2, 64, 16, 3 },
     };
     /* heads, KV heads, head_dim, block size, chunk, chunk start, check
      * every n-th row, q gain x 10, splits: the Llama-3.2-1B and
@@ -785,6 +787,7 @@ main(void)
         return unit_report("test_cuda_kernels");
     }
     kc_att_cluster(KC_ATT_MAX_SPLIT);   /* every split case clustered */
+    kc_att_dec(0);                      /* the per-token kernel, unless */
     for (d = KC_F32; d <= KC_F16; d++) {
         kc_dtype_t dt = (kc_dtype_t) d;
         size_t i;
@@ -808,11 +811,31 @@ main(void)
                 kc_att_cluster(KC_ATT_MAX_SPLIT);
                 att_merge = "cluster";
             }
+            if (kc_att_dec_used(dt, att[i][2], 1)) {
+                /* those rows on tensor cores (the prefill chunk too,
+                 * with tiled 0) */
+                kc_att_dec(1);
+                att_merge = "decode kernel";
+                test_attention(dt, att[i][0], att[i][1], att[i][2],
+                               att[i][3], att[i][4], 0);
+                test_attention(dt, att[i][0], att[i][1], att[i][2],
+                               att[i][3], att[i][4], 1);
+                kc_att_dec(0);
+                att_merge = "cluster";
+            }
         }
         for (i = 0; i < sizeof(pre) / sizeof(pre[0]); i++) {
             test_attention_prefill(dt, pre[i][0], pre[i][1], pre[i][2],
                                    pre[i][3], pre[i][4], pre[i][5],
                                    pre[i][6], pre[i][7] / 10.0f, pre[i][8]);
+            if (i >= 2) {       /* the decode rows on tensor cores */
+                kc_att_dec(1);
+                test_attention_prefill(dt, pre[i][0], pre[i][1],
+                                       pre[i][2], pre[i][3], pre[i][4],
+                                       pre[i][5], pre[i][6],
+                                       pre[i][7] / 10.0f, pre[i][8]);
+                kc_att_dec(0);
+            }
         }
         test_swiglu(dt);
     }
