@@ -811,18 +811,18 @@ main(void)
                 kc_att_cluster(KC_ATT_MAX_SPLIT);
                 att_merge = "cluster";
             }
+            kc_att_dec(1);
             if (kc_att_dec_used(dt, att[i][2], 1)) {
                 /* those rows on tensor cores (the prefill chunk too,
                  * with tiled 0) */
-                kc_att_dec(1);
                 att_merge = "decode kernel";
                 test_attention(dt, att[i][0], att[i][1], att[i][2],
                                att[i][3], att[i][4], 0);
                 test_attention(dt, att[i][0], att[i][1], att[i][2],
                                att[i][3], att[i][4], 1);
-                kc_att_dec(0);
                 att_merge = "cluster";
             }
+            kc_att_dec(0);
         }
         for (i = 0; i < sizeof(pre) / sizeof(pre[0]); i++) {
             test_attention_prefill(dt, pre[i][0], pre[i][1], pre[i][2],
