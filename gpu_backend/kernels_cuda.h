@@ -167,7 +167,7 @@ int kc_att_max_split(void);
  * goes there; kc_att_dec_splits(): the splits it wants for such a step
  * on n_sm multiprocessors.
  */
-#define KC_ATT_DEC_ROWS      16
+#define KC_ATT_DEC_ROWS      4       /* below it, with 2 rows: -2%, -4% */
 void kc_att_dec(int n);
 int kc_att_dec_used(kc_dtype_t dt, int head_dim, int n_tok);
 int kc_att_dec_splits(int n_tok, int n_heads, int n_kv_heads, int n_sm);
