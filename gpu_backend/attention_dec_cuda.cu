@@ -138,8 +138,7 @@ attention_dec_kernel(T *out, float *part, const float *qkv, const T *kv,
 
     for (int j = 0; j < n_tiles; j++) {
         int buf = j & 1, p0 = p_begin + j * NP;
-        float s[NT][4], mx_l = -INFINITY, mx_h = -INFINITY, al, ah, ml, mh,
-              sum_l = 0.0f, sum_h = 0.0f;
+        float s[NT][4];
 
         if (j + 1 < n_tiles) {
             load_tile(j + 1);
@@ -149,28 +148,9 @@ attention_dec_kernel(T *out, float *part, const float *qkv, const T *kv,
         }
         __syncwarp();
 
-        /* S = Q K^T: the tile's K rows are the B operand as they lie */
-#pragma unroll
-        for (int i = 0; i < NT; i++) {
-            s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
-        }
-#pragma unroll
-        for (int ks = 0; ks < KS; ks++) {
-#pragma unroll
-            for (int np = 0; np < NT / 2; np++) {
-                uint32_t kb[4];
+        fa_qk<T, KS, NT, HD + DEC_PAD, true>(s, qa, qr, sm.k[buf], lane);
 
-                fa_ldsm4(kb, &sm.k[buf][np * 16 + (lane & 7)
-                                        + (lane >> 4) * 8]
-                                       [ks * 16 + ((lane >> 3) & 1) * 8]);
-                fa_mma(s[2 * np], qa[ks], kb[0], kb[1], T());
-                fa_mma(s[2 * np + 1], qa[ks], kb[2], kb[3], T());
-                fa_mma(s[2 * np], qr[ks], kb[0], kb[1], T());
-                fa_mma(s[2 * np + 1], qr[ks], kb[2], kb[3], T());
-            }
-        }
-
-        /* the split's end (every row of the warp shares it), base 2 */
+        /* the split's end (every row of the warp shares it) */
         if (p0 + NP > p_end) {
 #pragma unroll
             for (int i = 0; i < NT; i++) {
@@ -184,81 +164,13 @@ attention_dec_kernel(T *out, float *part, const float *qkv, const T *kv,
                 }
             }
         }
-#pragma unroll
-        for (int i = 0; i < NT; i++) {
-            s[i][0] *= scale_log2;
-            s[i][1] *= scale_log2;
-            s[i][2] *= scale_log2;
-            s[i][3] *= scale_log2;
-            mx_l = fmaxf(mx_l, fmaxf(s[i][0], s[i][1]));
-            mx_h = fmaxf(mx_h, fmaxf(s[i][2], s[i][3]));
-        }
-        /* the four lanes of a quad hold one row */
-        mx_l = fmaxf(mx_l, __shfl_xor_sync(0xffffffffu, mx_l, 1));
-        mx_l = fmaxf(mx_l, __shfl_xor_sync(0xffffffffu, mx_l, 2));
-        mx_h = fmaxf(mx_h, __shfl_xor_sync(0xffffffffu, mx_h, 1));
-        mx_h = fmaxf(mx_h, __shfl_xor_sync(0xffffffffu, mx_h, 2));
-        mx_l = fmaxf(m_l, mx_l);
-        mx_h = fmaxf(m_h, mx_h);
-        ml = mx_l == -INFINITY ? 0.0f : mx_l;
-        mh = mx_h == -INFINITY ? 0.0f : mx_h;
-        al = exp2f(m_l - ml);
-        ah = exp2f(m_h - mh);
-        m_l = mx_l;
-        m_h = mx_h;
-#pragma unroll
-        for (int i = 0; i < NT; i++) {
-            s[i][0] = exp2f(s[i][0] - ml);
-            s[i][1] = exp2f(s[i][1] - ml);
-            s[i][2] = exp2f(s[i][2] - mh);
-            s[i][3] = exp2f(s[i][3] - mh);
-            sum_l += s[i][0] + s[i][1];
-            sum_h += s[i][2] + s[i][3];
-        }
-        l_l = l_l * al + sum_l;         /* this lane's part of the row */
-        l_h = l_h * ah + sum_h;
-#pragma unroll
-        for (int i = 0; i < DT; i++) {
-            o[i][0] *= al;
-            o[i][1] *= al;
-            o[i][2] *= ah;
-            o[i][3] *= ah;
-        }
-
-        /* O += P V: two score tiles are one k-step's A operand */
-#pragma unroll
-        for (int kk = 0; kk < NP / 16; kk++) {
-            uint32_t pa[4], pr[4];
-
-            pa[0] = fa_pack(s[2 * kk][0], s[2 * kk][1], T());
-            pa[1] = fa_pack(s[2 * kk][2], s[2 * kk][3], T());
-            pa[2] = fa_pack(s[2 * kk + 1][0], s[2 * kk + 1][1], T());
-            pa[3] = fa_pack(s[2 * kk + 1][2], s[2 * kk + 1][3], T());
-            pr[0] = fa_rest(s[2 * kk][0], s[2 * kk][1], pa[0], T());
-            pr[1] = fa_rest(s[2 * kk][2], s[2 * kk][3], pa[1], T());
-            pr[2] = fa_rest(s[2 * kk + 1][0], s[2 * kk + 1][1], pa[2], T());
-            pr[3] = fa_rest(s[2 * kk + 1][2], s[2 * kk + 1][3], pa[3], T());
-#pragma unroll
-            for (int dp = 0; dp < DT / 2; dp++) {
-                uint32_t vb[4];
-
-                fa_ldsm4_t(vb, &sm.v[buf][kk * 16 + (lane & 7)
-                                          + ((lane >> 3) & 1) * 8]
-                                         [dp * 16 + (lane >> 4) * 8]);
-                fa_mma(o[2 * dp], pa, vb[0], vb[1], T());
-                fa_mma(o[2 * dp + 1], pa, vb[2], vb[3], T());
-                fa_mma(o[2 * dp], pr, vb[0], vb[1], T());
-                fa_mma(o[2 * dp + 1], pr, vb[2], vb[3], T());
-            }
-        }
+        fa_softmax_tile<NT, DT>(s, o, scale_log2, m_l, m_h, l_l, l_h);
+        fa_pv<T, NT, DT, HD + DEC_PAD, true>(o, s, sm.v[buf], lane);
         __syncwarp();           /* buffer buf is loaded again next */
     }
 
-    /* the row sums across the quad; then out = O / l, or the partial */
-    l_l += __shfl_xor_sync(0xffffffffu, l_l, 1);
-    l_l += __shfl_xor_sync(0xffffffffu, l_l, 2);
-    l_h += __shfl_xor_sync(0xffffffffu, l_h, 1);
-    l_h += __shfl_xor_sync(0xffffffffu, l_h, 2);
+    /* the row sums; then out = O / l, or the partial */
+    fa_quad_sums(l_l, l_h);
 #pragma unroll
     for (int half = 0; half < 2; half++) {
         int r = g + half * 8, h = h0 + r;

@@ -2,12 +2,15 @@
  * attention_mma.cuh - what the two tensor-core attention kernels share
  * (attention_tc_cuda.cu for prefill rows, attention_dec_cuda.cu for
  * decode rows): cp.async copies, ldmatrix loads, the m16n8k16 product
- * in bf16 and f16, and the packing of f32 pairs into either.
+ * in bf16 and f16, the packing of f32 pairs into either, and one warp's
+ * pass over a K/V tile in shared memory: S = Q K^T, the online softmax,
+ * O += P V.
  */
 
 #ifndef GPU_ATTENTION_MMA_CUH
 #define GPU_ATTENTION_MMA_CUH
 
+#include <math.h>
 #include <stdint.h>
 
 #include <cuda_bf16.h>
@@ -136,6 +139,144 @@ fa_rest(float lo, float hi, uint32_t packed, __half)
     __half2 v = __floats2half2_rn(lo - f.x, hi - f.y);
 
     return *reinterpret_cast<uint32_t *>(&v);
+}
+
+/*
+ * One warp's pass over a tile of NT * 8 positions, as both kernels make
+ * it.  The warp holds 16 rows: lane / 4 is row g (the "l" values) and
+ * g + 8 (the "h" values); lane % 4 holds columns 2 (lane % 4) and the
+ * next of each 8-wide tile.  K and V rows lie in shared memory with
+ * stride LD elements.  With REST, q (fa_qk) or P (fa_pv) enters a
+ * second product as what its rounding to T left out (hi + lo).
+ */
+
+/* S = Q K^T: K's rows are the B operand as they lie */
+template <typename T, int KS, int NT, int LD, bool REST>
+__device__ __forceinline__ void
+fa_qk(float (*s)[4], const uint32_t (*qa)[4], const uint32_t (*qr)[4],
+    const T (*k)[LD], int lane)
+{
+#pragma unroll
+    for (int i = 0; i < NT; i++) {
+        s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+    }
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++) {
+#pragma unroll
+        for (int np = 0; np < NT / 2; np++) {
+            uint32_t kb[4];
+
+            fa_ldsm4(kb, &k[np * 16 + (lane & 7) + (lane >> 4) * 8]
+                           [ks * 16 + ((lane >> 3) & 1) * 8]);
+            fa_mma(s[2 * np], qa[ks], kb[0], kb[1], T());
+            fa_mma(s[2 * np + 1], qa[ks], kb[2], kb[3], T());
+            if constexpr (REST) {
+                fa_mma(s[2 * np], qr[ks], kb[0], kb[1], T());
+                fa_mma(s[2 * np + 1], qr[ks], kb[2], kb[3], T());
+            }
+        }
+    }
+}
+
+/* the masked scores of a tile, scaled to base 2, into the running row
+ * maxima m and sums l (this lane's part of each row); leaves P in s and
+ * O rescaled to the new maxima */
+template <int NT, int DT>
+__device__ __forceinline__ void
+fa_softmax_tile(float (*s)[4], float (*o)[4], float scale_log2,
+    float &m_l, float &m_h, float &l_l, float &l_h)
+{
+    float mx_l = -INFINITY, mx_h = -INFINITY, al, ah, ml, mh,
+          sum_l = 0.0f, sum_h = 0.0f;
+
+#pragma unroll
+    for (int i = 0; i < NT; i++) {
+        s[i][0] *= scale_log2;
+        s[i][1] *= scale_log2;
+        s[i][2] *= scale_log2;
+        s[i][3] *= scale_log2;
+        mx_l = fmaxf(mx_l, fmaxf(s[i][0], s[i][1]));
+        mx_h = fmaxf(mx_h, fmaxf(s[i][2], s[i][3]));
+    }
+    /* the four lanes of a quad hold one row */
+    mx_l = fmaxf(mx_l, __shfl_xor_sync(0xffffffffu, mx_l, 1));
+    mx_l = fmaxf(mx_l, __shfl_xor_sync(0xffffffffu, mx_l, 2));
+    mx_h = fmaxf(mx_h, __shfl_xor_sync(0xffffffffu, mx_h, 1));
+    mx_h = fmaxf(mx_h, __shfl_xor_sync(0xffffffffu, mx_h, 2));
+    mx_l = fmaxf(m_l, mx_l);
+    mx_h = fmaxf(m_h, mx_h);
+    /* a row with nothing visible yet (no row, or a masked tile) keeps
+     * max -inf: subtract 0 there, not -inf */
+    ml = mx_l == -INFINITY ? 0.0f : mx_l;
+    mh = mx_h == -INFINITY ? 0.0f : mx_h;
+    al = exp2f(m_l - ml);
+    ah = exp2f(m_h - mh);
+    m_l = mx_l;
+    m_h = mx_h;
+#pragma unroll
+    for (int i = 0; i < NT; i++) {
+        s[i][0] = exp2f(s[i][0] - ml);
+        s[i][1] = exp2f(s[i][1] - ml);
+        s[i][2] = exp2f(s[i][2] - mh);
+        s[i][3] = exp2f(s[i][3] - mh);
+        sum_l += s[i][0] + s[i][1];
+        sum_h += s[i][2] + s[i][3];
+    }
+    l_l = l_l * al + sum_l;
+    l_h = l_h * ah + sum_h;
+#pragma unroll
+    for (int i = 0; i < DT; i++) {
+        o[i][0] *= al;
+        o[i][1] *= al;
+        o[i][2] *= ah;
+        o[i][3] *= ah;
+    }
+}
+
+/* O += P V: the score tiles are already the A operand's layout, two of
+ * them a 16-wide k-step; V's rows go in transposed */
+template <typename T, int NT, int DT, int LD, bool REST>
+__device__ __forceinline__ void
+fa_pv(float (*o)[4], float (*s)[4], const T (*v)[LD], int lane)
+{
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; kk++) {
+        uint32_t pa[4], pr[4];
+
+        pa[0] = fa_pack(s[2 * kk][0], s[2 * kk][1], T());
+        pa[1] = fa_pack(s[2 * kk][2], s[2 * kk][3], T());
+        pa[2] = fa_pack(s[2 * kk + 1][0], s[2 * kk + 1][1], T());
+        pa[3] = fa_pack(s[2 * kk + 1][2], s[2 * kk + 1][3], T());
+        if constexpr (REST) {
+            pr[0] = fa_rest(s[2 * kk][0], s[2 * kk][1], pa[0], T());
+            pr[1] = fa_rest(s[2 * kk][2], s[2 * kk][3], pa[1], T());
+            pr[2] = fa_rest(s[2 * kk + 1][0], s[2 * kk + 1][1], pa[2], T());
+            pr[3] = fa_rest(s[2 * kk + 1][2], s[2 * kk + 1][3], pa[3], T());
+        }
+#pragma unroll
+        for (int dp = 0; dp < DT / 2; dp++) {
+            uint32_t vb[4];
+
+            fa_ldsm4_t(vb, &v[kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8]
+                             [dp * 16 + (lane >> 4) * 8]);
+            fa_mma(o[2 * dp], pa, vb[0], vb[1], T());
+            fa_mma(o[2 * dp + 1], pa, vb[2], vb[3], T());
+            if constexpr (REST) {
+                fa_mma(o[2 * dp], pr, vb[0], vb[1], T());
+                fa_mma(o[2 * dp + 1], pr, vb[2], vb[3], T());
+            }
+        }
+    }
+}
+
+/* a row's sum from its quad's four parts */
+__device__ __forceinline__ void
+fa_quad_sums(float &l_l, float &l_h)
+{
+    l_l += __shfl_xor_sync(0xffffffffu, l_l, 1);
+    l_l += __shfl_xor_sync(0xffffffffu, l_l, 2);
+    l_h += __shfl_xor_sync(0xffffffffu, l_h, 1);
+    l_h += __shfl_xor_sync(0xffffffffu, l_h, 2);
 }
 
 #endif /* GPU_ATTENTION_MMA_CUH */
