@@ -885,14 +885,17 @@ att_splits(const cu_engine_t *e, int T)
 {
     const model_config_t *c = &e->cfg;
     int group = c->n_heads / c->n_kv_heads;
-    long blocks = (long) T * c->n_kv_heads
-                  * ((group + KC_ATT_MAXG - 1) / KC_ATT_MAXG);
-    long n = (2L * e->n_sm + blocks - 1) / blocks;
+    long blocks, n;
 
     if (kc_att_dec_used(e->dt, c->head_dim, T)) {
+        /* at most KC_ATT_MAX_SPLIT */
         n = kc_att_dec_splits(T, c->n_heads, c->n_kv_heads, e->n_sm);
+    } else {
+        blocks = (long) T * c->n_kv_heads
+                 * ((group + KC_ATT_MAXG - 1) / KC_ATT_MAXG);
+        n = (2L * e->n_sm + blocks - 1) / blocks;
+        n = n < KC_ATT_MAX_SPLIT ? n : KC_ATT_MAX_SPLIT;
     }
-    n = n < KC_ATT_MAX_SPLIT ? n : KC_ATT_MAX_SPLIT;
     /* splits that fit one cluster merge without a kernel after them
      * (kc_att_cluster); with 1 or 2 tokens a step fewer splits, to fit,
      * still paid (1B and Qwen-size, H100: +4-8%), with 8 not (Qwen-size
