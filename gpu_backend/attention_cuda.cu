@@ -38,6 +38,7 @@
 
 #include "kernels_cuda.cuh"
 #include "attention_cuda.cuh"
+#include "attention_short.cuh"
 
 #define ATT_THREADS  128
 
@@ -87,7 +88,8 @@ template <typename T, int HDM, int SUB, bool CL>
 __global__ void __launch_bounds__(ATT_THREADS)
 attention_kernel(T *out, float *part, const float *qkv, const T *kv,
     size_t block_stride, kc_step_t st, int n_heads, int n_kv, int hd,
-    int bs, float scale, int n_split, int skip_multi, int early)
+    int bs, float scale, int n_split, int skip_multi, int early,
+    int short_cap)
 {
     constexpr int NSLOT = ATT_THREADS / SUB;        /* heads scored at once */
     constexpr int MAXO = KC_ATT_MAXG * HDM / ATT_THREADS;
@@ -115,6 +117,23 @@ attention_kernel(T *out, float *part, const float *qkv, const T *kv,
     int multi = kc_att_multi(st.tokens, blockIdx.x, gridDim.x);
     int p_pre = p_begin;
     float acc[MAXO];
+
+    if constexpr (CL && HDM >= 32 && HDM <= 128) {
+        /* a decode row whose context fits whole: attention_short.cuh */
+        extern __shared__ __align__(16) unsigned char att_dyn[];
+
+        if (!multi && ctx <= short_cap) {
+            if ((int) blockIdx.z < gc) {
+                att_short<T, HDM, ATT_THREADS>(
+                    out + (size_t) blockIdx.x * q_dim,
+                    qkv + (size_t) blockIdx.x * (q_dim + 2 * kv_dim), kv,
+                    block_stride, table, kv_dim, kvh, hd, bs, tk.pos,
+                    h0 + blockIdx.z, n_split, h0 + gc, scale, att_dyn,
+                    short_cap);
+            }
+            return;             /* a block without a head reads nothing */
+        }
+    }
 
     /* The step's inputs (tokens, block tables) were uploaded before the
      * step, and a decode row's positions before its own were written by
@@ -386,6 +405,35 @@ kc_att_max_split(void)
     return att_cluster_max() > 1 ? att_cluster : KC_ATT_MAX_SPLIT;
 }
 
+/* the most positions of the short path (kc_att_short); -1: not read */
+static int att_short_pos = -1;
+
+void
+kc_att_short(int n)
+{
+    att_short_pos = n < 0 ? 0 : n;
+}
+
+/* the positions instance <T, HDM> holds on the short path at head_dim
+ * hd (within the bound and KC_ATT_SHORT_BYTES), 0: not taken */
+template <typename T, int HDM>
+static int
+att_short_cap(int hd)
+{
+    int fit = (int) (KC_ATT_SHORT_BYTES / att_short_bytes<T, HDM>(1))
+              / 32 * 32;
+
+    if (att_short_pos < 0) {
+        const char *v = getenv("NGX_GPU_ATT_SHORT");
+
+        kc_att_short(v != NULL ? atoi(v) : KC_ATT_SHORT);
+    }
+    if (HDM < 32 || HDM > 128 || hd % 8 != 0) {
+        return 0;
+    }
+    return att_short_pos < fit ? att_short_pos : fit;
+}
+
 /* the fewest rows a step sends to the decode kernel on tensor cores
  * (kc_att_dec); -1: not read yet */
 static int att_dec_rows = -1;
@@ -447,17 +495,28 @@ launch(cudaStream_t s, dim3 grid, T *out, float *part, const float *qkv,
     int hd, int bs, float scale, int n_split, int skip_multi, int early)
 {
     static int cl_ok = -1;          /* this instance's clusters place */
+    /* the short path's shared memory, taken by every clustered launch
+     * (so that a graph holds it whatever the context); its positions */
+    static size_t cl_smem;
+    int cap = att_short_cap<T, HDM>(hd);
 
     if (cl_ok < 0) {
         cudaLaunchConfig_t cfg = {};
         cudaLaunchAttribute at[1];
         int n = 0;
 
+        cl_smem = att_short_bytes<T, HDM>(KC_ATT_SHORT_BYTES
+                      / att_short_bytes<T, HDM>(1));
         cl_ok = cudaFuncSetAttribute(attention_kernel<T, HDM, SUB, true>,
                     cudaFuncAttributeNonPortableClusterSizeAllowed, 1)
-                == cudaSuccess;
+                == cudaSuccess
+                && cudaFuncSetAttribute(attention_kernel<T, HDM, SUB, true>,
+                       cudaFuncAttributeMaxDynamicSharedMemorySize,
+                       (int) cl_smem)
+                   == cudaSuccess;
         cfg.gridDim = dim3(1, 1, KC_ATT_MAX_SPLIT);
         cfg.blockDim = dim3(ATT_THREADS);
+        cfg.dynamicSmemBytes = cl_smem;
         at[0].id = cudaLaunchAttributeClusterDimension;
         at[0].val.clusterDim.x = 1;
         at[0].val.clusterDim.y = 1;
@@ -473,14 +532,16 @@ launch(cudaStream_t s, dim3 grid, T *out, float *part, const float *qkv,
     }
     if (n_split > 1 && n_split <= att_cluster_max() && cl_ok) {
         kc_launch_cluster(attention_kernel<T, HDM, SUB, true>, grid,
-                          dim3(1, 1, n_split), ATT_THREADS, 0, s, out, part,
-                          qkv, kv, block_stride, st, n_heads, n_kv, hd, bs,
-                          scale, n_split, skip_multi, early);
+                          dim3(1, 1, n_split), ATT_THREADS,
+                          cap > 0 ? att_short_bytes<T, HDM>(cap) : 0, s,
+                          out, part, qkv, kv, block_stride, st, n_heads,
+                          n_kv, hd, bs, scale, n_split, skip_multi, early,
+                          cap);
         return;
     }
     kc_launch(attention_kernel<T, HDM, SUB, false>, grid, ATT_THREADS, 0, s,
               out, part, qkv, kv, block_stride, st, n_heads, n_kv, hd, bs,
-              scale, n_split, skip_multi, early);
+              scale, n_split, skip_multi, early, 0);
     if (n_split > 1) {
         launch_combine<T>(s, out, part, st, grid.x, n_heads, hd, n_split,
                           skip_multi);

@@ -159,6 +159,17 @@ void kc_att_cluster(int n);
 int kc_att_max_split(void);
 
 /*
+ * Within a cluster of splits, a decode row whose context has at most n
+ * positions (KC_ATT_SHORT, or NGX_GPU_ATT_SHORT; 0: never; fewer where
+ * they would not fit in KC_ATT_SHORT_BYTES of shared memory) is not
+ * split: each block takes whole query heads over the whole context,
+ * read before the launch wait (attention_short.cuh).
+ */
+#define KC_ATT_SHORT         256
+#define KC_ATT_SHORT_BYTES   (72 * 1024)
+void kc_att_short(int n);
+
+/*
  * Steps of at least n rows (KC_ATT_DEC_ROWS, or NGX_GPU_ATT_DEC; 0:
  * never) send the per-token kernel's rows to the decode kernel on tensor
  * cores (attention_dec_cuda.cu) where the dtype and head_dim allow (as

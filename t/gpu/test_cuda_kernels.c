@@ -428,6 +428,95 @@ test_attention(kc_dtype_t dt, int H, int KV, int hd, int bs, int n_split,
 }
 
 /*
+ * Decode rows only, each its own item, at positions on both sides of
+ * every bound the short path (attention_short.cuh) can have (64, 128,
+ * 256 positions, by head_dim and dtype): with n_split clustered, rows
+ * whose context fits go there and the others split.  Cache rows past
+ * each row's position are NaN, so a read past the context would fail.
+ * `path`: what kc_att_short() was set to, for the messages.
+ */
+static void
+test_attention_rows(kc_dtype_t dt, int H, int KV, int hd, int bs,
+    int n_split, const char *path)
+{
+    static const int pos[] = { 0, 1, 9, 37, 63, 64, 127, 128, 200, 255,
+                               256, 300 };
+    enum { T = sizeof(pos) / sizeof(pos[0]) };
+    int group = H / KV, q_dim = H * hd, kv_dim = KV * hd;
+    int qkv_dim = q_dim + 2 * kv_dim, nb = 0, n_tab = 0, t, i, h;
+    size_t bstride = (size_t) 2 * bs * kv_dim, cache_n, es = kc_dtype_size(dt);
+    kc_token_t tok[T];
+    int32_t item_table[T], *tables;
+    float *cache, *qkv = malloc((size_t) T * qkv_dim * 4);
+    float *out = malloc((size_t) T * q_dim * 4);
+    double *ref = malloc((size_t) T * q_dim * 8), *sc = malloc(512 * 8);
+    dstep_t s;
+    char *dcache;
+    void *dout;
+    float *dqkv, *part;
+    double err = INFINITY;
+
+    for (t = 0; t < T; t++) {
+        nb += pos[t] / bs + 1;
+    }
+    cache_n = bstride * nb;
+    cache = malloc(cache_n * 4);
+    tables = malloc((size_t) nb * 4);
+    for (t = 0; t < T; t++) {           /* blocks from the end, in turn */
+        item_table[t] = n_tab;
+        for (i = 0; i <= pos[t] / bs; i++, n_tab++) {
+            tables[n_tab] = nb - 1 - n_tab;
+        }
+        tok[t] = (kc_token_t) { 0, pos[t], t };
+    }
+    for (i = 0; i < (int) cache_n; i++) {
+        cache[i] = nrand();
+    }
+    for (i = 0; i < T * qkv_dim; i++) {
+        qkv[i] = nrand() * 0.7f;
+    }
+    s = make_step(tok, T, item_table, T, tables, n_tab, NULL, NULL, NULL,
+                  NULL, 0);
+    dcache = dput_dt(dt, cache, cache_n);
+    for (t = 0; t < T; t++) {           /* NaN past each row's position */
+        int blk = tables[item_table[t] + pos[t] / bs], r;
+        for (r = pos[t] % bs + 1; r < bs; r++) {
+            size_t k = (size_t) blk * bstride + (size_t) r * kv_dim;
+            cudaMemset(dcache + k * es, 0xff, (size_t) kv_dim * es);
+            cudaMemset(dcache + (k + (size_t) bs * kv_dim) * es, 0xff,
+                       (size_t) kv_dim * es);
+        }
+    }
+    dqkv = dput(qkv, (size_t) T * qkv_dim * 4);
+    dout = dalloc((size_t) T * q_dim * es);
+    part = dalloc(kc_attention_part_floats(T, H, hd, n_split) * 4);
+    kc_attention(0, dt, dout, part, n_split, 1, dqkv, dcache, bstride, s.st,
+                 T, H, KV, hd, bs);
+
+    for (t = 0; t < T; t++) {
+        for (h = 0; h < H; h++) {
+            ref_attention_row(ref + t * q_dim + h * hd,
+                              qkv + t * qkv_dim + h * hd, cache,
+                              tables + item_table[t], bstride, bs, kv_dim,
+                              (size_t) (h / group) * hd, pos[t] + 1, hd, sc);
+        }
+    }
+    if (sync_ok("attention rows")) {
+        dget_dt(dt, out, dout, (size_t) T * q_dim);
+        err = rel_err(out, ref, (size_t) T * q_dim);
+    }
+    CHECK(err < tol_of(dt), "attention rows %s heads %d/%d hd %d bs %d "
+          "split %d (%s): rel err %.3g", kc_dtype_name(dt), H, KV, hd, bs,
+          n_split, path, err);
+    printf("attention rows %-8s heads %2d/%d hd %3d bs %2d split %2d (%s): "
+           "rel err %.2e\n", kc_dtype_name(dt), H, KV, hd, bs, n_split,
+           path, err);
+    cudaFree(dcache); cudaFree(dqkv); cudaFree(dout); cudaFree(part);
+    free_step(&s);
+    free(cache); free(tables); free(qkv); free(out); free(ref); free(sc);
+}
+
+/*
  * Prefill through the tensor-core kernel (tiled = 1) in a mixed step:
  * a decode row, a chunk of n_q tokens at positions start .. start +
  * n_q - 1 (the context before it already in the cache), another decode
@@ -761,6 +850,15 @@ main(void)
         { 2, 1, 256, 16, 16 }, { 8, 4, 8, 16, 2 }, { 14, 2, 64, 16, 5 },
         { 2, 1, 40, 16, 4 }, { 40, 2, 64, 16, 1 }, { 40, 2, 64, 16, 3 },
     };
+    /* heads, KV heads, head_dim, block size, splits (clustered): the
+     * Llama-3.2-1B and Qwen2.5-0.5B shapes at batch 1, fewer splits than
+     * a group's heads, MHA at 128, a group of 10 in two blocks, head_dim
+     * 80 (zeros to 128), 8 (never the short path) */
+    static const int rows[][5] = {
+        { 32, 8, 64, 16, 8 }, { 14, 2, 64, 16, 8 }, { 32, 8, 64, 32, 3 },
+        { 4, 4, 128, 16, 8 }, { 10, 1, 32, 16, 4 }, { 8, 2, 80, 16, 2 },
+        { 8, 4, 8, 16, 5 },
+    };
     /* heads, KV heads, head_dim, block size, chunk, chunk start, check
      * every n-th row, q gain x 10, splits: the Llama-3.2-1B and
      * Qwen2.5-0.5B shapes at 2048 and as later chunks, MHA at 128, group
@@ -823,6 +921,14 @@ main(void)
                 att_merge = "cluster";
             }
             kc_att_dec(0);
+        }
+        for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+            test_attention_rows(dt, rows[i][0], rows[i][1], rows[i][2],
+                                rows[i][3], rows[i][4], "short path");
+            kc_att_short(0);
+            test_attention_rows(dt, rows[i][0], rows[i][1], rows[i][2],
+                                rows[i][3], rows[i][4], "split");
+            kc_att_short(KC_ATT_SHORT);
         }
         for (i = 0; i < sizeof(pre) / sizeof(pre[0]); i++) {
             test_attention_prefill(dt, pre[i][0], pre[i][1], pre[i][2],
