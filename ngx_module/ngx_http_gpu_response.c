@@ -136,6 +136,8 @@ static size_t ngx_http_gpu_lp_size(ngx_http_gpu_ctx_t *ctx,
     ngx_http_gpu_progress_t *pr, ngx_uint_t from, ngx_uint_t to);
 static u_char *ngx_http_gpu_lp_json(u_char *p, ngx_http_gpu_ctx_t *ctx,
     ngx_http_gpu_progress_t *pr, ngx_uint_t from, ngx_uint_t to);
+static u_char *ngx_http_gpu_lp_key(u_char *p, ngx_str_t *keys,
+    ngx_uint_t *n_keys, gpu_channel_header_t *h, int32_t token, float lp);
 static u_char *ngx_http_gpu_lp_token(u_char *p, gpu_channel_header_t *h,
     int32_t token, ngx_uint_t quote);
 static u_char *ngx_http_gpu_lp_number(u_char *p, float lp);
@@ -1104,7 +1106,8 @@ static u_char *
 ngx_http_gpu_lp_json(u_char *p, ngx_http_gpu_ctx_t *ctx,
     ngx_http_gpu_progress_t *pr, ngx_uint_t from, ngx_uint_t to)
 {
-    ngx_uint_t       i, k, n_top, found;
+    ngx_str_t        keys[GPU_LOGPROBS_MAX + 1];
+    ngx_uint_t       i, k, n_top, n_keys, found;
     gpu_token_lp_t  *rec;
 
     to = ngx_http_gpu_lp_end(pr, from, to);
@@ -1203,28 +1206,19 @@ ngx_http_gpu_lp_json(u_char *p, ngx_http_gpu_ctx_t *ctx,
         /* the most likely, and the chosen token if it is not one */
 
         *p++ = '{';
+        n_keys = 0;
         found = 0;
 
         for (k = 0; k < n_top; k++) {
-            if (k) {
-                *p++ = ',';
-            }
-
             found |= (rec->top[k].token == rec->token);
 
-            p = ngx_http_gpu_lp_token(p, pr->region, rec->top[k].token, 1);
-            *p++ = ':';
-            p = ngx_http_gpu_lp_number(p, rec->top[k].logprob);
+            p = ngx_http_gpu_lp_key(p, keys, &n_keys, pr->region,
+                                    rec->top[k].token, rec->top[k].logprob);
         }
 
         if (!found) {
-            if (n_top) {
-                *p++ = ',';
-            }
-
-            p = ngx_http_gpu_lp_token(p, pr->region, rec->token, 1);
-            *p++ = ':';
-            p = ngx_http_gpu_lp_number(p, rec->logprob);
+            p = ngx_http_gpu_lp_key(p, keys, &n_keys, pr->region,
+                                    rec->token, rec->logprob);
         }
 
         *p++ = '}';
@@ -1283,6 +1277,51 @@ ngx_http_gpu_lp_entry(u_char *p, gpu_channel_header_t *h, int32_t token,
     *p++ = '}';
 
     return p;
+}
+
+
+/*
+ * One "text":logprob member of a completions top_logprobs object, after
+ * the n_keys members so far (keys[]: their quoted texts), unless one of
+ * them has the same text: tokens that end inside a character all show
+ * U+FFFD, and a JSON object holds one value a key (a parser would keep
+ * the last, the less likely).  The members come most likely first, so
+ * the likelier stays.
+ */
+
+static u_char *
+ngx_http_gpu_lp_key(u_char *p, ngx_str_t *keys, ngx_uint_t *n_keys,
+    gpu_channel_header_t *h, int32_t token, float lp)
+{
+    u_char      *key, *end;
+    size_t       len;
+    ngx_uint_t   j;
+
+    /* the quoted text where it goes: after a comma but for the first */
+
+    key = *n_keys ? p + 1 : p;
+    end = ngx_http_gpu_lp_token(key, h, token, 1);
+    len = end - key;
+
+    for (j = 0; j < *n_keys; j++) {
+        if (keys[j].len == len && ngx_memcmp(keys[j].data, key, len) == 0) {
+            return p;
+        }
+    }
+
+    if (*n_keys) {
+        *p = ',';
+    }
+
+    if (*n_keys < GPU_LOGPROBS_MAX + 1) {
+        keys[*n_keys].data = key;
+        keys[*n_keys].len = len;
+        (*n_keys)++;
+    }
+
+    *end++ = ':';
+
+    return ngx_http_gpu_lp_number(end, lp);
 }
 
 
