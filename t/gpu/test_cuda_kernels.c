@@ -427,6 +427,26 @@ test_attention(kc_dtype_t dt, int H, int KV, int hd, int bs, int n_split,
     free(cache); free(qkv); free(out); free(ref); free(sc);
 }
 
+/* K and V rows past each item's last position NaN (0xff bytes) in the
+ * device cache: a kernel that reads past a context fails the check */
+static void
+poison_past(char *dcache, size_t es, const int32_t *tables,
+    const int32_t *item_table, const int *last, int n_items, int bs,
+    size_t bstride, int kv_dim)
+{
+    int i, r;
+
+    for (i = 0; i < n_items; i++) {
+        int blk = tables[item_table[i] + last[i] / bs];
+        for (r = last[i] % bs + 1; r < bs; r++) {
+            size_t k = (size_t) blk * bstride + (size_t) r * kv_dim;
+            cudaMemset(dcache + k * es, 0xff, (size_t) kv_dim * es);
+            cudaMemset(dcache + (k + (size_t) bs * kv_dim) * es, 0xff,
+                       (size_t) kv_dim * es);
+        }
+    }
+}
+
 /*
  * Decode rows only, each its own item, at positions on both sides of
  * every bound the short path (attention_short.cuh) can have (64, 128,
@@ -478,15 +498,7 @@ test_attention_rows(kc_dtype_t dt, int H, int KV, int hd, int bs,
     s = make_step(tok, T, item_table, T, tables, n_tab, NULL, NULL, NULL,
                   NULL, 0);
     dcache = dput_dt(dt, cache, cache_n);
-    for (t = 0; t < T; t++) {           /* NaN past each row's position */
-        int blk = tables[item_table[t] + pos[t] / bs], r;
-        for (r = pos[t] % bs + 1; r < bs; r++) {
-            size_t k = (size_t) blk * bstride + (size_t) r * kv_dim;
-            cudaMemset(dcache + k * es, 0xff, (size_t) kv_dim * es);
-            cudaMemset(dcache + (k + (size_t) bs * kv_dim) * es, 0xff,
-                       (size_t) kv_dim * es);
-        }
-    }
+    poison_past(dcache, es, tables, item_table, pos, T, bs, bstride, kv_dim);
     dqkv = dput(qkv, (size_t) T * qkv_dim * 4);
     dout = dalloc((size_t) T * q_dim * es);
     part = dalloc(kc_attention_part_floats(T, H, hd, n_split) * 4);
@@ -595,15 +607,8 @@ test_attention_prefill(kc_dtype_t dt, int H, int KV, int hd, int bs,
     s = make_step(tok, T, item_table, NI, tables, n_tab, NULL, NULL, NULL,
                   NULL, 0);
     dcache = dput_dt(dt, cache, cache_n);
-    for (i = 0; i < NI; i++) {          /* NaN past each item's end */
-        int blk = tables[item_table[i] + last[i] / bs], r;
-        for (r = last[i] % bs + 1; r < bs; r++) {
-            size_t k = (size_t) blk * bstride + (size_t) r * kv_dim;
-            cudaMemset(dcache + k * es, 0xff, (size_t) kv_dim * es);
-            cudaMemset(dcache + (k + (size_t) bs * kv_dim) * es, 0xff,
-                       (size_t) kv_dim * es);
-        }
-    }
+    poison_past(dcache, es, tables, item_table, last, NI, bs, bstride,
+                kv_dim);
     dqkv = dput(qkv, (size_t) T * qkv_dim * 4);
     dout = dalloc((size_t) T * q_dim * es);
     if (n_split > 1) {
