@@ -56,7 +56,6 @@ attention_dec_kernel(T *out, float *part, const float *qkv, const T *kv,
     constexpr int KS = HD / 16;         /* k-steps of Q K^T */
     constexpr int NT = NP / 8;          /* score tiles of 8 positions */
     constexpr int DT = HD / 8;          /* output tiles of 8 dimensions */
-    constexpr int CPR = HD / 8;         /* 16-byte chunks a row */
     extern __shared__ __align__(16) char dec_raw[];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     dec_smem_t<T, HD, NP> &sm =
@@ -76,7 +75,6 @@ attention_dec_kernel(T *out, float *part, const float *qkv, const T *kv,
     int h0 = kvh * group + (blockIdx.y % chunks) * ATT_DEC_HEADS;
     int gh = min(ATT_DEC_HEADS, (kvh + 1) * group - h0);     /* heads here */
     int kv_dim = n_kv * HD, q_dim = n_heads * HD;
-    size_t v_off = (size_t) bs * kv_dim;
     kc_token_t tk = st.tokens[t];
     int ctx = tk.pos + 1;                               /* causal */
     /* the split's positions, whole tiles but the context's last */
@@ -91,24 +89,11 @@ attention_dec_kernel(T *out, float *part, const float *qkv, const T *kv,
     float o[DT][4], m_l = -INFINITY, m_h = -INFINITY, l_l = 0.0f,
           l_h = 0.0f;
 
-    /* K/V tile j into buffer j & 1; positions at or past p_end are
-     * zeros (and masked), so no stale cache row reaches a product */
+    /* K/V tile j into buffer j & 1 (fa_load_kv: zeros past p_end) */
     auto load_tile = [&](int j) {
-        int buf = j & 1, p0 = p_begin + j * NP;
-
-        for (int c = lane; c < NP * CPR; c += 32) {
-            int r = c / CPR, d0 = (c - r * CPR) * 8, p = p0 + r;
-            int ok = p < p_end;
-            const T *src = kv;
-
-            if (ok) {
-                src = kv + (size_t) table[p / bs] * block_stride
-                      + (size_t) (p % bs) * kv_dim + (size_t) kvh * HD + d0;
-            }
-            fa_cp16(&sm.k[buf][r][d0], src, ok ? 16 : 0);
-            fa_cp16(&sm.v[buf][r][d0], ok ? src + v_off : src, ok ? 16 : 0);
-        }
-        fa_commit();
+        fa_load_kv<T, HD, NP, HD + DEC_PAD>(sm.k[j & 1], sm.v[j & 1], kv,
+            table, block_stride, kv_dim, kvh, bs, p_begin + j * NP, p_end,
+            lane, 32);
     };
 
     if (n_tiles > 0) {
@@ -222,14 +207,11 @@ launch_dec(cudaStream_t s, T *out, float *part, const float *qkv,
               n_kv * ((group + ATT_DEC_HEADS - 1) / ATT_DEC_HEADS), n_split);
     float scale_log2 = 1.4426950408889634f / sqrtf((float) HD);
 
-    if (!ready) {
-        cudaError_t r = cudaFuncSetAttribute(
-            attention_dec_kernel<T, HD, NP>,
-            cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem);
-        if (r != cudaSuccess) {
-            return r;
-        }
-        ready = 1;
+    cudaError_t r = fa_allow_smem(attention_dec_kernel<T, HD, NP>, smem,
+                                  &ready);
+
+    if (r != cudaSuccess) {
+        return r;
     }
     return kc_launch(attention_dec_kernel<T, HD, NP>, grid, DEC_WARPS * 32,
                      smem, s, out, part, qkv, kv, block_stride, st, n_tok,
@@ -248,19 +230,7 @@ att_dec_launch(cudaStream_t s, kc_dtype_t dt, void *out, float *part,
     r = launch_dec<T, HD>(s, (T *) out, part, qkv, (const T *) kv_layer,  \
                           block_stride, st, n_tok, n_heads, n_kv_heads,   \
                           block_size, n_split, skip_multi)
-#define DEC_HD(T)                                                         \
-    switch (head_dim) {                                                   \
-    case 16: DEC_LAUNCH(T, 16); break;                                    \
-    case 32: DEC_LAUNCH(T, 32); break;                                    \
-    case 64: DEC_LAUNCH(T, 64); break;                                    \
-    case 128: DEC_LAUNCH(T, 128); break;                                  \
-    }
-    if (dt == KC_BF16) {
-        DEC_HD(__nv_bfloat16)
-    } else if (dt == KC_F16) {
-        DEC_HD(__half)
-    }
-#undef DEC_HD
+    FA_DISPATCH(dt, head_dim, DEC_LAUNCH);
 #undef DEC_LAUNCH
     return r;
 }

@@ -2,9 +2,10 @@
  * attention_mma.cuh - what the two tensor-core attention kernels share
  * (attention_tc_cuda.cu for prefill rows, attention_dec_cuda.cu for
  * decode rows): cp.async copies, ldmatrix loads, the m16n8k16 product
- * in bf16 and f16, the packing of f32 pairs into either, and one warp's
- * pass over a K/V tile in shared memory: S = Q K^T, the online softmax,
- * O += P V.
+ * in bf16 and f16, the packing of f32 pairs into either, a K/V tile
+ * from the paged cache into shared memory, one warp's pass over it
+ * (S = Q K^T, the online softmax, O += P V), and the launchers' shared
+ * parts (the dtype and head_dim dispatch, the shared-memory allowance).
  */
 
 #ifndef GPU_ATTENTION_MMA_CUH
@@ -15,6 +16,8 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include "kernels_cuda.h"
 
 __device__ __forceinline__ uint32_t
 fa_smem(const void *p)
@@ -139,6 +142,37 @@ fa_rest(float lo, float hi, uint32_t packed, __half)
     __half2 v = __floats2half2_rn(lo - f.x, hi - f.y);
 
     return *reinterpret_cast<uint32_t *>(&v);
+}
+
+/*
+ * K and V rows p0 .. p0 + NR - 1 of KV head kvh, from the paged cache
+ * into k[] and v[] (rows of LD elements), 16 bytes a copy, by the
+ * threads first, first + step, ... of those taking part, as one commit
+ * group.  Rows at or past `end` are zeros and read nothing, so that no
+ * stale cache row (NaN, say) reaches a product.
+ */
+template <typename T, int HD, int NR, int LD>
+__device__ __forceinline__ void
+fa_load_kv(T (*k)[LD], T (*v)[LD], const T *kv, const int32_t *table,
+    size_t block_stride, int kv_dim, int kvh, int bs, int p0, int end,
+    int first, int step)
+{
+    constexpr int CPR = HD / 8;                 /* copies a row */
+    size_t v_off = (size_t) bs * kv_dim;        /* V follows K */
+
+    for (int c = first; c < NR * CPR; c += step) {
+        int r = c / CPR, d0 = (c - r * CPR) * 8, p = p0 + r;
+        int ok = p < end;
+        const T *src = kv;
+
+        if (ok) {
+            src = kv + (size_t) table[p / bs] * block_stride
+                  + (size_t) (p % bs) * kv_dim + (size_t) kvh * HD + d0;
+        }
+        fa_cp16(&k[r][d0], src, ok ? 16 : 0);
+        fa_cp16(&v[r][d0], ok ? src + v_off : src, ok ? 16 : 0);
+    }
+    fa_commit();
 }
 
 /*
@@ -278,5 +312,39 @@ fa_quad_sums(float &l_l, float &l_h)
     l_h += __shfl_xor_sync(0xffffffffu, l_h, 1);
     l_h += __shfl_xor_sync(0xffffffffu, l_h, 2);
 }
+
+/* lets `kernel` take smem bytes of dynamic shared memory, on the first
+ * launch (*ready: done) */
+template <typename K>
+static cudaError_t
+fa_allow_smem(K kernel, size_t smem, int *ready)
+{
+    cudaError_t r = cudaSuccess;
+
+    if (!*ready) {
+        r = cudaFuncSetAttribute(kernel,
+                cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem);
+        *ready = r == cudaSuccess;
+    }
+    return r;
+}
+
+/* LAUNCH(T, HD) for the dtypes and head dims the tensor-core kernels
+ * take (att_tc_supported()); for others, nothing */
+#define FA_DISPATCH(dt, head_dim, LAUNCH)                                 \
+    do {                                                                  \
+        if ((dt) == KC_BF16) {                                            \
+            FA_DISPATCH_HD(__nv_bfloat16, head_dim, LAUNCH);              \
+        } else if ((dt) == KC_F16) {                                      \
+            FA_DISPATCH_HD(__half, head_dim, LAUNCH);                     \
+        }                                                                 \
+    } while (0)
+#define FA_DISPATCH_HD(T, head_dim, LAUNCH)                               \
+    switch (head_dim) {                                                   \
+    case 16: LAUNCH(T, 16); break;                                        \
+    case 32: LAUNCH(T, 32); break;                                        \
+    case 64: LAUNCH(T, 64); break;                                        \
+    case 128: LAUNCH(T, 128); break;                                      \
+    }
 
 #endif /* GPU_ATTENTION_MMA_CUH */

@@ -83,7 +83,6 @@ attention_tc_kernel(T *out, const float *qkv, const T *kv,
     int gh = min(gc, (kvh + 1) * group - h0);
     int kv_dim = n_kv * HD, q_dim = n_heads * HD;
     int qkv_stride = q_dim + 2 * kv_dim;
-    size_t v_off = (size_t) bs * kv_dim;
     int t0 = (gridDim.x - 1 - blockIdx.x) * tq;
     int t1 = min(n_tok, t0 + tq);
     const kc_token_t *tk = st.tokens;
@@ -144,25 +143,12 @@ attention_tc_kernel(T *out, const float *qkv, const T *kv,
         };
         stage_q(0);
 
-        /* K/V tile j into buffer j & 1: rows past max_pos are zeros, so
-         * stale cache rows (NaN, say) never reach a product */
+        /* K/V tile j into buffer j & 1 (fa_load_kv: zeros past
+         * max_pos) */
         auto load_tile = [&](int j) {
-            int buf = j & 1;
-            for (int c = tid; c < FA_BN * CPR; c += FA_THREADS) {
-                int r = c / CPR, d0 = (c - r * CPR) * 8, p = j * FA_BN + r;
-                int ok = p <= max_pos;
-                const T *src = kv;
-
-                if (ok) {
-                    src = kv + (size_t) table[p / bs] * block_stride
-                          + (size_t) (p % bs) * kv_dim
-                          + (size_t) kvh * HD + d0;
-                }
-                fa_cp16(&sm.k[buf][r][d0], src, ok ? 16 : 0);
-                fa_cp16(&sm.v[buf][r][d0], ok ? src + v_off : src,
-                        ok ? 16 : 0);
-            }
-            fa_commit();
+            fa_load_kv<T, HD, FA_BN, HD + FA_PAD>(sm.k[j & 1], sm.v[j & 1],
+                kv, table, block_stride, kv_dim, kvh, bs, j * FA_BN,
+                max_pos + 1, tid, FA_THREADS);
         };
 
         n_tiles = (max_pos + FA_BN) / FA_BN;
@@ -262,13 +248,10 @@ launch_tc(cudaStream_t s, T *out, const float *qkv, const T *kv,
     dim3 grid((n_tok + tq - 1) / tq, n_kv * ((group + gc - 1) / gc));
     float scale_log2 = 1.4426950408889634f / sqrtf((float) HD);
 
-    if (!ready) {
-        cudaError_t r = cudaFuncSetAttribute(attention_tc_kernel<T, HD>,
-            cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem);
-        if (r != cudaSuccess) {
-            return r;
-        }
-        ready = 1;
+    cudaError_t r = fa_allow_smem(attention_tc_kernel<T, HD>, smem, &ready);
+
+    if (r != cudaSuccess) {
+        return r;
     }
     return kc_launch(attention_tc_kernel<T, HD>, grid, FA_THREADS, smem, s,
                      out, qkv, kv, block_stride, st, n_tok, n_heads, n_kv, bs,
@@ -293,19 +276,7 @@ att_tc_launch(cudaStream_t s, kc_dtype_t dt, void *out, const float *qkv,
     r = launch_tc<T, HD>(s, (T *) out, qkv, (const T *) kv_layer,         \
                          block_stride, st, n_tok, n_heads, n_kv_heads,    \
                          block_size)
-#define TC_HD(T)                                                          \
-    switch (head_dim) {                                                   \
-    case 16: TC_LAUNCH(T, 16); break;                                     \
-    case 32: TC_LAUNCH(T, 32); break;                                     \
-    case 64: TC_LAUNCH(T, 64); break;                                     \
-    case 128: TC_LAUNCH(T, 128); break;                                   \
-    }
-    if (dt == KC_BF16) {
-        TC_HD(__nv_bfloat16)
-    } else if (dt == KC_F16) {
-        TC_HD(__half)
-    }
-#undef TC_HD
+    FA_DISPATCH(dt, head_dim, TC_LAUNCH);
 #undef TC_LAUNCH
     return r;
 }
