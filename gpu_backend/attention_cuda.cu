@@ -414,21 +414,32 @@ kc_att_short(int n)
     att_short_pos = n < 0 ? 0 : n;
 }
 
+/* the most positions instance <T, HDM>'s short path can hold in
+ * KC_ATT_SHORT_BYTES, a multiple of 32; 0: the instance has none */
+template <typename T, int HDM>
+static int
+att_short_fit(void)
+{
+    if (HDM < 32 || HDM > 128) {
+        return 0;
+    }
+    return (int) (KC_ATT_SHORT_BYTES / att_short_bytes<T, HDM>(1)) / 32 * 32;
+}
+
 /* the positions instance <T, HDM> holds on the short path at head_dim
- * hd (within the bound and KC_ATT_SHORT_BYTES), 0: not taken */
+ * hd (within the bound and what fits), 0: not taken */
 template <typename T, int HDM>
 static int
 att_short_cap(int hd)
 {
-    int fit = (int) (KC_ATT_SHORT_BYTES / att_short_bytes<T, HDM>(1))
-              / 32 * 32;
+    int fit = att_short_fit<T, HDM>();
 
     if (att_short_pos < 0) {
         const char *v = getenv("NGX_GPU_ATT_SHORT");
 
         kc_att_short(v != NULL ? atoi(v) : KC_ATT_SHORT);
     }
-    if (HDM < 32 || HDM > 128 || hd % 8 != 0) {
+    if (hd % 8 != 0) {
         return 0;
     }
     return att_short_pos < fit ? att_short_pos : fit;
@@ -495,9 +506,9 @@ launch(cudaStream_t s, dim3 grid, T *out, float *part, const float *qkv,
     int hd, int bs, float scale, int n_split, int skip_multi, int early)
 {
     static int cl_ok = -1;          /* this instance's clusters place */
-    /* the short path's shared memory, taken by every clustered launch
-     * (so that a graph holds it whatever the context); its positions */
-    static size_t cl_smem;
+    /* the short path's shared memory (at most cl_smem) is taken by every
+     * clustered launch, so that a graph holds it whatever the context */
+    size_t cl_smem = att_short_bytes<T, HDM>(att_short_fit<T, HDM>());
     int cap = att_short_cap<T, HDM>(hd);
 
     if (cl_ok < 0) {
@@ -505,8 +516,6 @@ launch(cudaStream_t s, dim3 grid, T *out, float *part, const float *qkv,
         cudaLaunchAttribute at[1];
         int n = 0;
 
-        cl_smem = att_short_bytes<T, HDM>(KC_ATT_SHORT_BYTES
-                      / att_short_bytes<T, HDM>(1));
         cl_ok = cudaFuncSetAttribute(attention_kernel<T, HDM, SUB, true>,
                     cudaFuncAttributeNonPortableClusterSizeAllowed, 1)
                 == cudaSuccess
